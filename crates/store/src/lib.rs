@@ -1,0 +1,502 @@
+//! Spindle's store: schema, migrations and owner-scoped queries, on SQLite (embedded default)
+//! and PostgreSQL (production, many nodes), behind one concrete type.
+//!
+//! [`Store`] is an enum over the two backends; each method matches inside, so nothing outside
+//! this crate is generic over the backend. Every function that reads or writes user data takes
+//! the caller's [`UserId`]: another user's thread is indistinguishable from a missing one. The
+//! only functions that skip the owner are named `admin_*` and exist for diagnostics.
+
+/// Column lists shared by both backends, as literals so SQL stays `&'static str`.
+macro_rules! thread_cols {
+    () => {
+        "thread_id, owner_id, metadata, status, state_values, last_seq, created_at, updated_at, state_updated_at"
+    };
+}
+macro_rules! run_cols {
+    () => {
+        "run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at"
+    };
+}
+macro_rules! checkpoint_cols {
+    () => {
+        "checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at"
+    };
+}
+macro_rules! assistant_cols {
+    () => {
+        "assistant_id, graph_id, name, description, config, context, metadata, version, owner_id, created_at, updated_at"
+    };
+}
+
+pub mod model;
+mod postgres;
+mod sqlite;
+pub mod testing;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use serde_json::Value;
+
+pub use model::*;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the store. The API maps the first three to 4xx responses; the last
+/// two are 5xx whose cause is logged.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// The row does not exist, or belongs to another user (the two are never told apart).
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A unique id is already taken (possibly by another user: nothing more is said).
+    #[error("{0}")]
+    Conflict(String),
+    /// A value the store cannot accept.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be reached or opened.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the database said.
+    #[error("database error: {0}")]
+    Database(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub(crate) fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
+        Error::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+
+    pub(crate) fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Database(Arc::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::db(e)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::db(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::db(e)
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A parsed `--database-url`: `sqlite://PATH` (or `sqlite:PATH`) or `postgres://...`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "invalid database url `{url}`: expected sqlite://PATH with a file path"
+                )));
+            }
+            return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl::Postgres(url.to_owned()));
+        }
+        Err(Error::Invalid(format!(
+            "invalid database url `{}`: expected sqlite://PATH or postgres://USER@HOST/DB",
+            redact_url(url)
+        )))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            DatabaseUrl::Sqlite(_) => Backend::Sqlite,
+            DatabaseUrl::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages.
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            DatabaseUrl::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` and any `password=` query
+/// parameter with `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let rest = &out[auth_start..];
+        let host_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..host_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out.replace_range(auth_start + colon + 1..auth_start + at, "***");
+        }
+    }
+    if let Some(start) = out.find("password=") {
+        let value_start = start + "password=".len();
+        let value_end = out[value_start..]
+            .find('&')
+            .map_or(out.len(), |i| value_start + i);
+        out.replace_range(value_start..value_end, "***");
+    }
+    out
+}
+
+/// Settings that are not in the URL.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// PostgreSQL pool size; SQLite reader pool size.
+    pub max_connections: u32,
+    /// Run migrations when opening.
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            migrate: true,
+        }
+    }
+}
+
+/// The store: one of the two backends. Cheap to clone (shares its pool).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Calls the same method on whichever backend this store is.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(p) => p.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating a SQLite file and its folder if needed) and, by default, migrates.
+    pub async fn open(url: &DatabaseUrl, options: &StoreOptions) -> Result<Store> {
+        let store = match url {
+            DatabaseUrl::Sqlite(path) => {
+                Store::Sqlite(sqlite::SqliteStore::open(path, options).await?)
+            }
+            DatabaseUrl::Postgres(url) => {
+                Store::Postgres(postgres::PgStore::open(url, options).await?)
+            }
+        };
+        if options.migrate {
+            store.migrate().await?;
+        }
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        dispatch!(self.migrate())
+    }
+
+    /// A round trip to the database, for health checks.
+    pub async fn ping(&self) -> Result<()> {
+        dispatch!(self.ping())
+    }
+
+    // ---- users ----
+
+    /// The user behind an authenticated subject, created on first sight. Concurrent calls
+    /// for one subject all get the same user.
+    pub async fn ensure_user(&self, subject: &str) -> Result<User> {
+        dispatch!(self.ensure_user(subject))
+    }
+
+    // ---- assistants ----
+
+    /// Registers (or refreshes) a built-in assistant under its deterministic id.
+    pub async fn upsert_system_assistant(&self, assistant: &SystemAssistant) -> Result<Assistant> {
+        dispatch!(self.upsert_system_assistant(assistant))
+    }
+
+    /// A system assistant or one of the caller's.
+    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
+        dispatch!(self.get_assistant(owner, id))
+    }
+
+    /// System assistants and the caller's, oldest first.
+    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
+        dispatch!(self.list_assistants(owner))
+    }
+
+    // ---- threads ----
+
+    /// Creates a thread. An id that is taken (by anyone) is a [`Error::Conflict`].
+    pub async fn create_thread(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        metadata: &Metadata,
+    ) -> Result<Thread> {
+        match self.get_or_create_thread(owner, id, metadata).await? {
+            (thread, true) => Ok(thread),
+            (_, false) => Err(thread_conflict(id)),
+        }
+    }
+
+    /// Returns the caller's thread with this id, creating it if no thread has the id; the
+    /// bool says whether this call created it. Atomic: concurrent calls for one new id yield
+    /// one row, and all of them return it. An id taken by another user is a conflict that
+    /// reveals nothing of that user's thread.
+    pub async fn get_or_create_thread(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        metadata: &Metadata,
+    ) -> Result<(Thread, bool)> {
+        dispatch!(self.get_or_create_thread(owner, id, metadata))
+    }
+
+    pub async fn get_thread(&self, owner: UserId, id: ThreadId) -> Result<Thread> {
+        dispatch!(self.get_thread(owner, id))
+    }
+
+    /// The caller's threads, newest first.
+    pub async fn list_threads(
+        &self,
+        owner: UserId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Thread>> {
+        dispatch!(self.list_threads(owner, limit, offset))
+    }
+
+    /// Shallow-merges `patch` into the thread's metadata.
+    pub async fn update_thread_metadata(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        patch: &Metadata,
+    ) -> Result<Thread> {
+        dispatch!(self.update_thread_metadata(owner, id, patch))
+    }
+
+    /// Deletes the thread with its runs, checkpoints and events.
+    pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        dispatch!(self.delete_thread(owner, id))
+    }
+
+    // ---- runs ----
+
+    /// Creates a run in the caller's thread, checking ownership in the same transaction;
+    /// with [`IfNotExists::Create`] a missing thread is created in that transaction too. The
+    /// thread becomes `busy`.
+    pub async fn create_run(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+    ) -> Result<Run> {
+        dispatch!(self.create_run(owner, run, if_not_exists))
+    }
+
+    pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {
+        dispatch!(self.get_run(owner, thread, id))
+    }
+
+    /// The thread's runs, newest first.
+    pub async fn list_runs(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Run>> {
+        dispatch!(self.list_runs(owner, thread, limit, offset))
+    }
+
+    /// Moves a run to `status`. When it leaves the active states the thread's status follows
+    /// (`idle`, `error` or `interrupted`) unless another run of the thread is still active.
+    pub async fn set_run_status(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<Run> {
+        dispatch!(self.set_run_status(owner, thread, id, status, error))
+    }
+
+    // ---- state ----
+
+    /// Stores a new state of the thread as a checkpoint (its parent is the previous newest)
+    /// and makes it the thread's current values.
+    pub async fn put_state(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: Option<RunId>,
+        values: &Value,
+        metadata: &Metadata,
+    ) -> Result<Checkpoint> {
+        dispatch!(self.put_state(owner, thread, run, values, metadata))
+    }
+
+    /// The thread's checkpoints, newest first, optionally only those older than `before`.
+    pub async fn list_checkpoints(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        before: Option<CheckpointId>,
+    ) -> Result<Vec<Checkpoint>> {
+        dispatch!(self.list_checkpoints(owner, thread, limit, before))
+    }
+
+    // ---- events ----
+
+    /// Appends events to the caller's thread, giving each the thread's next `seq` inside the
+    /// transaction that stores it. Returns them once committed: publish only after this.
+    pub async fn append_events(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>> {
+        dispatch!(self.append_events(owner, thread, events))
+    }
+
+    pub async fn append_event(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        event: &NewEvent,
+    ) -> Result<Event> {
+        let mut events = self
+            .append_events(owner, thread, std::slice::from_ref(event))
+            .await?;
+        events
+            .pop()
+            .ok_or_else(|| Error::Invalid("no event appended".into()))
+    }
+
+    /// Events of the caller's thread with `seq > after`, in order, at most `limit`.
+    pub async fn events_after(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        dispatch!(self.events_after(owner, thread, after, limit))
+    }
+
+    // ---- diagnostics (no owner: never call these on behalf of a user) ----
+
+    /// A thread by id alone, for operators' tools.
+    pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
+        dispatch!(self.admin_find_thread(id))
+    }
+
+    /// How many threads have this id (0 or 1 while the primary key holds), for race checks.
+    pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
+        dispatch!(self.admin_count_threads(id))
+    }
+}
+
+pub(crate) fn thread_conflict(id: ThreadId) -> Error {
+    Error::Conflict(format!("thread {id} already exists"))
+}
+
+pub(crate) fn json_object(value: Value) -> Metadata {
+    match value {
+        Value::Object(map) => map,
+        _ => Metadata::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_redact() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/x.db").unwrap(),
+            DatabaseUrl::Sqlite("data/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:x.db").unwrap(),
+            DatabaseUrl::Sqlite("x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///abs/x.db").unwrap(),
+            DatabaseUrl::Sqlite("/abs/x.db".into())
+        );
+        let pg = DatabaseUrl::parse("postgres://u:secret@h:5432/db?password=other").unwrap();
+        assert_eq!(pg.to_string(), "postgres://u:***@h:5432/db?password=***");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        let err = DatabaseUrl::parse("mysql://u:pw@h/db")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid database url `mysql://u:***@h/db`: expected sqlite://PATH or postgres://USER@HOST/DB"
+        );
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! The rows the store returns and the closed sets (statuses, strategies, event kinds) stored
+//! as text. These are storage types; the API converts them into its wire types.
+
+use chrono::{DateTime, Utc};
+use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use serde_json::Value;
+
+/// A JSON object (thread, run and assistant metadata).
+pub type Metadata = serde_json::Map<String, Value>;
+
+/// Declares an enum stored as text, with its one spelling in both directions.
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        concat!("invalid ", stringify!($name), " `{}`: expected one of {}"),
+                        other,
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// A thread is `busy` exactly while it has a pending or running run.
+    ThreadStatus { Idle = "idle", Busy = "busy", Interrupted = "interrupted", Error = "error" }
+);
+
+text_enum!(
+    /// A run is pending, then running, then ends in exactly one of the four final states.
+    RunStatus {
+        Pending = "pending",
+        Running = "running",
+        Success = "success",
+        Error = "error",
+        Timeout = "timeout",
+        Interrupted = "interrupted",
+    }
+);
+
+impl RunStatus {
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+}
+
+text_enum!(
+    /// What a new run does when its thread already has an active run.
+    MultitaskStrategy {
+        Reject = "reject",
+        Enqueue = "enqueue",
+        Interrupt = "interrupt",
+        Rollback = "rollback",
+    }
+);
+
+text_enum!(
+    /// The kinds of event in a thread's log (DESIGN.md, "Event model").
+    EventKind {
+        RunCreated = "run_created",
+        AgentStarted = "agent_started",
+        AgentThinking = "agent_thinking",
+        ToolExecuting = "tool_executing",
+        ToolCompleted = "tool_completed",
+        MessageDelta = "message_delta",
+        MessageCompleted = "message_completed",
+        Values = "values",
+        AgentCompleted = "agent_completed",
+        RunError = "run_error",
+        RunCancelled = "run_cancelled",
+    }
+);
+
+/// What to do when a run names a thread that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfNotExists {
+    /// 404: the thread must exist and be the caller's.
+    Reject,
+    /// Create the thread in the same transaction as the run.
+    Create,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    pub user_id: UserId,
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assistant {
+    pub assistant_id: AssistantId,
+    pub graph_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub config: Value,
+    pub context: Value,
+    pub metadata: Metadata,
+    pub version: i64,
+    /// `None` for the built-in system assistants every user sees.
+    pub owner_id: Option<UserId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A built-in assistant to register at start-up.
+#[derive(Clone, Debug)]
+pub struct SystemAssistant {
+    pub graph_id: String,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thread {
+    pub thread_id: ThreadId,
+    pub owner_id: UserId,
+    pub metadata: Metadata,
+    pub status: ThreadStatus,
+    /// The current state (`{"messages": [...]}`); `None` until the first write.
+    pub values: Option<Value>,
+    /// The seq of the thread's newest event (0 before the first).
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub state_updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub owner_id: UserId,
+    pub assistant_id: AssistantId,
+    pub status: RunStatus,
+    pub input: Option<Value>,
+    pub kwargs: Value,
+    pub metadata: Metadata,
+    pub multitask_strategy: MultitaskStrategy,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run to create. The run id is minted by the caller (from the ids crate) so it can be
+/// logged before the insert.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub assistant_id: AssistantId,
+    pub input: Option<Value>,
+    pub kwargs: Value,
+    pub metadata: Metadata,
+    pub multitask_strategy: MultitaskStrategy,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub checkpoint_id: CheckpointId,
+    pub thread_id: ThreadId,
+    pub run_id: Option<RunId>,
+    pub parent_checkpoint_id: Option<CheckpointId>,
+    pub values: Value,
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event to append; the store assigns its `seq`.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub run_id: Option<RunId>,
+    pub kind: EventKind,
+    pub data: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub thread_id: ThreadId,
+    /// 1, 2, 3, ... within the thread: no gaps, no duplicates.
+    pub seq: i64,
+    pub run_id: Option<RunId>,
+    pub kind: EventKind,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The thread's status once a run has moved to `status` and `active` runs remain active.
+pub fn thread_status_after(status: RunStatus, active: i64) -> ThreadStatus {
+    if active > 0 {
+        return ThreadStatus::Busy;
+    }
+    match status {
+        RunStatus::Pending | RunStatus::Running => ThreadStatus::Busy,
+        RunStatus::Success | RunStatus::Interrupted => ThreadStatus::Idle,
+        RunStatus::Error | RunStatus::Timeout => ThreadStatus::Error,
+    }
+}
+
+/// Timestamps are stored with microsecond precision on both backends; `now()` truncates so
+/// that what is returned from a write equals what a later read returns.
+pub(crate) fn now() -> DateTime<Utc> {
+    micros_to_time(Utc::now().timestamp_micros())
+}
+
+pub(crate) fn micros_to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}

@@ -1,0 +1,621 @@
+//! The PostgreSQL backend: sqlx with a connection pool; migrations embedded with
+//! `sqlx::migrate!` (checksummed, run under an advisory lock, so many nodes may start at once).
+//!
+//! Concurrency comes from the database: `insert ... on conflict do nothing` for get-or-create,
+//! a row lock on the thread (`update ... returning last_seq`) to number events, and
+//! `select ... for update` on the thread while a run is created.
+
+use std::time::Duration;
+
+use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::model::*;
+use crate::{Error, Result, StoreOptions, json_object, redact_url, thread_conflict};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+            })?;
+        Ok(PgStore { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Invalid(format!("migration failed: {e}")))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ensure_user(&self, subject: &str) -> Result<User> {
+        // `do update` (a no-op) rather than `do nothing` so the row is returned either way.
+        let row = sqlx::query(
+            "insert into users (user_id, subject, created_at) values ($1, $2, $3)
+             on conflict (subject) do update set subject = excluded.subject
+             returning user_id, subject, created_at",
+        )
+        .bind(UserId::new())
+        .bind(subject)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(User {
+            user_id: row.try_get(0)?,
+            subject: row.try_get(1)?,
+            created_at: row.try_get(2)?,
+        })
+    }
+
+    pub async fn upsert_system_assistant(&self, a: &SystemAssistant) -> Result<Assistant> {
+        let sql = concat!("insert into assistants (assistant_id, graph_id, name, description, metadata, owner_id, created_at, updated_at)
+             values ($1, $2, $2, $3, '{\"created_by\":\"system\"}', null, $4, $4)
+             on conflict (assistant_id) do update set description = excluded.description
+             returning ", assistant_cols!());
+        let row = sqlx::query(sql)
+            .bind(AssistantId::for_graph(&a.graph_id))
+            .bind(&a.graph_id)
+            .bind(&a.description)
+            .bind(now())
+            .fetch_one(&self.pool)
+            .await?;
+        assistant_row(&row)
+    }
+
+    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
+        let sql = concat!(
+            "select ",
+            assistant_cols!(),
+            " from assistants where assistant_id = $1 and (owner_id is null or owner_id = $2)"
+        );
+        let row = sqlx::query(sql)
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(assistant_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("assistant", id))
+    }
+
+    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
+        let sql = concat!(
+            "select ",
+            assistant_cols!(),
+            " from assistants where owner_id is null or owner_id = $1 order by created_at, assistant_id"
+        );
+        let rows = sqlx::query(sql).bind(owner).fetch_all(&self.pool).await?;
+        rows.iter().map(assistant_row).collect()
+    }
+
+    pub async fn get_or_create_thread(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        metadata: &Metadata,
+    ) -> Result<(Thread, bool)> {
+        // Two statements, each atomic: the insert either creates the row or finds it taken
+        // (waiting for a concurrent inserter to commit); the select then reads the winner.
+        // A delete between the two sends us round again.
+        for _ in 0..3 {
+            if let Some(thread) = insert_thread(&self.pool, owner, id, metadata).await? {
+                return Ok((thread, true));
+            }
+            match find_thread(&self.pool, id).await? {
+                Some(thread) if thread.owner_id == owner => return Ok((thread, false)),
+                Some(_) => return Err(thread_conflict(id)),
+                None => continue,
+            }
+        }
+        Err(Error::Conflict(format!(
+            "thread {id} is being created and deleted concurrently"
+        )))
+    }
+
+    pub async fn get_thread(&self, owner: UserId, id: ThreadId) -> Result<Thread> {
+        let sql = concat!(
+            "select ",
+            thread_cols!(),
+            " from threads where thread_id = $1 and owner_id = $2"
+        );
+        let row = sqlx::query(sql)
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(thread_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("thread", id))
+    }
+
+    pub async fn list_threads(
+        &self,
+        owner: UserId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Thread>> {
+        let sql = concat!(
+            "select ",
+            thread_cols!(),
+            " from threads where owner_id = $1 order by created_at desc, thread_id desc limit $2 offset $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(thread_row).collect()
+    }
+
+    pub async fn update_thread_metadata(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        patch: &Metadata,
+    ) -> Result<Thread> {
+        let sql = concat!("update threads set metadata = metadata || $1, updated_at = $2 where thread_id = $3 and owner_id = $4
+             returning ", thread_cols!());
+        let row = sqlx::query(sql)
+            .bind(Json(patch))
+            .bind(now())
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(thread_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("thread", id))
+    }
+
+    pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        let done = sqlx::query("delete from threads where thread_id = $1 and owner_id = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("thread", id));
+        }
+        Ok(())
+    }
+
+    pub async fn create_run(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+    ) -> Result<Run> {
+        let id = run.thread_id;
+        let mut tx = self.pool.begin().await?;
+        if if_not_exists == IfNotExists::Create {
+            insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
+        }
+        let thread_owner: Option<UserId> =
+            sqlx::query_scalar("select owner_id from threads where thread_id = $1 for update")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match thread_owner {
+            Some(o) if o == owner => {}
+            Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
+            _ => return Err(Error::not_found("thread", id)),
+        }
+        let at = now();
+        let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
+             values ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, null, $9, $9)
+             returning ", run_cols!());
+        let row = sqlx::query(sql)
+            .bind(run.run_id)
+            .bind(id)
+            .bind(owner)
+            .bind(run.assistant_id)
+            .bind(run.input.as_ref().map(Json))
+            .bind(Json(&run.kwargs))
+            .bind(Json(&run.metadata))
+            .bind(run.multitask_strategy.as_str())
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("update threads set status = 'busy', updated_at = $1 where thread_id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let created = run_row(&row)?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {
+        let sql = concat!(
+            "select ",
+            run_cols!(),
+            " from runs where run_id = $1 and thread_id = $2 and owner_id = $3"
+        );
+        let row = sqlx::query(sql)
+            .bind(id)
+            .bind(thread)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(run_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("run", id))
+    }
+
+    pub async fn list_runs(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Run>> {
+        self.get_thread(owner, thread).await?;
+        let sql = concat!(
+            "select ",
+            run_cols!(),
+            " from runs where thread_id = $1 and owner_id = $2 order by created_at desc, run_id desc limit $3 offset $4"
+        );
+        let rows = sqlx::query(sql)
+            .bind(thread)
+            .bind(owner)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    pub async fn set_run_status(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<Run> {
+        let mut tx = self.pool.begin().await?;
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        let at = now();
+        let sql = concat!("update runs set status = $1, error = $2, updated_at = $3 where run_id = $4 and thread_id = $5 and owner_id = $6
+             returning ", run_cols!());
+        let row = sqlx::query(sql)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(at)
+            .bind(id)
+            .bind(thread)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::not_found("run", id))?;
+        let active: i64 = sqlx::query_scalar(
+            "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
+        )
+        .bind(thread)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("update threads set status = $1, updated_at = $2 where thread_id = $3")
+            .bind(thread_status_after(status, active).as_str())
+            .bind(at)
+            .bind(thread)
+            .execute(&mut *tx)
+            .await?;
+        let run = run_row(&row)?;
+        tx.commit().await?;
+        Ok(run)
+    }
+
+    pub async fn put_state(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: Option<RunId>,
+        values: &Value,
+        metadata: &Metadata,
+    ) -> Result<Checkpoint> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        let updated = sqlx::query(
+            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3 and owner_id = $4",
+        )
+        .bind(Json(values))
+        .bind(at)
+        .bind(thread)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::not_found("thread", thread));
+        }
+        // The update above holds the thread's row lock, so parents form a chain.
+        let sql = concat!("insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+             values ($1, $2, $3,
+                     (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
+                     $4, $5, $6)
+             returning ", checkpoint_cols!());
+        let row = sqlx::query(sql)
+            .bind(CheckpointId::new())
+            .bind(thread)
+            .bind(run)
+            .bind(Json(values))
+            .bind(Json(metadata))
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await?;
+        let checkpoint = checkpoint_row(&row)?;
+        tx.commit().await?;
+        Ok(checkpoint)
+    }
+
+    pub async fn list_checkpoints(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        before: Option<CheckpointId>,
+    ) -> Result<Vec<Checkpoint>> {
+        self.get_thread(owner, thread).await?;
+        let sql = concat!(
+            "select ",
+            checkpoint_cols!(),
+            " from checkpoints where thread_id = $1 and ($2::uuid is null or checkpoint_id < $2)
+             order by checkpoint_id desc limit $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(thread)
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(checkpoint_row).collect()
+    }
+
+    pub async fn append_events(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let created_at = now();
+        let run_ids: Vec<Option<RunId>> = events.iter().map(|e| e.run_id).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let data = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.data))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One statement, so one implicit transaction: the thread's row lock (taken by the
+        // update) orders concurrent appenders, and a failed insert rolls the counter back.
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "with t as (
+                 update threads set last_seq = last_seq + cardinality($4::text[])
+                 where thread_id = $1 and owner_id = $2
+                 returning last_seq
+             )
+             insert into events (thread_id, seq, run_id, kind, data, created_at)
+             select $1, t.last_seq - cardinality($4::text[]) + u.ord, u.run_id, u.kind, u.data::jsonb, $6
+             from t, unnest($3::uuid[], $4::text[], $5::text[]) with ordinality as u(run_id, kind, data, ord)
+             returning seq",
+        )
+        .bind(thread)
+        .bind(owner)
+        .bind(&run_ids)
+        .bind(&kinds)
+        .bind(&data)
+        .bind(created_at)
+        .fetch_all(&self.pool)
+        .await?;
+        if seqs.is_empty() {
+            return Err(Error::not_found("thread", thread));
+        }
+        let first = seqs.iter().copied().min().unwrap_or_default();
+        Ok(events
+            .iter()
+            .zip(first..)
+            .map(|(e, seq)| Event {
+                thread_id: thread,
+                seq,
+                run_id: e.run_id,
+                kind: e.kind,
+                data: e.data.clone(),
+                created_at,
+            })
+            .collect())
+    }
+
+    pub async fn events_after(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        // One statement, one snapshot: the owner check and the rows agree.
+        let rows = sqlx::query(
+            "select e.seq, e.run_id, e.kind, e.data, e.created_at
+             from threads t left join events e on e.thread_id = t.thread_id and e.seq > $2
+             where t.thread_id = $1 and t.owner_id = $3
+             order by e.seq limit $4",
+        )
+        .bind(thread)
+        .bind(after)
+        .bind(owner)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Err(Error::not_found("thread", thread));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(seq) = r.try_get::<Option<i64>, _>(0)? else {
+                continue;
+            };
+            out.push(Event {
+                thread_id: thread,
+                seq,
+                run_id: r.try_get(1)?,
+                kind: parsed(r, 2)?,
+                data: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
+        find_thread(&self.pool, id).await
+    }
+
+    pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("select count(*) from threads where thread_id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+async fn lock_owned_thread(
+    tx: &mut Transaction<'_, Postgres>,
+    owner: UserId,
+    id: ThreadId,
+) -> Result<()> {
+    sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2 for update")
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(drop)
+        .ok_or_else(|| Error::not_found("thread", id))
+}
+
+async fn insert_thread<'e, E>(
+    db: E,
+    owner: UserId,
+    id: ThreadId,
+    metadata: &Metadata,
+) -> Result<Option<Thread>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let sql = concat!("insert into threads (thread_id, owner_id, metadata, status, state_values, last_seq, created_at, updated_at, state_updated_at)
+         values ($1, $2, $3, 'idle', null, 0, $4, $4, $4)
+         on conflict (thread_id) do nothing
+         returning ", thread_cols!());
+    let row = sqlx::query(sql)
+        .bind(id)
+        .bind(owner)
+        .bind(Json(metadata))
+        .bind(now())
+        .fetch_optional(db)
+        .await?;
+    row.as_ref().map(thread_row).transpose()
+}
+
+async fn find_thread(pool: &PgPool, id: ThreadId) -> Result<Option<Thread>> {
+    let sql = concat!(
+        "select ",
+        thread_cols!(),
+        " from threads where thread_id = $1"
+    );
+    let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(thread_row).transpose()
+}
+
+fn parsed<T: std::str::FromStr<Err = String>>(r: &PgRow, idx: usize) -> Result<T> {
+    let text: String = r.try_get(idx)?;
+    text.parse().map_err(Error::Invalid)
+}
+
+fn object(r: &PgRow, idx: usize) -> Result<Metadata> {
+    Ok(json_object(r.try_get(idx)?))
+}
+
+fn thread_row(r: &PgRow) -> Result<Thread> {
+    Ok(Thread {
+        thread_id: r.try_get(0)?,
+        owner_id: r.try_get(1)?,
+        metadata: object(r, 2)?,
+        status: parsed(r, 3)?,
+        values: r.try_get(4)?,
+        last_seq: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        updated_at: r.try_get(7)?,
+        state_updated_at: r.try_get(8)?,
+    })
+}
+
+fn run_row(r: &PgRow) -> Result<Run> {
+    Ok(Run {
+        run_id: r.try_get(0)?,
+        thread_id: r.try_get(1)?,
+        owner_id: r.try_get(2)?,
+        assistant_id: r.try_get(3)?,
+        status: parsed(r, 4)?,
+        input: r.try_get(5)?,
+        kwargs: r.try_get(6)?,
+        metadata: object(r, 7)?,
+        multitask_strategy: parsed(r, 8)?,
+        error: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+    })
+}
+
+fn checkpoint_row(r: &PgRow) -> Result<Checkpoint> {
+    Ok(Checkpoint {
+        checkpoint_id: r.try_get(0)?,
+        thread_id: r.try_get(1)?,
+        run_id: r.try_get(2)?,
+        parent_checkpoint_id: r.try_get(3)?,
+        values: r.try_get(4)?,
+        metadata: object(r, 5)?,
+        created_at: r.try_get(6)?,
+    })
+}
+
+fn assistant_row(r: &PgRow) -> Result<Assistant> {
+    Ok(Assistant {
+        assistant_id: r.try_get(0)?,
+        graph_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        description: r.try_get(3)?,
+        config: r.try_get(4)?,
+        context: r.try_get(5)?,
+        metadata: object(r, 6)?,
+        version: r.try_get(7)?,
+        owner_id: r.try_get(8)?,
+        created_at: r.try_get(9)?,
+        updated_at: r.try_get(10)?,
+    })
+}

@@ -1,0 +1,834 @@
+//! The SQLite backend: rusqlite, one writer thread that batches concurrent writes into one
+//! transaction, and a small pool of read-only connections.
+//!
+//! Why not sqlx's SQLite driver: measured here it commits 3.7k single-row transactions/s
+//! (85–100 µs a statement, spent handing each statement to its worker thread) against 84k/s
+//! for raw rusqlite. A single writer also means SQLite never answers `SQLITE_BUSY` to our own
+//! writers: they queue on a channel instead. Each write runs in its own savepoint inside the
+//! batch, so one failing write does not undo the others, and every caller gets its result
+//! only after the batch has committed.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::*;
+use crate::{Error, Result, StoreOptions, json_object, thread_conflict};
+
+/// How many queued writes one transaction takes at most.
+const MAX_BATCH: usize = 256;
+/// How many writes may wait for the writer before senders wait too.
+const QUEUE: usize = 4096;
+/// How long a connection waits for a lock held by another process (e.g. `spindle doctor`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<Box<dyn WriteJob>>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path, options: &StoreOptions) -> Result<Self> {
+        let path = path.to_owned();
+        let opened = path.clone();
+        let writer_conn = tokio::task::spawn_blocking(move || open_writer(&opened))
+            .await
+            .map_err(Error::db)??;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start the sqlite writer: {e}")))?;
+        let inner = Inner {
+            path,
+            writer: tx,
+            readers: Mutex::new(Vec::new()),
+            max_readers: options.max_connections.max(1) as usize,
+        };
+        Ok(SqliteStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs `f` on the writer connection inside the current batch's transaction (in a
+    /// savepoint of its own) and returns its result once the batch has committed.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            tx,
+        });
+        let stopped = || Error::Unavailable("the sqlite writer has stopped".into());
+        self.inner.writer.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `f` on a read-only connection from the pool, on the blocking thread pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take_reader()?;
+            let result = f(&conn);
+            inner.put_reader(conn);
+            result
+        })
+        .await
+        .map_err(Error::db)?
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        self.write(migrate).await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.read(|c| {
+            Ok(c.query_row("select 1", [], |r| r.get::<_, i64>(0))
+                .map(drop)?)
+        })
+        .await
+    }
+
+    pub async fn ensure_user(&self, subject: &str) -> Result<User> {
+        let subject = subject.to_owned();
+        self.write(move |c| {
+            c.prepare_cached("insert into users (user_id, subject, created_at) values (?1, ?2, ?3) on conflict (subject) do nothing")?
+                .execute(params![UserId::new(), subject, micros(now())])?;
+            let user = c
+                .prepare_cached("select user_id, subject, created_at from users where subject = ?1")?
+                .query_row([&subject], |r| {
+                    Ok(User { user_id: r.get(0)?, subject: r.get(1)?, created_at: time(r, 2)? })
+                })?;
+            Ok(user)
+        })
+        .await
+    }
+
+    pub async fn upsert_system_assistant(&self, a: &SystemAssistant) -> Result<Assistant> {
+        let a = a.clone();
+        self.write(move |c| {
+            let id = AssistantId::for_graph(&a.graph_id);
+            let at = micros(now());
+            let sql = concat!("insert into assistants (assistant_id, graph_id, name, description, metadata, owner_id, created_at, updated_at)
+                 values (?1, ?2, ?2, ?3, '{\"created_by\":\"system\"}', null, ?4, ?4)
+                 on conflict (assistant_id) do update set description = excluded.description
+                 returning ", assistant_cols!());
+            Ok(c.prepare_cached(sql)?.query_row(params![id, a.graph_id, a.description, at], assistant_row)?)
+        })
+        .await
+    }
+
+    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
+        self.read(move |c| {
+            let sql = concat!(
+                "select ",
+                assistant_cols!(),
+                " from assistants where assistant_id = ?1 and (owner_id is null or owner_id = ?2)"
+            );
+            c.prepare_cached(sql)?
+                .query_row(params![id, owner], assistant_row)
+                .optional()?
+                .ok_or_else(|| Error::not_found("assistant", id))
+        })
+        .await
+    }
+
+    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
+        self.read(move |c| {
+            let sql = concat!("select ", assistant_cols!(), " from assistants where owner_id is null or owner_id = ?1 order by created_at, assistant_id");
+            all(c, sql, [owner], assistant_row)
+        })
+        .await
+    }
+
+    pub async fn get_or_create_thread(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        metadata: &Metadata,
+    ) -> Result<(Thread, bool)> {
+        let metadata = serde_json::to_string(metadata)?;
+        self.write(move |c| {
+            if let Some(thread) = insert_thread(c, owner, id, &metadata)? {
+                return Ok((thread, true));
+            }
+            match find_thread(c, id)? {
+                Some(thread) if thread.owner_id == owner => Ok((thread, false)),
+                // Taken by another user: say only that the id is taken.
+                Some(_) => Err(thread_conflict(id)),
+                None => Err(Error::Conflict(format!(
+                    "thread {id} was deleted while being created"
+                ))),
+            }
+        })
+        .await
+    }
+
+    pub async fn get_thread(&self, owner: UserId, id: ThreadId) -> Result<Thread> {
+        self.read(move |c| owned_thread(c, owner, id)).await
+    }
+
+    pub async fn list_threads(
+        &self,
+        owner: UserId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Thread>> {
+        self.read(move |c| {
+            let sql = concat!("select ", thread_cols!(), " from threads where owner_id = ?1 order by created_at desc, thread_id desc limit ?2 offset ?3");
+            all(c, sql, params![owner, limit, offset], thread_row)
+        })
+        .await
+    }
+
+    pub async fn update_thread_metadata(
+        &self,
+        owner: UserId,
+        id: ThreadId,
+        patch: &Metadata,
+    ) -> Result<Thread> {
+        let patch = patch.clone();
+        self.write(move |c| {
+            let mut thread = owned_thread(c, owner, id)?;
+            thread.metadata.extend(patch);
+            thread.updated_at = now();
+            c.prepare_cached(
+                "update threads set metadata = ?1, updated_at = ?2 where thread_id = ?3",
+            )?
+            .execute(params![
+                serde_json::to_string(&thread.metadata)?,
+                micros(thread.updated_at),
+                id
+            ])?;
+            Ok(thread)
+        })
+        .await
+    }
+
+    pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("delete from threads where thread_id = ?1 and owner_id = ?2")?
+                .execute(params![id, owner])?;
+            if n == 0 {
+                return Err(Error::not_found("thread", id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_run(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+    ) -> Result<Run> {
+        let run = run.clone();
+        let input = run.input.as_ref().map(serde_json::to_string).transpose()?;
+        let kwargs = serde_json::to_string(&run.kwargs)?;
+        let metadata = serde_json::to_string(&run.metadata)?;
+        self.write(move |c| {
+            let id = run.thread_id;
+            if if_not_exists == IfNotExists::Create {
+                insert_thread(c, owner, id, "{}")?;
+            }
+            match thread_owner(c, id)? {
+                Some(o) if o == owner => {}
+                Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
+                _ => return Err(Error::not_found("thread", id)),
+            }
+            let at = micros(now());
+            let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
+                 values (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, null, ?9, ?9)
+                 returning ", run_cols!());
+            let created = c.prepare_cached(sql)?.query_row(
+                params![run.run_id, id, owner, run.assistant_id, input, kwargs, metadata, run.multitask_strategy.as_str(), at],
+                run_row,
+            )?;
+            c.prepare_cached("update threads set status = 'busy', updated_at = ?1 where thread_id = ?2")?
+                .execute(params![at, id])?;
+            Ok(created)
+        })
+        .await
+    }
+
+    pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {
+        self.read(move |c| {
+            let sql = concat!(
+                "select ",
+                run_cols!(),
+                " from runs where run_id = ?1 and thread_id = ?2 and owner_id = ?3"
+            );
+            c.prepare_cached(sql)?
+                .query_row(params![id, thread, owner], run_row)
+                .optional()?
+                .ok_or_else(|| Error::not_found("run", id))
+        })
+        .await
+    }
+
+    pub async fn list_runs(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Run>> {
+        self.read(move |c| {
+            owned_thread(c, owner, thread)?;
+            let sql = concat!("select ", run_cols!(), " from runs where thread_id = ?1 and owner_id = ?2 order by created_at desc, run_id desc limit ?3 offset ?4");
+            all(c, sql, params![thread, owner, limit, offset], run_row)
+        })
+        .await
+    }
+
+    pub async fn set_run_status(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> Result<Run> {
+        let error = error.map(str::to_owned);
+        self.write(move |c| {
+            let at = micros(now());
+            let sql = concat!("update runs set status = ?1, error = ?2, updated_at = ?3 where run_id = ?4 and thread_id = ?5 and owner_id = ?6 returning ", run_cols!());
+            let run = c
+                .prepare_cached(sql)?
+                .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
+                .optional()?
+                .ok_or_else(|| Error::not_found("run", id))?;
+            let active: i64 = c
+                .prepare_cached("select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')")?
+                .query_row([thread], |r| r.get(0))?;
+            c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
+                .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
+            Ok(run)
+        })
+        .await
+    }
+
+    pub async fn put_state(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: Option<RunId>,
+        values: &Value,
+        metadata: &Metadata,
+    ) -> Result<Checkpoint> {
+        let values_text = serde_json::to_string(values)?;
+        let metadata_text = serde_json::to_string(metadata)?;
+        self.write(move |c| {
+            let at = micros(now());
+            let updated = c
+                .prepare_cached(
+                    "update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3 and owner_id = ?4",
+                )?
+                .execute(params![values_text, at, thread, owner])?;
+            if updated == 0 {
+                return Err(Error::not_found("thread", thread));
+            }
+            let parent: Option<CheckpointId> = c
+                .prepare_cached(
+                    "select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1",
+                )?
+                .query_row([thread], |r| r.get(0))
+                .optional()?;
+            let sql = concat!("insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ", checkpoint_cols!());
+            Ok(c.prepare_cached(sql)?.query_row(
+                params![CheckpointId::new(), thread, run, parent, values_text, metadata_text, at],
+                checkpoint_row,
+            )?)
+        })
+        .await
+    }
+
+    pub async fn list_checkpoints(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        limit: u32,
+        before: Option<CheckpointId>,
+    ) -> Result<Vec<Checkpoint>> {
+        self.read(move |c| {
+            owned_thread(c, owner, thread)?;
+            let sql = concat!(
+                "select ",
+                checkpoint_cols!(),
+                " from checkpoints where thread_id = ?1 and (?2 is null or checkpoint_id < ?2)
+                 order by checkpoint_id desc limit ?3"
+            );
+            all(c, sql, params![thread, before, limit], checkpoint_row)
+        })
+        .await
+    }
+
+    pub async fn append_events(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>> {
+        let events = events
+            .iter()
+            .map(|e| Ok((e.clone(), serde_json::to_string(&e.data)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(move |c| {
+            let n = events.len() as i64;
+            let created_at = now();
+            let last: i64 = c
+                .prepare_cached(
+                    "update threads set last_seq = last_seq + ?1 where thread_id = ?2 and owner_id = ?3 returning last_seq",
+                )?
+                .query_row(params![n, thread, owner], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::not_found("thread", thread))?;
+            let mut insert = c.prepare_cached(
+                "insert into events (thread_id, seq, run_id, kind, data, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut out = Vec::with_capacity(events.len());
+            for (seq, (event, data)) in (last - n + 1..).zip(events) {
+                insert.execute(params![thread, seq, event.run_id, event.kind.as_str(), data, micros(created_at)])?;
+                out.push(Event {
+                    thread_id: thread,
+                    seq,
+                    run_id: event.run_id,
+                    kind: event.kind,
+                    data: event.data,
+                    created_at,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn events_after(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.read(move |c| {
+            // One statement, one snapshot: the owner check and the rows agree.
+            let mut stmt = c.prepare_cached(
+                "select t.owner_id, e.seq, e.run_id, e.kind, e.data, e.created_at
+                 from threads t left join events e on e.thread_id = t.thread_id and e.seq > ?2
+                 where t.thread_id = ?1 and t.owner_id = ?3
+                 order by e.seq limit ?4",
+            )?;
+            let mut rows = stmt.query(params![thread, after, owner, limit])?;
+            let mut out = Vec::new();
+            let mut owned = false;
+            while let Some(r) = rows.next()? {
+                owned = true;
+                let Some(seq) = r.get::<_, Option<i64>>(1)? else {
+                    continue;
+                };
+                out.push(Event {
+                    thread_id: thread,
+                    seq,
+                    run_id: r.get(2)?,
+                    kind: parsed(r, 3)?,
+                    data: json(r, 4)?,
+                    created_at: time(r, 5)?,
+                });
+            }
+            if !owned {
+                return Err(Error::not_found("thread", thread));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
+        self.read(move |c| find_thread(c, id)).await
+    }
+
+    pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "select count(*) from threads where thread_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn take_reader(&self) -> Result<Connection> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path),
+        }
+    }
+
+    fn put_reader(&self, conn: Connection) {
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.max_readers {
+            pool.push(conn);
+        }
+    }
+}
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "cannot open sqlite database {}: {e}",
+        path.display()
+    ))
+}
+
+fn open_writer(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable(path, e))?;
+    }
+    let conn = Connection::open(path).map_err(|e| unavailable(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let mode: String = conn
+        .query_row("pragma journal_mode = wal", [], |r| r.get(0))
+        .map_err(|e| unavailable(path, e))?;
+    if mode != "wal" {
+        return Err(unavailable(
+            path,
+            format!("journal_mode is {mode}, expected wal"),
+        ));
+    }
+    conn.execute_batch("pragma synchronous = normal; pragma foreign_keys = on;")?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A queued write with its result type erased, so one channel carries every kind of write.
+trait WriteJob: Send {
+    /// Runs the write; false if it failed (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Hands the result to the caller once the batch's commit has succeeded or failed.
+    fn finish(self: Box<Self>, commit: Result<()>);
+}
+
+struct TypedJob<T, F> {
+    f: Option<F>,
+    result: Option<Result<T>>,
+    tx: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        // A panicking write must not take the writer thread (and every later write) with it.
+        let result = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
+            Err(Error::Invalid(
+                "a write panicked; it was rolled back".into(),
+            ))
+        });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<()>) {
+        let result = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(Error::Unavailable("the write was not run".into())),
+        };
+        // The caller may have gone away (request cancelled); the write stands regardless.
+        let _ = self.tx.send(result);
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = rx.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let commit = run_batch(&conn, &mut batch);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = batch.len(), "sqlite batch failed to commit");
+        }
+        for job in batch.drain(..) {
+            job.finish(commit.clone());
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()> {
+    let exec = |sql: &str| -> Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    exec("begin immediate")?;
+    let mut body = || -> Result<()> {
+        for job in batch.iter_mut() {
+            exec("savepoint job")?;
+            if !job.run(conn) {
+                exec("rollback to job")?;
+            }
+            exec("release job")?;
+        }
+        exec("commit")
+    };
+    body().inspect_err(|_| {
+        let _ = conn.execute_batch("rollback");
+    })
+}
+
+/// FNV-1a, enough to notice a migration edited after it was applied.
+fn checksum(sql: &str) -> String {
+    let hash = sql.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+fn migrate(c: &Connection) -> Result<()> {
+    c.execute_batch(
+        "create table if not exists spindle_migrations (
+            version integer primary key, description text not null, checksum text not null, applied_at integer not null
+        ) strict",
+    )?;
+    let applied: Vec<(i64, String)> = c
+        .prepare("select version, checksum from spindle_migrations order by version")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (version, sum) in &applied {
+        match MIGRATIONS.iter().find(|(v, ..)| v == version) {
+            Some((_, _, sql)) if checksum(sql) == *sum => {}
+            Some(_) => {
+                return Err(Error::Invalid(format!(
+                    "migration {version} was edited after it was applied to this database"
+                )));
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "the database has migration {version}, which this spindle does not know: it was written by a newer version"
+                )));
+            }
+        }
+    }
+    for (version, description, sql) in MIGRATIONS {
+        if applied.iter().any(|(v, _)| v == version) {
+            continue;
+        }
+        c.execute_batch(sql)?;
+        c.execute(
+            "insert into spindle_migrations (version, description, checksum, applied_at) values (?1, ?2, ?3, ?4)",
+            params![version, description, checksum(sql), micros(now())],
+        )?;
+        tracing::info!(version, description, "applied sqlite migration");
+    }
+    Ok(())
+}
+
+// ---- rows ----
+
+fn insert_thread(
+    c: &Connection,
+    owner: UserId,
+    id: ThreadId,
+    metadata: &str,
+) -> Result<Option<Thread>> {
+    let sql = concat!("insert into threads (thread_id, owner_id, metadata, status, state_values, last_seq, created_at, updated_at, state_updated_at)
+         values (?1, ?2, ?3, 'idle', null, 0, ?4, ?4, ?4)
+         on conflict (thread_id) do nothing
+         returning ", thread_cols!());
+    Ok(c.prepare_cached(sql)?
+        .query_row(params![id, owner, metadata, micros(now())], thread_row)
+        .optional()?)
+}
+
+fn all<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map(params, row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+fn find_thread(c: &Connection, id: ThreadId) -> Result<Option<Thread>> {
+    let sql = concat!(
+        "select ",
+        thread_cols!(),
+        " from threads where thread_id = ?1"
+    );
+    Ok(c.prepare_cached(sql)?
+        .query_row([id], thread_row)
+        .optional()?)
+}
+
+fn owned_thread(c: &Connection, owner: UserId, id: ThreadId) -> Result<Thread> {
+    let sql = concat!(
+        "select ",
+        thread_cols!(),
+        " from threads where thread_id = ?1 and owner_id = ?2"
+    );
+    c.prepare_cached(sql)?
+        .query_row(params![id, owner], thread_row)
+        .optional()?
+        .ok_or_else(|| Error::not_found("thread", id))
+}
+
+fn thread_owner(c: &Connection, id: ThreadId) -> Result<Option<UserId>> {
+    Ok(
+        c.prepare_cached("select owner_id from threads where thread_id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
+}
+
+fn time(r: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
+    Ok(micros_to_time(r.get(idx)?))
+}
+
+fn json(r: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| conversion(idx, e))
+}
+
+fn json_opt(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Value>> {
+    let text: Option<String> = r.get(idx)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| conversion(idx, e)))
+        .transpose()
+}
+
+fn parsed<T: std::str::FromStr<Err = String>>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    text.parse()
+        .map_err(|e: String| conversion(idx, std::io::Error::other(e)))
+}
+
+fn thread_row(r: &Row<'_>) -> rusqlite::Result<Thread> {
+    Ok(Thread {
+        thread_id: r.get(0)?,
+        owner_id: r.get(1)?,
+        metadata: json_object(json(r, 2)?),
+        status: parsed(r, 3)?,
+        values: json_opt(r, 4)?,
+        last_seq: r.get(5)?,
+        created_at: time(r, 6)?,
+        updated_at: time(r, 7)?,
+        state_updated_at: time(r, 8)?,
+    })
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    Ok(Run {
+        run_id: r.get(0)?,
+        thread_id: r.get(1)?,
+        owner_id: r.get(2)?,
+        assistant_id: r.get(3)?,
+        status: parsed(r, 4)?,
+        input: json_opt(r, 5)?,
+        kwargs: json(r, 6)?,
+        metadata: json_object(json(r, 7)?),
+        multitask_strategy: parsed(r, 8)?,
+        error: r.get(9)?,
+        created_at: time(r, 10)?,
+        updated_at: time(r, 11)?,
+    })
+}
+
+fn checkpoint_row(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        checkpoint_id: r.get(0)?,
+        thread_id: r.get(1)?,
+        run_id: r.get(2)?,
+        parent_checkpoint_id: r.get(3)?,
+        values: json(r, 4)?,
+        metadata: json_object(json(r, 5)?),
+        created_at: time(r, 6)?,
+    })
+}
+
+fn assistant_row(r: &Row<'_>) -> rusqlite::Result<Assistant> {
+    Ok(Assistant {
+        assistant_id: r.get(0)?,
+        graph_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        config: json(r, 4)?,
+        context: json(r, 5)?,
+        metadata: json_object(json(r, 6)?),
+        version: r.get(7)?,
+        owner_id: r.get(8)?,
+        created_at: time(r, 9)?,
+        updated_at: time(r, 10)?,
+    })
+}
