@@ -11,10 +11,12 @@ use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 
 use crate::model::*;
 use crate::{Error, Result, StoreOptions, json_object, redact_url, thread_conflict};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -25,14 +27,22 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+        };
+        // One direct connection first: a pool that cannot connect reports only its own
+        // time-out, while this reports the cause (refused, unknown database, auth, ...).
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url))
+            .await
+            .map_err(|_| unavailable(&"timed out"))?
+            .map_err(|e| unavailable(&e))?;
+        first.close().await.map_err(|e| unavailable(&e))?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect(url)
             .await
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
-            })?;
+            .map_err(|e| unavailable(&e))?;
         Ok(PgStore { pool })
     }
 
