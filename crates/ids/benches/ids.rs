@@ -16,13 +16,9 @@ fn bench(c: &mut Criterion) {
             black_box(id.encode(&mut buf).len())
         })
     });
-    g.bench_function("mint + to_string ThreadId", |b| {
-        b.iter(|| ThreadId::new().to_string())
-    });
+    g.bench_function("mint + to_string ThreadId", |b| b.iter(|| ThreadId::new().to_string()));
     let text = ThreadId::new().to_string();
-    g.bench_function("parse ThreadId", |b| {
-        b.iter(|| black_box(&text).parse::<ThreadId>())
-    });
+    g.bench_function("parse ThreadId", |b| b.iter(|| black_box(&text).parse::<ThreadId>()));
     g.bench_function("serde_json ThreadId", |b| {
         let quoted = format!("\"{text}\"");
         b.iter(|| serde_json::from_str::<ThreadId>(black_box(&quoted)))

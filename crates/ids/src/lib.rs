@@ -100,10 +100,7 @@ pub mod mint {
     }
 
     /// The deterministic id of a named built-in (an assistant's graph name).
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the single deterministic minting site"
-    )]
+    #[expect(clippy::disallowed_methods, reason = "the single deterministic minting site")]
     pub(crate) fn v5(name: &str) -> Uuid {
         Uuid::new_v5(&ASSISTANT_NAMESPACE, name.as_bytes())
     }
@@ -178,11 +175,7 @@ pub fn parse_canonical(kind: IdKind, input: &str) -> Result<Uuid, ParseIdError> 
             return Ok(Uuid::from_bytes(bytes));
         }
     }
-    Err(ParseIdError {
-        kind,
-        input: truncated(input),
-        reason: diagnose(input),
-    })
+    Err(ParseIdError { kind, input: truncated(input), reason: diagnose(input) })
 }
 
 /// Where each byte's two hex digits start in the canonical form.
@@ -326,11 +319,7 @@ fn uuid_v7_millis(uuid: &Uuid) -> Option<u64> {
         return None;
     }
     let b = uuid.as_bytes();
-    Some(
-        b[..6]
-            .iter()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)),
-    )
+    Some(b[..6].iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
 }
 
 id_type!(
@@ -394,10 +383,7 @@ mod tests {
     #[test]
     fn parse_errors_name_the_kind_and_the_fault() {
         let prefix = "expected a UUID like 0192f1c4-7d3e-7a8b-9c0d-1e2f3a4b5c6d (36 characters, lowercase hex in groups of 8-4-4-4-12)";
-        check_err(
-            "abc",
-            &format!("invalid thread_id `abc`: {prefix}, got 3 characters"),
-        );
+        check_err("abc", &format!("invalid thread_id `abc`: {prefix}, got 3 characters"));
         check_err(
             "0192f1c4x7d3e-7a8b-9c0d-1e2f3a4b5c6d",
             &format!(

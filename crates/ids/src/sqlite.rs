@@ -17,11 +17,9 @@ macro_rules! impl_sqlite {
         impl FromSql for $t {
             fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
                 let blob = value.as_blob()?;
-                let bytes: [u8; 16] =
-                    blob.try_into().map_err(|_| FromSqlError::InvalidBlobSize {
-                        expected_size: 16,
-                        blob_size: blob.len(),
-                    })?;
+                let bytes: [u8; 16] = blob.try_into().map_err(|_| {
+                    FromSqlError::InvalidBlobSize { expected_size: 16, blob_size: blob.len() }
+                })?;
                 Ok($t::from_uuid(Uuid::from_bytes(bytes)))
             }
         }

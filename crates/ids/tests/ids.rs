@@ -15,10 +15,7 @@ fn minted_ids_are_v7_and_strictly_increasing_across_threads() {
     });
     let mut all = HashSet::new();
     for ids in &per_thread {
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "ids not strictly increasing"
-        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not strictly increasing");
         for id in ids {
             assert_eq!(id.as_uuid().get_version_num(), 7);
             assert!(all.insert(*id), "duplicate id {id}");
@@ -47,10 +44,9 @@ fn client_chosen_v4_ids_are_accepted() {
 
 #[test]
 fn minted_at_decodes_the_v7_timestamp() {
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let before =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
     let ms = UserId::new().minted_at_ms().unwrap();
     assert!(ms >= before && ms < before + 60_000, "{ms} vs {before}");
 }
@@ -74,16 +70,9 @@ fn serde_uses_the_text_form_and_names_the_kind_on_error() {
     assert_eq!(json, format!("\"{id}\""));
     assert_eq!(serde_json::from_str::<ThreadId>(&json).unwrap(), id);
 
-    let err = serde_json::from_str::<ThreadId>("\"abc\"")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("invalid thread_id `abc`: expected a UUID like"),
-        "{err}"
-    );
-    let err = serde_json::from_str::<ThreadId>("42")
-        .unwrap_err()
-        .to_string();
+    let err = serde_json::from_str::<ThreadId>("\"abc\"").unwrap_err().to_string();
+    assert!(err.starts_with("invalid thread_id `abc`: expected a UUID like"), "{err}");
+    let err = serde_json::from_str::<ThreadId>("42").unwrap_err().to_string();
     assert!(err.contains("expected a thread_id"), "{err}");
 }
 

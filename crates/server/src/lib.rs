@@ -12,10 +12,8 @@ use tokio::net::TcpListener;
 
 /// The built-in agents, registered as system assistants at start-up. The runs issue gives
 /// them behaviour; their ids are the LangGraph-compatible UUIDv5 of the name.
-pub const BUILTIN_AGENTS: &[(&str, &str)] = &[(
-    "echo",
-    "Replies with the user's last message; deterministic, no network",
-)];
+pub const BUILTIN_AGENTS: &[(&str, &str)] =
+    &[("echo", "Replies with the user's last message; deterministic, no network")];
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone, Debug)]
@@ -49,9 +47,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -13,10 +13,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
@@ -51,13 +48,8 @@ fn init_logging(args: &LogArgs) {
 
 async fn open_store(args: &DatabaseArgs) -> Result<Store, String> {
     let url = args.url().map_err(|e| e.to_string())?;
-    let options = StoreOptions {
-        max_connections: args.database_max_connections,
-        migrate: true,
-    };
-    let store = Store::open(&url, &options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let options = StoreOptions { max_connections: args.database_max_connections, migrate: true };
+    let store = Store::open(&url, &options).await.map_err(|e| e.to_string())?;
     tracing::info!(database = %url, "database ready");
     Ok(store)
 }
@@ -72,9 +64,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(%addr, "spindle listening");
     // One plain line on stdout, so scripts and tests that pass port 0 can find the port.
     println!("spindle listening on http://{addr}");
-    serve(listener, state, shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))
+    serve(listener, state, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
 }
 
 async fn run_migrate(args: DatabaseArgs) -> Result<(), String> {

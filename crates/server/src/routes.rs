@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ok", get(ok))
-        .route("/healthz", get(healthz))
+    Router::new().route("/ok", get(ok)).route("/healthz", get(healthz))
 }
 
 /// Liveness, as the LangGraph server answers it.
@@ -24,10 +22,7 @@ async fn ok() -> Json<Value> {
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = state.store.backend().as_str();
     match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ok", "database": database })),
-        ),
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok", "database": database }))),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");
             let body =

@@ -7,9 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 fn spindle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    cmd.env_remove("SPINDLE_DATABASE_URL")
-        .env_remove("SPINDLE_LISTEN")
-        .env("SPINDLE_LOG", "warn");
+    cmd.env_remove("SPINDLE_DATABASE_URL").env_remove("SPINDLE_LISTEN").env("SPINDLE_LOG", "warn");
     cmd
 }
 
@@ -48,26 +46,17 @@ impl Server {
             .unwrap();
         // The server prints its address once it is bound: wait for that line, not a timer.
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("spindle listening on http://")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server {
-            addr: addr.to_owned(),
-            child: Some(child),
-        }
+        Server { addr: addr.to_owned(), child: Some(child) }
     }
 
     fn get(&self, path: &str) -> String {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
@@ -76,13 +65,7 @@ impl Server {
     fn terminate(mut self) -> Output {
         let child = self.child.take().unwrap();
         let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         child.wait_with_output().unwrap()
     }
 }
@@ -104,17 +87,10 @@ fn serve_with_defaults_creates_the_sqlite_file_answers_and_stops_on_sigterm() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(ok.ends_with(r#"{"ok":true}"#), "{ok}");
     let health = server.get("/healthz");
-    assert!(
-        health.ends_with(r#"{"database":"sqlite","status":"ok"}"#),
-        "{health}"
-    );
+    assert!(health.ends_with(r#"{"database":"sqlite","status":"ok"}"#), "{health}");
     assert!(dir.0.join("spindle-data/spindle.db").exists());
     let output = server.terminate();
-    assert!(
-        output.status.success(),
-        "exit after SIGTERM: {:?}",
-        output.status
-    );
+    assert!(output.status.success(), "exit after SIGTERM: {:?}", output.status);
 }
 
 #[track_caller]
@@ -131,19 +107,11 @@ fn check_fails_with_one_line(args: &[&str], expected_start: &str) {
 #[test]
 fn an_unreachable_database_is_one_clear_line_and_exit_1() {
     check_fails_with_one_line(
-        &[
-            "serve",
-            "--database-url",
-            "postgres://spindle:s3cret@127.0.0.1:1/x",
-        ],
+        &["serve", "--database-url", "postgres://spindle:s3cret@127.0.0.1:1/x"],
         "error: database unavailable: cannot connect to postgres://spindle:***@127.0.0.1:1/x: ",
     );
     check_fails_with_one_line(
-        &[
-            "migrate",
-            "--database-url",
-            "sqlite:///proc/no-such-dir/x.db",
-        ],
+        &["migrate", "--database-url", "sqlite:///proc/no-such-dir/x.db"],
         "error: database unavailable: cannot open sqlite database /proc/no-such-dir/x.db",
     );
     check_fails_with_one_line(
@@ -156,11 +124,7 @@ fn an_unreachable_database_is_one_clear_line_and_exit_1() {
 fn the_secret_never_reaches_the_output() {
     let dir = TempDir::new("secret");
     let output = spindle()
-        .args([
-            "serve",
-            "--database-url",
-            "postgres://u:hunter2@127.0.0.1:1/x",
-        ])
+        .args(["serve", "--database-url", "postgres://u:hunter2@127.0.0.1:1/x"])
         .current_dir(&dir.0)
         .env("SPINDLE_LOG", "debug")
         .output()
@@ -173,27 +137,17 @@ fn the_secret_never_reaches_the_output() {
 fn migrate_creates_the_schema_and_is_repeatable() {
     let dir = TempDir::new("migrate");
     for _ in 0..2 {
-        let output = spindle()
-            .args(["migrate", "--data-dir", "db"])
-            .current_dir(&dir.0)
-            .output()
-            .unwrap();
+        let output =
+            spindle().args(["migrate", "--data-dir", "db"]).current_dir(&dir.0).output().unwrap();
         assert!(output.status.success(), "{output:?}");
-        assert_eq!(
-            String::from_utf8(output.stdout).unwrap(),
-            "migrations applied\n"
-        );
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), "migrations applied\n");
     }
     assert!(dir.0.join("db/spindle.db").exists());
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [
-        &["--help"][..],
-        &["serve", "--help"],
-        &["migrate", "--help"],
-    ] {
+    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"]] {
         let output = spindle().args(args).output().unwrap();
         assert!(output.status.success());
         let text = String::from_utf8(output.stdout).unwrap();
@@ -201,13 +155,9 @@ fn every_command_has_help() {
     }
     let serve =
         String::from_utf8(spindle().args(["serve", "--help"]).output().unwrap().stdout).unwrap();
-    for flag in [
-        "--listen",
-        "--database-url",
-        "SPINDLE_DATABASE_URL",
-        "SPINDLE_LISTEN",
-        "127.0.0.1:8123",
-    ] {
+    for flag in
+        ["--listen", "--database-url", "SPINDLE_DATABASE_URL", "SPINDLE_LISTEN", "127.0.0.1:8123"]
+    {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
     }
 }

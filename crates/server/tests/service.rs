@@ -11,10 +11,8 @@ use tower::ServiceExt;
 
 async fn get(store: &Store, uri: &str) -> (StatusCode, Value) {
     let state = AppState::new(store.clone()).await.unwrap();
-    let response = app(state)
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response =
+        app(state).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap())
@@ -24,16 +22,10 @@ async fn check_service_routes(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    assert_eq!(
-        get(&db.store, "/ok").await,
-        (StatusCode::OK, json!({"ok": true}))
-    );
+    assert_eq!(get(&db.store, "/ok").await, (StatusCode::OK, json!({"ok": true})));
     assert_eq!(
         get(&db.store, "/healthz").await,
-        (
-            StatusCode::OK,
-            json!({"status": "ok", "database": backend.as_str()})
-        )
+        (StatusCode::OK, json!({"status": "ok", "database": backend.as_str()}))
     );
 }
 
@@ -54,13 +46,7 @@ async fn builtin_assistants_are_registered_at_start() {
     // Registering twice (a restart) keeps one row per agent.
     AppState::new(db.store.clone()).await.unwrap();
     let user = db.store.ensure_user("u").await.unwrap().user_id;
-    let names: Vec<_> = db
-        .store
-        .list_assistants(user)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.graph_id)
-        .collect();
+    let names: Vec<_> =
+        db.store.list_assistants(user).await.unwrap().into_iter().map(|a| a.graph_id).collect();
     assert_eq!(names, ["echo"]);
 }

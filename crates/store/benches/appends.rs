@@ -41,9 +41,8 @@ fn delta(n: usize) -> NewEvent {
 
 async fn run_case(store: &Store, case: &Case) -> f64 {
     let owner = store.ensure_user("bench").await.unwrap().user_id;
-    let threads: Vec<ThreadId> = (0..if case.shared_thread { 1 } else { case.writers })
-        .map(|_| ThreadId::new())
-        .collect();
+    let threads: Vec<ThreadId> =
+        (0..if case.shared_thread { 1 } else { case.writers }).map(|_| ThreadId::new()).collect();
     for t in &threads {
         store.create_thread(owner, *t, &Metadata::new()).await.unwrap();
     }

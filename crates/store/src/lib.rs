@@ -67,10 +67,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
-        Error::NotFound {
-            kind,
-            id: id.to_string(),
-        }
+        Error::NotFound { kind, id: id.to_string() }
     }
 
     pub(crate) fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -180,9 +177,7 @@ pub fn redact_url(url: &str) -> String {
     }
     if let Some(start) = out.find("password=") {
         let value_start = start + "password=".len();
-        let value_end = out[value_start..]
-            .find('&')
-            .map_or(out.len(), |i| value_start + i);
+        let value_end = out[value_start..].find('&').map_or(out.len(), |i| value_start + i);
         out.replace_range(value_start..value_end, "***");
     }
     out
@@ -199,10 +194,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            max_connections: 16,
-            migrate: true,
-        }
+        StoreOptions { max_connections: 16, migrate: true }
     }
 }
 
@@ -426,12 +418,8 @@ impl Store {
         thread: ThreadId,
         event: &NewEvent,
     ) -> Result<Event> {
-        let mut events = self
-            .append_events(owner, thread, std::slice::from_ref(event))
-            .await?;
-        events
-            .pop()
-            .ok_or_else(|| Error::Invalid("no event appended".into()))
+        let mut events = self.append_events(owner, thread, std::slice::from_ref(event)).await?;
+        events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))
     }
 
     /// Events of the caller's thread with `seq > after`, in order, at most `limit`.
@@ -479,10 +467,7 @@ mod tests {
             DatabaseUrl::parse("sqlite://data/x.db").unwrap(),
             DatabaseUrl::Sqlite("data/x.db".into())
         );
-        assert_eq!(
-            DatabaseUrl::parse("sqlite:x.db").unwrap(),
-            DatabaseUrl::Sqlite("x.db".into())
-        );
+        assert_eq!(DatabaseUrl::parse("sqlite:x.db").unwrap(), DatabaseUrl::Sqlite("x.db".into()));
         assert_eq!(
             DatabaseUrl::parse("sqlite:///abs/x.db").unwrap(),
             DatabaseUrl::Sqlite("/abs/x.db".into())
@@ -490,9 +475,7 @@ mod tests {
         let pg = DatabaseUrl::parse("postgres://u:secret@h:5432/db?password=other").unwrap();
         assert_eq!(pg.to_string(), "postgres://u:***@h:5432/db?password=***");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        let err = DatabaseUrl::parse("mysql://u:pw@h/db")
-            .unwrap_err()
-            .to_string();
+        let err = DatabaseUrl::parse("mysql://u:pw@h/db").unwrap_err().to_string();
         assert_eq!(
             err,
             "invalid database url `mysql://u:***@h/db`: expected sqlite://PATH or postgres://USER@HOST/DB"

@@ -47,10 +47,7 @@ impl PgStore {
     }
 
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| Error::Invalid(format!("migration failed: {e}")))
+        MIGRATOR.run(&self.pool).await.map_err(|e| Error::Invalid(format!("migration failed: {e}")))
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -70,11 +67,7 @@ impl PgStore {
         .bind(now())
         .fetch_one(&self.pool)
         .await?;
-        Ok(User {
-            user_id: row.try_get(0)?,
-            subject: row.try_get(1)?,
-            created_at: row.try_get(2)?,
-        })
+        Ok(User { user_id: row.try_get(0)?, subject: row.try_get(1)?, created_at: row.try_get(2)? })
     }
 
     pub async fn upsert_system_assistant(&self, a: &SystemAssistant) -> Result<Assistant> {
@@ -98,11 +91,7 @@ impl PgStore {
             assistant_cols!(),
             " from assistants where assistant_id = $1 and (owner_id is null or owner_id = $2)"
         );
-        let row = sqlx::query(sql)
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sql).bind(id).bind(owner).fetch_optional(&self.pool).await?;
         row.as_ref()
             .map(assistant_row)
             .transpose()?
@@ -138,9 +127,7 @@ impl PgStore {
                 None => continue,
             }
         }
-        Err(Error::Conflict(format!(
-            "thread {id} is being created and deleted concurrently"
-        )))
+        Err(Error::Conflict(format!("thread {id} is being created and deleted concurrently")))
     }
 
     pub async fn get_thread(&self, owner: UserId, id: ThreadId) -> Result<Thread> {
@@ -149,15 +136,8 @@ impl PgStore {
             thread_cols!(),
             " from threads where thread_id = $1 and owner_id = $2"
         );
-        let row = sqlx::query(sql)
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref()
-            .map(thread_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("thread", id))
+        let row = sqlx::query(sql).bind(id).bind(owner).fetch_optional(&self.pool).await?;
+        row.as_ref().map(thread_row).transpose()?.ok_or_else(|| Error::not_found("thread", id))
     }
 
     pub async fn list_threads(
@@ -195,10 +175,7 @@ impl PgStore {
             .bind(owner)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref()
-            .map(thread_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("thread", id))
+        row.as_ref().map(thread_row).transpose()?.ok_or_else(|| Error::not_found("thread", id))
     }
 
     pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
@@ -266,16 +243,9 @@ impl PgStore {
             run_cols!(),
             " from runs where run_id = $1 and thread_id = $2 and owner_id = $3"
         );
-        let row = sqlx::query(sql)
-            .bind(id)
-            .bind(thread)
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref()
-            .map(run_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("run", id))
+        let row =
+            sqlx::query(sql).bind(id).bind(thread).bind(owner).fetch_optional(&self.pool).await?;
+        row.as_ref().map(run_row).transpose()?.ok_or_else(|| Error::not_found("run", id))
     }
 
     pub async fn list_runs(
@@ -418,10 +388,8 @@ impl PgStore {
         let created_at = now();
         let run_ids: Vec<Option<RunId>> = events.iter().map(|e| e.run_id).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let data = events
-            .iter()
-            .map(|e| serde_json::to_string(&e.data))
-            .collect::<Result<Vec<_>, _>>()?;
+        let data =
+            events.iter().map(|e| serde_json::to_string(&e.data)).collect::<Result<Vec<_>, _>>()?;
         // One statement, so one implicit transaction: the thread's row lock (taken by the
         // update) orders concurrent appenders, and a failed insert rolls the counter back.
         let seqs: Vec<i64> = sqlx::query_scalar(
@@ -506,12 +474,10 @@ impl PgStore {
     }
 
     pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("select count(*) from threads where thread_id = $1")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("select count(*) from threads where thread_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 }
 
@@ -553,11 +519,7 @@ where
 }
 
 async fn find_thread(pool: &PgPool, id: ThreadId) -> Result<Option<Thread>> {
-    let sql = concat!(
-        "select ",
-        thread_cols!(),
-        " from threads where thread_id = $1"
-    );
+    let sql = concat!("select ", thread_cols!(), " from threads where thread_id = $1");
     let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
     row.as_ref().map(thread_row).transpose()
 }

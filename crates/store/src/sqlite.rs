@@ -30,11 +30,8 @@ const QUEUE: usize = 4096;
 /// How long a connection waits for a lock held by another process (e.g. `spindle doctor`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -50,9 +47,7 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish_non_exhaustive()
     }
 }
 
@@ -74,9 +69,7 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             max_readers: options.max_connections.max(1) as usize,
         };
-        Ok(SqliteStore {
-            inner: Arc::new(inner),
-        })
+        Ok(SqliteStore { inner: Arc::new(inner) })
     }
 
     /// Runs `f` on the writer connection inside the current batch's transaction (in a
@@ -87,11 +80,7 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Box::new(TypedJob {
-            f: Some(f),
-            result: None,
-            tx,
-        });
+        let job = Box::new(TypedJob { f: Some(f), result: None, tx });
         let stopped = || Error::Unavailable("the sqlite writer has stopped".into());
         self.inner.writer.send(job).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -119,11 +108,7 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        self.read(|c| {
-            Ok(c.query_row("select 1", [], |r| r.get::<_, i64>(0))
-                .map(drop)?)
-        })
-        .await
+        self.read(|c| Ok(c.query_row("select 1", [], |r| r.get::<_, i64>(0)).map(drop)?)).await
     }
 
     pub async fn ensure_user(&self, subject: &str) -> Result<User> {
@@ -193,9 +178,9 @@ impl SqliteStore {
                 Some(thread) if thread.owner_id == owner => Ok((thread, false)),
                 // Taken by another user: say only that the id is taken.
                 Some(_) => Err(thread_conflict(id)),
-                None => Err(Error::Conflict(format!(
-                    "thread {id} was deleted while being created"
-                ))),
+                None => {
+                    Err(Error::Conflict(format!("thread {id} was deleted while being created")))
+                }
             }
         })
         .await
@@ -489,11 +474,9 @@ impl SqliteStore {
 
     pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
         self.read(move |c| {
-            Ok(c.query_row(
-                "select count(*) from threads where thread_id = ?1",
-                [id],
-                |r| r.get(0),
-            )?)
+            Ok(c.query_row("select count(*) from threads where thread_id = ?1", [id], |r| {
+                r.get(0)
+            })?)
         })
         .await
     }
@@ -517,10 +500,7 @@ impl Inner {
 }
 
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!(
-        "cannot open sqlite database {}: {e}",
-        path.display()
-    ))
+    Error::Unavailable(format!("cannot open sqlite database {}: {e}", path.display()))
 }
 
 fn open_writer(path: &Path) -> Result<Connection> {
@@ -534,10 +514,7 @@ fn open_writer(path: &Path) -> Result<Connection> {
         .query_row("pragma journal_mode = wal", [], |r| r.get(0))
         .map_err(|e| unavailable(path, e))?;
     if mode != "wal" {
-        return Err(unavailable(
-            path,
-            format!("journal_mode is {mode}, expected wal"),
-        ));
+        return Err(unavailable(path, format!("journal_mode is {mode}, expected wal")));
     }
     conn.execute_batch("pragma synchronous = normal; pragma foreign_keys = on;")?;
     Ok(conn)
@@ -575,11 +552,8 @@ where
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else { return false };
         // A panicking write must not take the writer thread (and every later write) with it.
-        let result = catch_unwind(AssertUnwindSafe(|| f(conn))).unwrap_or_else(|_| {
-            Err(Error::Invalid(
-                "a write panicked; it was rolled back".into(),
-            ))
-        });
+        let result = catch_unwind(AssertUnwindSafe(|| f(conn)))
+            .unwrap_or_else(|_| Err(Error::Invalid("a write panicked; it was rolled back".into())));
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -639,9 +613,9 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()> {
 
 /// FNV-1a, enough to notice a migration edited after it was applied.
 fn checksum(sql: &str) -> String {
-    let hash = sql.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = sql
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("{hash:016x}")
 }
 
@@ -708,29 +682,18 @@ fn all<T>(
     row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>> {
     let mut stmt = c.prepare_cached(sql)?;
-    let rows = stmt
-        .query_map(params, row)?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows = stmt.query_map(params, row)?.collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
 
 fn find_thread(c: &Connection, id: ThreadId) -> Result<Option<Thread>> {
-    let sql = concat!(
-        "select ",
-        thread_cols!(),
-        " from threads where thread_id = ?1"
-    );
-    Ok(c.prepare_cached(sql)?
-        .query_row([id], thread_row)
-        .optional()?)
+    let sql = concat!("select ", thread_cols!(), " from threads where thread_id = ?1");
+    Ok(c.prepare_cached(sql)?.query_row([id], thread_row).optional()?)
 }
 
 fn owned_thread(c: &Connection, owner: UserId, id: ThreadId) -> Result<Thread> {
-    let sql = concat!(
-        "select ",
-        thread_cols!(),
-        " from threads where thread_id = ?1 and owner_id = ?2"
-    );
+    let sql =
+        concat!("select ", thread_cols!(), " from threads where thread_id = ?1 and owner_id = ?2");
     c.prepare_cached(sql)?
         .query_row(params![id, owner], thread_row)
         .optional()?
@@ -738,11 +701,9 @@ fn owned_thread(c: &Connection, owner: UserId, id: ThreadId) -> Result<Thread> {
 }
 
 fn thread_owner(c: &Connection, id: ThreadId) -> Result<Option<UserId>> {
-    Ok(
-        c.prepare_cached("select owner_id from threads where thread_id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?,
-    )
+    Ok(c.prepare_cached("select owner_id from threads where thread_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -764,14 +725,12 @@ fn json(r: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
 
 fn json_opt(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Value>> {
     let text: Option<String> = r.get(idx)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| conversion(idx, e)))
-        .transpose()
+    text.map(|t| serde_json::from_str(&t).map_err(|e| conversion(idx, e))).transpose()
 }
 
 fn parsed<T: std::str::FromStr<Err = String>>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
     let text: String = r.get(idx)?;
-    text.parse()
-        .map_err(|e: String| conversion(idx, std::io::Error::other(e)))
+    text.parse().map_err(|e: String| conversion(idx, std::io::Error::other(e)))
 }
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<Thread> {

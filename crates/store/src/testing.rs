@@ -63,14 +63,8 @@ impl TestDb {
         let dir = std::env::temp_dir().join(unique_name("spindle-test-"));
         std::fs::create_dir_all(&dir).expect("create a temporary folder");
         let url = DatabaseUrl::Sqlite(dir.join("spindle.db"));
-        let store = Store::open(&url, &StoreOptions::default())
-            .await
-            .expect("open sqlite");
-        TestDb {
-            store,
-            url,
-            cleanup: Cleanup::Dir(dir),
-        }
+        let store = Store::open(&url, &StoreOptions::default()).await.expect("open sqlite");
+        TestDb { store, url, cleanup: Cleanup::Dir(dir) }
     }
 
     pub async fn postgres() -> Option<TestDb> {
@@ -85,24 +79,15 @@ impl TestDb {
             .expect("create the test database");
         admin.close().await;
         let url = DatabaseUrl::Postgres(with_database(&admin_url, &name));
-        let options = StoreOptions {
-            max_connections: 8,
-            migrate: true,
-        };
+        let options = StoreOptions { max_connections: 8, migrate: true };
         let store = Store::open(&url, &options).await.expect("open postgres");
-        Some(TestDb {
-            store,
-            url,
-            cleanup: Cleanup::Database { admin_url, name },
-        })
+        Some(TestDb { store, url, cleanup: Cleanup::Database { admin_url, name } })
     }
 }
 
 /// `admin_url` with its database name replaced by `name`.
 fn with_database(admin_url: &str, name: &str) -> String {
-    let (base, query) = admin_url
-        .split_once('?')
-        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = admin_url.split_once('?').map_or((admin_url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let base = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -124,9 +109,7 @@ impl Drop for TestDb {
                 // Drop may run inside a runtime; a thread of its own can block on a new one.
                 let (admin_url, db) = (admin_url.clone(), name.clone());
                 let dropped = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     rt.block_on(async {
                         let admin = sqlx::PgPool::connect(&admin_url)
                             .await
@@ -158,10 +141,7 @@ mod tests {
             super::with_database("postgres://u@h:5432/postgres", "x"),
             "postgres://u@h:5432/x"
         );
-        assert_eq!(
-            super::with_database("postgres://u@h", "x"),
-            "postgres://u@h/x"
-        );
+        assert_eq!(super::with_database("postgres://u@h", "x"), "postgres://u@h/x");
         assert_eq!(
             super::with_database("postgres://u@h/db?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"

@@ -69,11 +69,7 @@ fn new_run(thread: ThreadId) -> NewRun {
 }
 
 fn event(kind: EventKind, n: i64) -> NewEvent {
-    NewEvent {
-        run_id: None,
-        kind,
-        data: json!({ "n": n }),
-    }
+    NewEvent { run_id: None, kind, data: json!({ "n": n }) }
 }
 
 #[track_caller]
@@ -91,9 +87,7 @@ async fn get_or_create_is_atomic_under_64_concurrent_calls(store: &Store) {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                store
-                    .get_or_create_thread(owner, id, &meta(json!({ "caller": i })))
-                    .await
+                store.get_or_create_thread(owner, id, &meta(json!({ "caller": i }))).await
             })
         })
         .collect();
@@ -113,23 +107,14 @@ async fn another_owners_thread_is_a_conflict_that_reveals_nothing(store: &Store)
     let alice = store.ensure_user("alice").await.unwrap().user_id;
     let bob = store.ensure_user("bob").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(alice, id, &meta(json!({"secret": "alice's"})))
-        .await
-        .unwrap();
+    store.create_thread(alice, id, &meta(json!({"secret": "alice's"}))).await.unwrap();
 
-    let err = store
-        .get_or_create_thread(bob, id, &Metadata::new())
-        .await
-        .unwrap_err();
+    let err = store.get_or_create_thread(bob, id, &Metadata::new()).await.unwrap_err();
     match &err {
         Error::Conflict(message) => assert_eq!(message, &format!("thread {id} already exists")),
         other => panic!("expected conflict, got {other:?}"),
     }
-    let err = store
-        .create_run(bob, &new_run(id), IfNotExists::Create)
-        .await
-        .unwrap_err();
+    let err = store.create_run(bob, &new_run(id), IfNotExists::Create).await.unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err:?}");
     // Alice's thread is untouched.
     let thread = store.get_thread(alice, id).await.unwrap();
@@ -141,53 +126,21 @@ async fn every_thread_operation_is_owner_scoped(store: &Store) {
     let alice = store.ensure_user("alice").await.unwrap().user_id;
     let bob = store.ensure_user("bob").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(alice, id, &Metadata::new())
-        .await
-        .unwrap();
-    let run = store
-        .create_run(alice, &new_run(id), IfNotExists::Reject)
-        .await
-        .unwrap();
-    store
-        .append_event(alice, id, &event(EventKind::RunCreated, 1))
-        .await
-        .unwrap();
-    store
-        .put_state(alice, id, None, &json!({"messages": []}), &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(alice, id, &Metadata::new()).await.unwrap();
+    let run = store.create_run(alice, &new_run(id), IfNotExists::Reject).await.unwrap();
+    store.append_event(alice, id, &event(EventKind::RunCreated, 1)).await.unwrap();
+    store.put_state(alice, id, None, &json!({"messages": []}), &Metadata::new()).await.unwrap();
 
     assert_not_found(store.get_thread(bob, id).await);
-    assert_not_found(
-        store
-            .update_thread_metadata(bob, id, &meta(json!({"x": 1})))
-            .await,
-    );
+    assert_not_found(store.update_thread_metadata(bob, id, &meta(json!({"x": 1}))).await);
     assert_not_found(store.delete_thread(bob, id).await);
-    assert_not_found(
-        store
-            .create_run(bob, &new_run(id), IfNotExists::Reject)
-            .await,
-    );
+    assert_not_found(store.create_run(bob, &new_run(id), IfNotExists::Reject).await);
     assert_not_found(store.get_run(bob, id, run.run_id).await);
     assert_not_found(store.list_runs(bob, id, 10, 0).await);
-    assert_not_found(
-        store
-            .set_run_status(bob, id, run.run_id, RunStatus::Error, None)
-            .await,
-    );
-    assert_not_found(
-        store
-            .append_event(bob, id, &event(EventKind::RunError, 2))
-            .await,
-    );
+    assert_not_found(store.set_run_status(bob, id, run.run_id, RunStatus::Error, None).await);
+    assert_not_found(store.append_event(bob, id, &event(EventKind::RunError, 2)).await);
     assert_not_found(store.events_after(bob, id, 0, 100).await);
-    assert_not_found(
-        store
-            .put_state(bob, id, None, &json!({}), &Metadata::new())
-            .await,
-    );
+    assert_not_found(store.put_state(bob, id, None, &json!({}), &Metadata::new()).await);
     assert_not_found(store.list_checkpoints(bob, id, 10, None).await);
     assert!(store.list_threads(bob, 100, 0).await.unwrap().is_empty());
 
@@ -195,27 +148,14 @@ async fn every_thread_operation_is_owner_scoped(store: &Store) {
     let thread = store.get_thread(alice, id).await.unwrap();
     assert_eq!(thread.last_seq, 1);
     assert_eq!(thread.metadata, Metadata::new());
-    assert_eq!(
-        store.get_run(alice, id, run.run_id).await.unwrap().status,
-        RunStatus::Pending
-    );
-    assert_eq!(
-        store
-            .list_checkpoints(alice, id, 10, None)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store.get_run(alice, id, run.run_id).await.unwrap().status, RunStatus::Pending);
+    assert_eq!(store.list_checkpoints(alice, id, 10, None).await.unwrap().len(), 1);
 }
 
 async fn concurrent_appends_get_gapless_unique_seqs(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
     let writers: Vec<_> = (0..16)
         .map(|w| {
             let store = store.clone();
@@ -240,10 +180,7 @@ async fn concurrent_appends_get_gapless_unique_seqs(store: &Store) {
     let mut all = Vec::new();
     for w in writers {
         let seqs = w.await.unwrap();
-        assert!(
-            seqs.windows(2).all(|p| p[0] < p[1]),
-            "one writer's seqs increase"
-        );
+        assert!(seqs.windows(2).all(|p| p[0] < p[1]), "one writer's seqs increase");
         all.extend(seqs);
     }
     all.sort_unstable();
@@ -257,21 +194,9 @@ async fn concurrent_appends_get_gapless_unique_seqs(store: &Store) {
 async fn events_after_reads_in_order_from_a_seq(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
-    assert!(
-        store
-            .events_after(owner, id, 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let run = store
-        .create_run(owner, &new_run(id), IfNotExists::Reject)
-        .await
-        .unwrap();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
+    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    let run = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
     for n in 1..=10 {
         let e = NewEvent {
             run_id: Some(run.run_id),
@@ -286,23 +211,13 @@ async fn events_after_reads_in_order_from_a_seq(store: &Store) {
     assert_eq!(after[0].data, json!({"n": 5}));
     assert_eq!(after[0].run_id, Some(run.run_id));
     assert_eq!(after[0].kind, EventKind::MessageDelta);
-    assert!(
-        store
-            .events_after(owner, id, 10, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.events_after(owner, id, 10, 10).await.unwrap().is_empty());
 }
 
 async fn create_run_reject_on_a_missing_thread_creates_nothing(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    assert_not_found(
-        store
-            .create_run(owner, &new_run(id), IfNotExists::Reject)
-            .await,
-    );
+    assert_not_found(store.create_run(owner, &new_run(id), IfNotExists::Reject).await);
     assert_eq!(store.admin_count_threads(id).await.unwrap(), 0);
     assert!(store.list_threads(owner, 10, 0).await.unwrap().is_empty());
 }
@@ -313,11 +228,9 @@ async fn create_run_with_create_makes_one_thread_under_50_concurrent_runs(store:
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .create_run(owner, &new_run(id), IfNotExists::Create)
-                    .await
-            })
+            tokio::spawn(
+                async move { store.create_run(owner, &new_run(id), IfNotExists::Create).await },
+            )
         })
         .collect();
     for task in tasks {
@@ -326,56 +239,28 @@ async fn create_run_with_create_makes_one_thread_under_50_concurrent_runs(store:
     }
     assert_eq!(store.admin_count_threads(id).await.unwrap(), 1);
     assert_eq!(store.list_runs(owner, id, 100, 0).await.unwrap().len(), 50);
-    assert_eq!(
-        store.get_thread(owner, id).await.unwrap().status,
-        ThreadStatus::Busy
-    );
+    assert_eq!(store.get_thread(owner, id).await.unwrap().status, ThreadStatus::Busy);
 }
 
 async fn thread_status_follows_its_runs(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
     let status = || async { store.get_thread(owner, id).await.unwrap().status };
-    let first = store
-        .create_run(owner, &new_run(id), IfNotExists::Reject)
-        .await
-        .unwrap();
-    let second = store
-        .create_run(owner, &new_run(id), IfNotExists::Reject)
-        .await
-        .unwrap();
+    let first = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
+    let second = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
     assert_eq!(status().await, ThreadStatus::Busy);
-    store
-        .set_run_status(owner, id, first.run_id, RunStatus::Running, None)
-        .await
-        .unwrap();
-    store
-        .set_run_status(owner, id, first.run_id, RunStatus::Success, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        status().await,
-        ThreadStatus::Busy,
-        "busy while another run is pending"
-    );
+    store.set_run_status(owner, id, first.run_id, RunStatus::Running, None).await.unwrap();
+    store.set_run_status(owner, id, first.run_id, RunStatus::Success, None).await.unwrap();
+    assert_eq!(status().await, ThreadStatus::Busy, "busy while another run is pending");
     let ended = store
         .set_run_status(owner, id, second.run_id, RunStatus::Error, Some("boom"))
         .await
         .unwrap();
     assert_eq!(ended.error.as_deref(), Some("boom"));
     assert_eq!(status().await, ThreadStatus::Error);
-    let third = store
-        .create_run(owner, &new_run(id), IfNotExists::Reject)
-        .await
-        .unwrap();
-    store
-        .set_run_status(owner, id, third.run_id, RunStatus::Interrupted, None)
-        .await
-        .unwrap();
+    let third = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
+    store.set_run_status(owner, id, third.run_id, RunStatus::Interrupted, None).await.unwrap();
     assert_eq!(status().await, ThreadStatus::Idle);
     let runs = store.list_runs(owner, id, 10, 0).await.unwrap();
     assert_eq!(
@@ -387,30 +272,17 @@ async fn thread_status_follows_its_runs(store: &Store) {
 async fn delete_cascades_to_runs_checkpoints_and_events(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    let run = store
-        .create_run(owner, &new_run(id), IfNotExists::Create)
-        .await
-        .unwrap();
+    let run = store.create_run(owner, &new_run(id), IfNotExists::Create).await.unwrap();
     store
         .append_event(
             owner,
             id,
-            &NewEvent {
-                run_id: Some(run.run_id),
-                kind: EventKind::AgentStarted,
-                data: json!({}),
-            },
+            &NewEvent { run_id: Some(run.run_id), kind: EventKind::AgentStarted, data: json!({}) },
         )
         .await
         .unwrap();
     store
-        .put_state(
-            owner,
-            id,
-            Some(run.run_id),
-            &json!({"messages": []}),
-            &Metadata::new(),
-        )
+        .put_state(owner, id, Some(run.run_id), &json!({"messages": []}), &Metadata::new())
         .await
         .unwrap();
     store.delete_thread(owner, id).await.unwrap();
@@ -418,31 +290,12 @@ async fn delete_cascades_to_runs_checkpoints_and_events(store: &Store) {
     assert_not_found(store.get_run(owner, id, run.run_id).await);
     assert_not_found(store.delete_thread(owner, id).await);
     // The id is free again, and the new thread starts with an empty log and history.
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
-    assert!(
-        store
-            .events_after(owner, id, 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        store
-            .list_checkpoints(owner, id, 10, None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
+    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    assert!(store.list_checkpoints(owner, id, 10, None).await.unwrap().is_empty());
     assert!(store.list_runs(owner, id, 10, 0).await.unwrap().is_empty());
     assert_eq!(
-        store
-            .append_event(owner, id, &event(EventKind::RunCreated, 0))
-            .await
-            .unwrap()
-            .seq,
+        store.append_event(owner, id, &event(EventKind::RunCreated, 0)).await.unwrap().seq,
         1
     );
 }
@@ -450,19 +303,13 @@ async fn delete_cascades_to_runs_checkpoints_and_events(store: &Store) {
 async fn state_history_is_newest_first_with_parents(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
     assert_eq!(store.get_thread(owner, id).await.unwrap().values, None);
     let mut written = Vec::new();
     for n in 0..5 {
         let values = json!({"messages": [{"type": "human", "content": format!("m{n}")}]});
         written.push(
-            store
-                .put_state(owner, id, None, &values, &meta(json!({"step": n})))
-                .await
-                .unwrap(),
+            store.put_state(owner, id, None, &values, &meta(json!({"step": n}))).await.unwrap(),
         );
     }
     let thread = store.get_thread(owner, id).await.unwrap();
@@ -474,10 +321,7 @@ async fn state_history_is_newest_first_with_parents(store: &Store) {
     for pair in history.windows(2) {
         assert_eq!(pair[0].parent_checkpoint_id, Some(pair[1].checkpoint_id));
     }
-    let page = store
-        .list_checkpoints(owner, id, 2, Some(written[3].checkpoint_id))
-        .await
-        .unwrap();
+    let page = store.list_checkpoints(owner, id, 2, Some(written[3].checkpoint_id)).await.unwrap();
     assert_eq!(page, [written[2].clone(), written[1].clone()]);
 }
 
@@ -485,11 +329,7 @@ async fn metadata_update_is_a_shallow_merge(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
     store
-        .create_thread(
-            owner,
-            id,
-            &meta(json!({"a": 1, "nested": {"x": 1, "y": 2}})),
-        )
+        .create_thread(owner, id, &meta(json!({"a": 1, "nested": {"x": 1, "y": 2}})))
         .await
         .unwrap();
     let updated = store
@@ -498,10 +338,7 @@ async fn metadata_update_is_a_shallow_merge(store: &Store) {
         .unwrap();
     let expected = meta(json!({"a": 1, "b": 2, "nested": {"x": 9}}));
     assert_eq!(updated.metadata, expected);
-    assert_eq!(
-        store.get_thread(owner, id).await.unwrap().metadata,
-        expected
-    );
+    assert_eq!(store.get_thread(owner, id).await.unwrap().metadata, expected);
 }
 
 async fn ensure_user_is_idempotent_under_concurrency(store: &Store) {
@@ -516,44 +353,29 @@ async fn ensure_user_is_idempotent_under_concurrency(store: &Store) {
         ids.insert(task.await.unwrap().unwrap().user_id);
     }
     assert_eq!(ids.len(), 1);
-    assert_ne!(
-        store.ensure_user("dave").await.unwrap().user_id,
-        *ids.iter().next().unwrap()
-    );
+    assert_ne!(store.ensure_user("dave").await.unwrap().user_id, *ids.iter().next().unwrap());
 }
 
 async fn system_assistants_have_langgraph_ids(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
-    let spec = store::SystemAssistant {
-        graph_id: "echo".into(),
-        description: Some("repeats".into()),
-    };
+    let spec =
+        store::SystemAssistant { graph_id: "echo".into(), description: Some("repeats".into()) };
     let a = store.upsert_system_assistant(&spec).await.unwrap();
     let again = store.upsert_system_assistant(&spec).await.unwrap();
     assert_eq!(a, again);
-    assert_eq!(
-        a.assistant_id.to_string(),
-        "046b5dc7-2108-582c-9c6c-31d556d138f0"
-    );
+    assert_eq!(a.assistant_id.to_string(), "046b5dc7-2108-582c-9c6c-31d556d138f0");
     assert_eq!(a.name, "echo");
     assert_eq!(a.metadata, meta(json!({"created_by": "system"})));
     assert_eq!(a.owner_id, None);
     assert_eq!(store.get_assistant(owner, a.assistant_id).await.unwrap(), a);
     assert_eq!(store.list_assistants(owner).await.unwrap(), [a]);
-    assert_not_found(
-        store
-            .get_assistant(owner, AssistantId::for_graph("missing"))
-            .await,
-    );
+    assert_not_found(store.get_assistant(owner, AssistantId::for_graph("missing")).await);
 }
 
 async fn migrate_twice_is_a_no_op(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
-    store
-        .create_thread(owner, id, &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
@@ -565,10 +387,7 @@ async fn a_failed_write_leaves_no_trace(store: &Store) {
     // (on SQLite) must still commit, and the failed one must leave nothing.
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let good = ThreadId::new();
-    store
-        .create_thread(owner, good, &Metadata::new())
-        .await
-        .unwrap();
+    store.create_thread(owner, good, &Metadata::new()).await.unwrap();
     let tasks: Vec<_> = (0..40)
         .map(|i| {
             let store = store.clone();
@@ -594,10 +413,7 @@ async fn a_failed_write_leaves_no_trace(store: &Store) {
         }
     }
     assert_eq!(failures, 20);
-    assert_eq!(
-        store.events_after(owner, good, 0, 100).await.unwrap().len(),
-        20
-    );
+    assert_eq!(store.events_after(owner, good, 0, 100).await.unwrap().len(), 20);
     assert_eq!(store.list_threads(owner, 100, 0).await.unwrap().len(), 1);
 }
 
