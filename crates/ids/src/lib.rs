@@ -30,6 +30,7 @@ macro_rules! for_each_id {
         $m!(MessageId);
         $m!(RequestId);
         $m!(ConnectionId);
+        $m!(ApiKeyId);
     };
 }
 
@@ -53,10 +54,11 @@ pub enum IdKind {
     Message,
     Request,
     Connection,
+    ApiKey,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 8] = [
+    pub const ALL: [IdKind; 9] = [
         IdKind::User,
         IdKind::Assistant,
         IdKind::Thread,
@@ -65,6 +67,7 @@ impl IdKind {
         IdKind::Message,
         IdKind::Request,
         IdKind::Connection,
+        IdKind::ApiKey,
     ];
 
     /// The field name clients see, e.g. `thread_id`.
@@ -78,6 +81,7 @@ impl IdKind {
             IdKind::Message => "message_id",
             IdKind::Request => "request_id",
             IdKind::Connection => "connection_id",
+            IdKind::ApiKey => "key_id",
         }
     }
 }
@@ -361,6 +365,12 @@ id_type!(
     /// One WebSocket connection.
     ConnectionId,
     IdKind::Connection
+);
+
+id_type!(
+    /// An API key (the id, never the secret).
+    ApiKeyId,
+    IdKind::ApiKey
 );
 
 impl AssistantId {

@@ -89,7 +89,8 @@ fn every_kind_has_its_field_name() {
             "checkpoint_id",
             "message_id",
             "request_id",
-            "connection_id"
+            "connection_id",
+            "key_id"
         ]
     );
 }

@@ -22,6 +22,11 @@ macro_rules! checkpoint_cols {
         "checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at"
     };
 }
+macro_rules! api_key_cols {
+    () => {
+        "k.key_id, k.user_id, u.subject, k.prefix, k.created_at, k.revoked_at from api_keys k join users u on u.user_id = k.user_id"
+    };
+}
 macro_rules! assistant_cols {
     () => {
         "assistant_id, graph_id, name, description, config, context, metadata, version, owner_id, created_at, updated_at"
@@ -37,7 +42,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 
 pub use model::*;
@@ -317,6 +322,21 @@ impl Store {
     }
 
     /// Shallow-merges `patch` into the thread's metadata.
+    /// The caller's threads that match `filter`, one page of them.
+    pub async fn search_threads(
+        &self,
+        owner: UserId,
+        filter: &ThreadFilter,
+        page: &ThreadPage,
+    ) -> Result<Vec<Thread>> {
+        dispatch!(self.search_threads(owner, filter, page))
+    }
+
+    /// How many of the caller's threads match `filter`.
+    pub async fn count_threads(&self, owner: UserId, filter: &ThreadFilter) -> Result<i64> {
+        dispatch!(self.count_threads(owner, filter))
+    }
+
     pub async fn update_thread_metadata(
         &self,
         owner: UserId,
@@ -385,7 +405,32 @@ impl Store {
         values: &Value,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        dispatch!(self.put_state(owner, thread, run, values, metadata))
+        let values = values.clone();
+        self.update_state(owner, thread, run, Box::new(move |_| Ok(values)), metadata).await
+    }
+
+    /// Replaces the thread's values with `update(current)` atomically (no update between the
+    /// read and the write is lost) and stores the result as a checkpoint. An error from
+    /// `update` becomes [`Error::Invalid`] and changes nothing.
+    pub async fn update_state(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: Option<RunId>,
+        update: StateUpdate,
+        metadata: &Metadata,
+    ) -> Result<Checkpoint> {
+        dispatch!(self.update_state(owner, thread, run, update, metadata))
+    }
+
+    /// One checkpoint of the caller's thread.
+    pub async fn get_checkpoint(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: CheckpointId,
+    ) -> Result<Checkpoint> {
+        dispatch!(self.get_checkpoint(owner, thread, id))
     }
 
     /// The thread's checkpoints, newest first, optionally only those older than `before`.
@@ -431,6 +476,33 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Event>> {
         dispatch!(self.events_after(owner, thread, after, limit))
+    }
+
+    // ---- API keys (operators' commands and authentication) ----
+
+    /// Stores a new key for `subject` (creating the user if needed); only its hash is kept.
+    pub async fn create_api_key(
+        &self,
+        subject: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
+        dispatch!(self.create_api_key(subject, key_hash, prefix))
+    }
+
+    /// The user a key (by its hash) belongs to, unless the key is revoked or unknown.
+    pub async fn user_for_api_key(&self, key_hash: &str) -> Result<Option<User>> {
+        dispatch!(self.user_for_api_key(key_hash))
+    }
+
+    /// Every key, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        dispatch!(self.list_api_keys())
+    }
+
+    /// Revokes a key; revoking a revoked key keeps its first revocation time.
+    pub async fn revoke_api_key(&self, key: ApiKeyId) -> Result<ApiKey> {
+        dispatch!(self.revoke_api_key(key))
     }
 
     // ---- diagnostics (no owner: never call these on behalf of a user) ----

@@ -2,7 +2,7 @@
 //! as text. These are storage types; the API converts them into its wire types.
 
 use chrono::{DateTime, Utc};
-use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 
 /// A JSON object (thread, run and assistant metadata).
@@ -99,6 +99,77 @@ text_enum!(
         RunCancelled = "run_cancelled",
     }
 );
+
+text_enum!(
+    /// The orders `threads/search` can sort by (each a column of its own name).
+    ThreadSortBy { ThreadId = "thread_id", Status = "status", CreatedAt = "created_at", UpdatedAt = "updated_at" }
+);
+
+text_enum!(
+    /// Ascending or descending.
+    SortOrder { Asc = "asc", Desc = "desc" }
+);
+
+/// Which of the caller's threads a search or count selects. `None` selects all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadFilter {
+    /// JSON containment (`@>`) on the thread's metadata.
+    pub metadata: Option<Value>,
+    /// JSON containment on the thread's current values.
+    pub values: Option<Value>,
+    pub ids: Option<Vec<ThreadId>>,
+    pub status: Option<ThreadStatus>,
+}
+
+/// One page of a search, in a stable order (ties broken by id).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ThreadPage {
+    pub limit: u32,
+    pub offset: u32,
+    pub sort_by: ThreadSortBy,
+    pub sort_order: SortOrder,
+}
+
+/// An API key as operators see it: never the key itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiKey {
+    pub key_id: ApiKeyId,
+    pub user_id: UserId,
+    pub subject: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Computes a thread's new values from its current ones (`None` before the first state).
+pub type StateUpdate = Box<dyn FnOnce(Option<Value>) -> Result<Value, String> + Send>;
+
+/// PostgreSQL's `jsonb @>`: objects contain every key of `needle` with a contained value,
+/// arrays contain every element of `needle` somewhere, scalars are equal. Used by the SQLite
+/// backend (as the SQL function `json_contains`) and for in-memory filters, so both backends
+/// filter alike.
+pub fn json_contains(haystack: &Value, needle: &Value) -> bool {
+    // As in PostgreSQL, a top-level array contains a primitive equal to one of its elements.
+    if let (Value::Array(h), n) = (haystack, needle)
+        && !n.is_object()
+        && !n.is_array()
+    {
+        return h.contains(n);
+    }
+    contains(haystack, needle)
+}
+
+fn contains(haystack: &Value, needle: &Value) -> bool {
+    match (haystack, needle) {
+        (Value::Object(h), Value::Object(n)) => {
+            n.iter().all(|(k, nv)| h.get(k).is_some_and(|hv| contains(hv, nv)))
+        }
+        (Value::Array(h), Value::Array(n)) => {
+            n.iter().all(|nv| h.iter().any(|hv| contains(hv, nv)))
+        }
+        (h, n) => h == n,
+    }
+}
 
 /// What to do when a run names a thread that does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

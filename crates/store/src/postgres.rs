@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
 
 use crate::model::*;
 use crate::{Error, Result, StoreOptions, json_object, redact_url, thread_conflict};
@@ -158,6 +158,27 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(thread_row).collect()
+    }
+
+    pub async fn search_threads(
+        &self,
+        owner: UserId,
+        filter: &ThreadFilter,
+        page: &ThreadPage,
+    ) -> Result<Vec<Thread>> {
+        let mut q = thread_filter_query(concat!("select ", thread_cols!()), owner, filter);
+        // Column and direction come from closed enums, never from the request's text.
+        let dir = page.sort_order.as_str();
+        q.push(format_args!(" order by {} {dir}, thread_id {dir}", page.sort_by.as_str()));
+        q.push(" limit ").push_bind(i64::from(page.limit));
+        q.push(" offset ").push_bind(i64::from(page.offset));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(thread_row).collect()
+    }
+
+    pub async fn count_threads(&self, owner: UserId, filter: &ThreadFilter) -> Result<i64> {
+        let mut q = thread_filter_query("select count(*)", owner, filter);
+        Ok(q.build_query_scalar().fetch_one(&self.pool).await?)
     }
 
     pub async fn update_thread_metadata(
@@ -311,39 +332,47 @@ impl PgStore {
         Ok(run)
     }
 
-    pub async fn put_state(
+    pub async fn update_state(
         &self,
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
-        values: &Value,
+        update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let mut tx = self.pool.begin().await?;
-        let at = now();
-        let updated = sqlx::query(
-            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3 and owner_id = $4",
+        // The row lock orders concurrent updates: each reads the values the previous wrote.
+        let current: Option<Value> = sqlx::query_scalar(
+            "select state_values from threads where thread_id = $1 and owner_id = $2 for update",
         )
-        .bind(Json(values))
-        .bind(at)
         .bind(thread)
         .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::not_found("thread", thread))?;
+        let values = update(current).map_err(Error::Invalid)?;
+        let at = now();
+        sqlx::query(
+            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3",
+        )
+        .bind(Json(&values))
+        .bind(at)
+        .bind(thread)
         .execute(&mut *tx)
         .await?;
-        if updated.rows_affected() == 0 {
-            return Err(Error::not_found("thread", thread));
-        }
-        // The update above holds the thread's row lock, so parents form a chain.
-        let sql = concat!("insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+        let sql = concat!(
+            "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
              values ($1, $2, $3,
                      (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
                      $4, $5, $6)
-             returning ", checkpoint_cols!());
+             returning ",
+            checkpoint_cols!()
+        );
         let row = sqlx::query(sql)
             .bind(CheckpointId::new())
             .bind(thread)
             .bind(run)
-            .bind(Json(values))
+            .bind(Json(&values))
             .bind(Json(metadata))
             .bind(at)
             .fetch_one(&mut *tx)
@@ -351,6 +380,26 @@ impl PgStore {
         let checkpoint = checkpoint_row(&row)?;
         tx.commit().await?;
         Ok(checkpoint)
+    }
+
+    pub async fn get_checkpoint(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: CheckpointId,
+    ) -> Result<Checkpoint> {
+        let sql = concat!(
+            "select ",
+            checkpoint_cols!(),
+            " from checkpoints where checkpoint_id = $1 and thread_id = $2
+              and exists (select 1 from threads where thread_id = $2 and owner_id = $3)"
+        );
+        let row =
+            sqlx::query(sql).bind(id).bind(thread).bind(owner).fetch_optional(&self.pool).await?;
+        row.as_ref()
+            .map(checkpoint_row)
+            .transpose()?
+            .ok_or_else(|| Error::not_found("checkpoint", id))
     }
 
     pub async fn list_checkpoints(
@@ -469,6 +518,62 @@ impl PgStore {
         Ok(out)
     }
 
+    pub async fn create_api_key(
+        &self,
+        subject: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
+        let user = self.ensure_user(subject).await?;
+        let key_id = ApiKeyId::new();
+        sqlx::query(
+            "insert into api_keys (key_id, user_id, key_hash, prefix, created_at) values ($1, $2, $3, $4, $5)",
+        )
+        .bind(key_id)
+        .bind(user.user_id)
+        .bind(key_hash)
+        .bind(prefix)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        self.find_api_key(key_id).await
+    }
+
+    pub async fn user_for_api_key(&self, key_hash: &str) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "select u.user_id, u.subject, u.created_at from api_keys k join users u on u.user_id = k.user_id
+             where k.key_hash = $1 and k.revoked_at is null",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(User { user_id: r.try_get(0)?, subject: r.try_get(1)?, created_at: r.try_get(2)? })
+        })
+        .transpose()
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        let sql = concat!("select ", api_key_cols!(), " order by k.created_at, k.key_id");
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(api_key_row).collect()
+    }
+
+    pub async fn revoke_api_key(&self, key: ApiKeyId) -> Result<ApiKey> {
+        sqlx::query("update api_keys set revoked_at = coalesce(revoked_at, $1) where key_id = $2")
+            .bind(now())
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        self.find_api_key(key).await
+    }
+
+    async fn find_api_key(&self, key: ApiKeyId) -> Result<ApiKey> {
+        let sql = concat!("select ", api_key_cols!(), " where k.key_id = $1");
+        let row = sqlx::query(sql).bind(key).fetch_optional(&self.pool).await?;
+        row.as_ref().map(api_key_row).transpose()?.ok_or_else(|| Error::not_found("api key", key))
+    }
+
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         find_thread(&self.pool, id).await
     }
@@ -516,6 +621,36 @@ where
         .fetch_optional(db)
         .await?;
     row.as_ref().map(thread_row).transpose()
+}
+
+/// `select <what> from threads where <the caller's threads matching filter>`.
+fn thread_filter_query(what: &str, owner: UserId, filter: &ThreadFilter) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::new(what);
+    q.push(" from threads where owner_id = ").push_bind(owner);
+    if let Some(metadata) = &filter.metadata {
+        q.push(" and metadata @> ").push_bind(Json(metadata.clone()));
+    }
+    if let Some(values) = &filter.values {
+        q.push(" and state_values @> ").push_bind(Json(values.clone()));
+    }
+    if let Some(ids) = &filter.ids {
+        q.push(" and thread_id = any(").push_bind(ids.clone()).push(")");
+    }
+    if let Some(status) = filter.status {
+        q.push(" and status = ").push_bind(status.as_str());
+    }
+    q
+}
+
+fn api_key_row(r: &PgRow) -> Result<ApiKey> {
+    Ok(ApiKey {
+        key_id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        subject: r.try_get(2)?,
+        prefix: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    })
 }
 
 async fn find_thread(pool: &PgPool, id: ThreadId) -> Result<Option<Thread>> {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
+use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::Value;
@@ -30,8 +30,10 @@ const QUEUE: usize = 4096;
 /// How long a connection waits for a lock held by another process (e.g. `spindle doctor`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "api keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -203,6 +205,30 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn search_threads(
+        &self,
+        owner: UserId,
+        filter: &ThreadFilter,
+        page: &ThreadPage,
+    ) -> Result<Vec<Thread>> {
+        let (mut sql, mut args) =
+            thread_filter_sql(concat!("select ", thread_cols!()), owner, filter)?;
+        let dir = page.sort_order.as_str();
+        sql.push_str(&format!(" order by {} {dir}, thread_id {dir}", page.sort_by.as_str()));
+        sql.push_str(&format!(" limit ?{} offset ?{}", args.len() + 1, args.len() + 2));
+        args.push(Box::new(page.limit));
+        args.push(Box::new(page.offset));
+        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), thread_row)).await
+    }
+
+    pub async fn count_threads(&self, owner: UserId, filter: &ThreadFilter) -> Result<i64> {
+        let (sql, args) = thread_filter_sql("select count(*)", owner, filter)?;
+        self.read(move |c| {
+            Ok(c.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?)
+        })
+        .await
+    }
+
     pub async fn update_thread_metadata(
         &self,
         owner: UserId,
@@ -332,38 +358,64 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn put_state(
+    pub async fn update_state(
         &self,
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
-        values: &Value,
+        update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        let values_text = serde_json::to_string(values)?;
         let metadata_text = serde_json::to_string(metadata)?;
         self.write(move |c| {
+            let current: Option<String> = c
+                .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
+                .query_row(params![thread, owner], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::not_found("thread", thread))?;
+            let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
+            let values_text = serde_json::to_string(&update(current).map_err(Error::Invalid)?)?;
             let at = micros(now());
-            let updated = c
-                .prepare_cached(
-                    "update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3 and owner_id = ?4",
-                )?
-                .execute(params![values_text, at, thread, owner])?;
-            if updated == 0 {
-                return Err(Error::not_found("thread", thread));
-            }
+            c.prepare_cached(
+                "update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3",
+            )?
+            .execute(params![values_text, at, thread])?;
             let parent: Option<CheckpointId> = c
                 .prepare_cached(
                     "select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1",
                 )?
                 .query_row([thread], |r| r.get(0))
                 .optional()?;
-            let sql = concat!("insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ", checkpoint_cols!());
+            let sql = concat!(
+                "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ",
+                checkpoint_cols!()
+            );
             Ok(c.prepare_cached(sql)?.query_row(
                 params![CheckpointId::new(), thread, run, parent, values_text, metadata_text, at],
                 checkpoint_row,
             )?)
+        })
+        .await
+    }
+
+    pub async fn get_checkpoint(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: CheckpointId,
+    ) -> Result<Checkpoint> {
+        self.read(move |c| {
+            let sql = concat!(
+                "select ",
+                checkpoint_cols!(),
+                " from checkpoints where checkpoint_id = ?1 and thread_id = ?2
+                  and exists (select 1 from threads where thread_id = ?2 and owner_id = ?3)"
+            );
+            c.prepare_cached(sql)?
+                .query_row(params![id, thread, owner], checkpoint_row)
+                .optional()?
+                .ok_or_else(|| Error::not_found("checkpoint", id))
         })
         .await
     }
@@ -468,6 +520,63 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn create_api_key(
+        &self,
+        subject: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
+        let (subject, key_hash, prefix) =
+            (subject.to_owned(), key_hash.to_owned(), prefix.to_owned());
+        self.write(move |c| {
+            let at = micros(now());
+            c.prepare_cached(
+                "insert into users (user_id, subject, created_at) values (?1, ?2, ?3) on conflict (subject) do nothing",
+            )?
+            .execute(params![UserId::new(), subject, at])?;
+            let key_id = ApiKeyId::new();
+            c.prepare_cached(
+                "insert into api_keys (key_id, user_id, key_hash, prefix, created_at)
+                 select ?1, user_id, ?2, ?3, ?4 from users where subject = ?5",
+            )?
+            .execute(params![key_id, key_hash, prefix, at, subject])?;
+            find_api_key(c, key_id)
+        })
+        .await
+    }
+
+    pub async fn user_for_api_key(&self, key_hash: &str) -> Result<Option<User>> {
+        let key_hash = key_hash.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "select u.user_id, u.subject, u.created_at from api_keys k join users u on u.user_id = k.user_id
+                 where k.key_hash = ?1 and k.revoked_at is null",
+            )?
+            .query_row([key_hash], |r| Ok(User { user_id: r.get(0)?, subject: r.get(1)?, created_at: time(r, 2)? }))
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        self.read(|c| {
+            let sql = concat!("select ", api_key_cols!(), " order by k.created_at, k.key_id");
+            all(c, sql, [], api_key_row)
+        })
+        .await
+    }
+
+    pub async fn revoke_api_key(&self, key: ApiKeyId) -> Result<ApiKey> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "update api_keys set revoked_at = coalesce(revoked_at, ?1) where key_id = ?2",
+            )?
+            .execute(params![micros(now()), key])?;
+            find_api_key(c, key)
+        })
+        .await
+    }
+
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         self.read(move |c| find_thread(c, id)).await
     }
@@ -517,6 +626,7 @@ fn open_writer(path: &Path) -> Result<Connection> {
         return Err(unavailable(path, format!("journal_mode is {mode}, expected wal")));
     }
     conn.execute_batch("pragma synchronous = normal; pragma foreign_keys = on;")?;
+    register_functions(&conn)?;
     Ok(conn)
 }
 
@@ -527,6 +637,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
+    register_functions(&conn)?;
     Ok(conn)
 }
 
@@ -684,6 +795,77 @@ fn all<T>(
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(params, row)?.collect::<rusqlite::Result<_>>()?;
     Ok(rows)
+}
+
+/// `select <what> from threads where <the caller's threads matching filter>`, with its
+/// arguments. Containment uses the `json_contains` function registered on every connection.
+fn thread_filter_sql(
+    what: &str,
+    owner: UserId,
+    filter: &ThreadFilter,
+) -> Result<(String, Vec<Box<dyn rusqlite::ToSql + Send>>)> {
+    let mut sql = format!("{what} from threads where owner_id = ?1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql + Send>> = vec![Box::new(owner)];
+    if let Some(metadata) = &filter.metadata {
+        args.push(Box::new(serde_json::to_string(metadata)?));
+        sql.push_str(&format!(" and json_contains(metadata, ?{})", args.len()));
+    }
+    if let Some(values) = &filter.values {
+        args.push(Box::new(serde_json::to_string(values)?));
+        sql.push_str(&format!(
+            " and state_values is not null and json_contains(state_values, ?{})",
+            args.len()
+        ));
+    }
+    if let Some(ids) = &filter.ids {
+        let mut placeholders = Vec::with_capacity(ids.len());
+        for id in ids {
+            args.push(Box::new(*id));
+            placeholders.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" and thread_id in ({})", placeholders.join(", ")));
+    }
+    if let Some(status) = filter.status {
+        args.push(Box::new(status.as_str()));
+        sql.push_str(&format!(" and status = ?{}", args.len()));
+    }
+    Ok((sql, args))
+}
+
+/// Registers `json_contains(haystack, needle)` (PostgreSQL's `@>`) on a connection.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("json_contains", 2, flags, |ctx| {
+        let parse = |i: usize| -> rusqlite::Result<Value> {
+            let text = ctx
+                .get_raw(i)
+                .as_str()
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            serde_json::from_str(text).map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
+        };
+        Ok(json_contains(&parse(0)?, &parse(1)?))
+    })
+}
+
+fn find_api_key(c: &Connection, key: ApiKeyId) -> Result<ApiKey> {
+    let sql = concat!("select ", api_key_cols!(), " where k.key_id = ?1");
+    c.prepare_cached(sql)?
+        .query_row([key], api_key_row)
+        .optional()?
+        .ok_or_else(|| Error::not_found("api key", key))
+}
+
+fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let revoked: Option<i64> = r.get(5)?;
+    Ok(ApiKey {
+        key_id: r.get(0)?,
+        user_id: r.get(1)?,
+        subject: r.get(2)?,
+        prefix: r.get(3)?,
+        created_at: time(r, 4)?,
+        revoked_at: revoked.map(micros_to_time),
+    })
 }
 
 fn find_thread(c: &Connection, id: ThreadId) -> Result<Option<Thread>> {

@@ -7,7 +7,7 @@ use serde_json::json;
 use store::testing::TestDb;
 use store::{
     Backend, Error, EventKind, IfNotExists, Metadata, MultitaskStrategy, NewEvent, NewRun,
-    RunStatus, Store, ThreadStatus,
+    RunStatus, SortOrder, Store, ThreadFilter, ThreadPage, ThreadSortBy, ThreadStatus,
 };
 
 /// Runs each named test body on both backends: `mod sqlite { fn name() }`, `mod postgres { .. }`.
@@ -50,6 +50,10 @@ both_backends!(
     system_assistants_have_langgraph_ids,
     migrate_twice_is_a_no_op,
     a_failed_write_leaves_no_trace,
+    search_filters_sorts_pages_and_counts_only_the_callers_threads,
+    concurrent_state_updates_lose_nothing,
+    checkpoints_are_read_only_by_their_owner,
+    api_keys_authenticate_until_revoked,
 );
 
 fn meta(value: serde_json::Value) -> Metadata {
@@ -424,4 +428,189 @@ async fn the_test_databases_are_really_distinct_backends() {
     if let Some(pg) = TestDb::new(Backend::Postgres).await {
         assert_eq!(pg.store.backend(), Backend::Postgres);
     }
+}
+
+async fn search_filters_sorts_pages_and_counts_only_the_callers_threads(store: &Store) {
+    let alice = store.ensure_user("alice").await.unwrap().user_id;
+    let bob = store.ensure_user("bob").await.unwrap().user_id;
+    let mut mine = Vec::new();
+    for n in 0..6 {
+        let id = ThreadId::new();
+        let graph = if n % 2 == 0 { "echo" } else { "llm" };
+        store
+            .create_thread(alice, id, &meta(json!({"graph_id": graph, "n": n, "tags": ["a", "b"]})))
+            .await
+            .unwrap();
+        mine.push(id);
+    }
+    // Bob's thread matches every filter alice uses; she must never see it.
+    let theirs = ThreadId::new();
+    store
+        .create_thread(bob, theirs, &meta(json!({"graph_id": "echo", "n": 0, "tags": ["a", "b"]})))
+        .await
+        .unwrap();
+    store
+        .put_state(
+            alice,
+            mine[0],
+            None,
+            &json!({"messages": [{"type": "human", "content": "hi"}]}),
+            &Metadata::new(),
+        )
+        .await
+        .unwrap();
+    store
+        .put_state(
+            bob,
+            theirs,
+            None,
+            &json!({"messages": [{"type": "human", "content": "hi"}]}),
+            &Metadata::new(),
+        )
+        .await
+        .unwrap();
+    store.create_run(alice, &new_run(mine[1]), IfNotExists::Reject).await.unwrap();
+
+    let page =
+        |limit, offset, sort_by, sort_order| ThreadPage { limit, offset, sort_by, sort_order };
+    let newest = page(100, 0, ThreadSortBy::CreatedAt, SortOrder::Desc);
+    let ids =
+        |threads: Vec<store::Thread>| threads.into_iter().map(|t| t.thread_id).collect::<Vec<_>>();
+    let search = |filter: ThreadFilter, p: ThreadPage| {
+        let store = store.clone();
+        async move { ids(store.search_threads(alice, &filter, &p).await.unwrap()) }
+    };
+
+    let all: Vec<_> = mine.iter().rev().copied().collect();
+    assert_eq!(search(ThreadFilter::default(), newest).await, all);
+    let echo = ThreadFilter { metadata: Some(json!({"graph_id": "echo"})), ..Default::default() };
+    assert_eq!(search(echo.clone(), newest).await, [mine[4], mine[2], mine[0]]);
+    assert_eq!(store.count_threads(alice, &echo).await.unwrap(), 3);
+    assert_eq!(store.count_threads(bob, &echo).await.unwrap(), 1);
+    let tagged =
+        ThreadFilter { metadata: Some(json!({"tags": ["b"], "n": 3})), ..Default::default() };
+    assert_eq!(search(tagged, newest).await, [mine[3]]);
+    let hi = ThreadFilter {
+        values: Some(json!({"messages": [{"content": "hi"}]})),
+        ..Default::default()
+    };
+    assert_eq!(search(hi, newest).await, [mine[0]]);
+    let busy = ThreadFilter { status: Some(ThreadStatus::Busy), ..Default::default() };
+    assert_eq!(search(busy, newest).await, [mine[1]]);
+    let by_id = ThreadFilter { ids: Some(vec![mine[2], mine[5], theirs]), ..Default::default() };
+    assert_eq!(
+        search(by_id.clone(), page(100, 0, ThreadSortBy::CreatedAt, SortOrder::Asc)).await,
+        [mine[2], mine[5]]
+    );
+    assert_eq!(store.count_threads(alice, &by_id).await.unwrap(), 2);
+    assert_eq!(
+        search(ThreadFilter::default(), page(2, 1, ThreadSortBy::CreatedAt, SortOrder::Asc)).await,
+        [mine[1], mine[2]]
+    );
+    let mut sorted = mine.clone();
+    sorted.sort();
+    assert_eq!(
+        search(ThreadFilter::default(), page(100, 0, ThreadSortBy::ThreadId, SortOrder::Asc)).await,
+        sorted
+    );
+    assert_eq!(
+        search(ThreadFilter::default(), page(100, 0, ThreadSortBy::UpdatedAt, SortOrder::Desc))
+            .await[0],
+        mine[1]
+    );
+    let nothing =
+        ThreadFilter { metadata: Some(json!({"graph_id": "none"})), ..Default::default() };
+    assert!(search(nothing, newest).await.is_empty());
+}
+
+async fn concurrent_state_updates_lose_nothing(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let append = Box::new(move |current: Option<serde_json::Value>| {
+                    let mut values = current.unwrap_or_else(|| json!({"messages": []}));
+                    values["messages"]
+                        .as_array_mut()
+                        .ok_or("messages is not a list")?
+                        .push(json!(n));
+                    Ok(values)
+                });
+                store.update_state(owner, id, None, append, &Metadata::new()).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let values = store.get_thread(owner, id).await.unwrap().values.unwrap();
+    let mut got: Vec<i64> =
+        values["messages"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..32).collect::<Vec<_>>());
+    // A failing update changes nothing.
+    let fail = Box::new(|_: Option<serde_json::Value>| Err("no".to_owned()));
+    assert!(matches!(
+        store.update_state(owner, id, None, fail, &Metadata::new()).await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(store.list_checkpoints(owner, id, 100, None).await.unwrap().len(), 32);
+}
+
+async fn checkpoints_are_read_only_by_their_owner(store: &Store) {
+    let alice = store.ensure_user("alice").await.unwrap().user_id;
+    let bob = store.ensure_user("bob").await.unwrap().user_id;
+    let id = ThreadId::new();
+    store.create_thread(alice, id, &Metadata::new()).await.unwrap();
+    let cp = store.put_state(alice, id, None, &json!({"k": 1}), &Metadata::new()).await.unwrap();
+    assert_eq!(store.get_checkpoint(alice, id, cp.checkpoint_id).await.unwrap(), cp);
+    assert_not_found(store.get_checkpoint(bob, id, cp.checkpoint_id).await);
+    assert_not_found(store.get_checkpoint(alice, ThreadId::new(), cp.checkpoint_id).await);
+}
+
+async fn api_keys_authenticate_until_revoked(store: &Store) {
+    let key = store.create_api_key("erin", "hash-1", "spindle_ab").await.unwrap();
+    assert_eq!(key.subject, "erin");
+    assert_eq!(key.revoked_at, None);
+    let user = store.user_for_api_key("hash-1").await.unwrap().unwrap();
+    assert_eq!(user.user_id, key.user_id);
+    assert_eq!(user.user_id, store.ensure_user("erin").await.unwrap().user_id);
+    assert_eq!(store.user_for_api_key("hash-2").await.unwrap(), None);
+    let second = store.create_api_key("erin", "hash-2", "spindle_cd").await.unwrap();
+    assert_eq!(second.user_id, key.user_id);
+    let revoked = store.revoke_api_key(key.key_id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(store.revoke_api_key(key.key_id).await.unwrap().revoked_at, revoked.revoked_at);
+    assert_eq!(store.user_for_api_key("hash-1").await.unwrap(), None);
+    assert!(store.user_for_api_key("hash-2").await.unwrap().is_some());
+    let listed: Vec<_> =
+        store.list_api_keys().await.unwrap().into_iter().map(|k| k.key_id).collect();
+    assert_eq!(listed, [key.key_id, second.key_id]);
+    assert_not_found(store.revoke_api_key(ids::ApiKeyId::new()).await);
+}
+
+#[test]
+fn json_contains_matches_postgres_semantics() {
+    use store::json_contains;
+    let doc = json!({"a": 1, "b": {"c": [1, 2, {"d": "x"}]}, "tags": ["x", "y"]});
+    for (needle, expected) in [
+        (json!({}), true),
+        (json!({"a": 1}), true),
+        (json!({"a": 2}), false),
+        (json!({"b": {"c": [2]}}), true),
+        (json!({"b": {"c": [{"d": "x"}]}}), true),
+        (json!({"b": {"c": [3]}}), false),
+        (json!({"tags": ["y", "x"]}), true),
+        (json!({"tags": "x"}), false),
+        (json!({"missing": null}), false),
+    ] {
+        assert_eq!(json_contains(&doc, &needle), expected, "{needle}");
+    }
+    // Checked against PostgreSQL 15's jsonb @>.
+    assert!(json_contains(&json!(["x", "y"]), &json!("x")));
+    assert!(!json_contains(&json!([[1, 2]]), &json!([1])));
+    assert!(json_contains(&json!([1, [2]]), &json!([[2]])));
 }
