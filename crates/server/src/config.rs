@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use store::DatabaseUrl;
 
+use crate::auth::{AuthMode, JwtConfig};
+
 /// Spindle: an Agent Protocol server for multi-user AI-agent conversations.
 #[derive(Debug, Parser)]
 #[command(name = "spindle", version, about, propagate_version = true)]
@@ -22,6 +24,32 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys (for `serve --auth keys`).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a user; prints the key, alone on stdout, once.
+    Create {
+        /// The user's name (their subject; the same as a JWT `sub`).
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key by its key id (from `keys list`).
+    Revoke {
+        key_id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -31,6 +59,49 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Largest request body in bytes (413 above it).
+    #[arg(long, env = "SPINDLE_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Origins allowed by CORS, comma-separated, or `*` for any.
+    #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// How requests authenticate: local (one local user; loopback addresses only), keys, jwt,
+    /// or keys,jwt.
+    #[arg(long, env = "SPINDLE_AUTH", default_value = "local")]
+    pub auth: AuthMode,
+    /// HS256 secret for JWTs (at least 32 bytes).
+    #[arg(long, env = "SPINDLE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with the RS256 or ES256 public key for JWTs.
+    #[arg(long, env = "SPINDLE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file with the public keys for JWTs (chosen by `kid`).
+    #[arg(long, env = "SPINDLE_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// Required `aud` claim.
+    #[arg(long, env = "SPINDLE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "SPINDLE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+}
+
+impl AuthArgs {
+    pub fn jwt(&self) -> JwtConfig {
+        JwtConfig {
+            secret: self.jwt_secret.clone(),
+            public_key: self.jwt_public_key.clone(),
+            jwks: self.jwt_jwks.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

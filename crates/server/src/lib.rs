@@ -1,29 +1,59 @@
-//! The Spindle server as a library: configuration, the router and `serve`, so tests drive
-//! exactly what the `spindle` binary runs. `main.rs` only parses the command line.
+//! The Spindle server as a library: configuration, authentication, the request context, the
+//! routes and `serve`, so tests drive exactly what the `spindle` binary runs. `main.rs` only
+//! parses the command line.
 
+pub mod auth;
 pub mod config;
+pub mod context;
+pub mod error;
 pub mod routes;
+pub mod wire;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::get;
+use axum::{Json, Router};
 use store::{Store, SystemAssistant};
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Auth;
+use crate::error::ApiError;
 
 /// The built-in agents, registered as system assistants at start-up. The runs issue gives
 /// them behaviour; their ids are the LangGraph-compatible UUIDv5 of the name.
 pub const BUILTIN_AGENTS: &[(&str, &str)] =
     &[("echo", "Replies with the user's last message; deterministic, no network")];
 
+/// HTTP settings that are not authentication.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// Origins allowed by CORS; `None` allows any origin.
+    pub cors_origins: Option<Vec<HeaderValue>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { body_limit: 10 * 1024 * 1024, cors_origins: None }
+    }
+}
+
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    pub auth: Auth,
+    pub http: Arc<HttpConfig>,
 }
 
 impl AppState {
     /// Prepares a migrated store for serving: registers the built-in assistants.
-    pub async fn new(store: Store) -> store::Result<AppState> {
+    pub async fn new(store: Store, auth: Auth, http: HttpConfig) -> store::Result<AppState> {
         for (graph_id, description) in BUILTIN_AGENTS {
             let spec = SystemAssistant {
                 graph_id: (*graph_id).into(),
@@ -31,13 +61,46 @@ impl AppState {
             };
             store.upsert_system_assistant(&spec).await?;
         }
-        Ok(AppState { store })
+        Ok(AppState { store, auth, http: Arc::new(http) })
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface: the routes, `/openapi.json`, JSON errors for unknown routes and
+/// methods, the request context on everything, the body limit and CORS.
 pub fn app(state: AppState) -> Router {
-    routes::router().with_state(state)
+    let (routes, openapi) = routes::router();
+    let openapi = Arc::new(openapi);
+    routes
+        .route("/openapi.json", get(move || std::future::ready(Json(openapi.clone()))))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.http.body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), context::middleware))
+        .layer(cors(&state.http))
+        .with_state(state)
+}
+
+fn cors(http: &HttpConfig) -> CorsLayer {
+    let origins = match &http.cors_origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.clone()),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::CONTENT_LOCATION,
+            HeaderName::from_static("x-pagination-total"),
+            HeaderName::from_static("x-request-id"),
+        ])
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` completes, then lets in-flight

@@ -4,9 +4,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use axum::http::HeaderValue;
 use clap::Parser;
-use server::config::{Cli, Command, DatabaseArgs, LogArgs, LogFormat, ServeArgs};
-use server::{AppState, serve, shutdown_signal};
+use server::auth::{self, Auth, AuthMode};
+use server::config::{Cli, Command, DatabaseArgs, KeysCommand, LogArgs, LogFormat, ServeArgs};
+use server::{AppState, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => run_serve(args).await,
             Command::Migrate(args) => run_migrate(args).await,
+            Command::Keys(command) => run_keys(command).await,
         }
     });
     match result {
@@ -54,14 +57,39 @@ async fn open_store(args: &DatabaseArgs) -> Result<Store, String> {
     Ok(store)
 }
 
+fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
+    let cors_origins = match args.cors_origins.trim() {
+        "*" => None,
+        list => Some(
+            list.split(',')
+                .map(|o| {
+                    HeaderValue::from_str(o.trim())
+                        .map_err(|_| format!("invalid CORS origin `{o}`"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(HttpConfig { body_limit: args.body_limit, cors_origins })
+}
+
 async fn run_serve(args: ServeArgs) -> Result<(), String> {
+    if args.auth.auth == AuthMode::Local && !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve {} without authentication: `--auth local` is for loopback addresses only; \\
+             use --auth keys (and `spindle keys create --user NAME`) or --auth jwt with --jwt-secret, \\
+             --jwt-public-key or --jwt-jwks",
+            args.listen
+        ));
+    }
+    let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
+    let http = http_config(&args)?;
     let store = open_store(&args.database).await?;
-    let state = AppState::new(store).await.map_err(|e| e.to_string())?;
+    let state = AppState::new(store, auth, http).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, "spindle listening");
+    tracing::info!(%addr, auth = ?args.auth.auth, "spindle listening");
     // One plain line on stdout, so scripts and tests that pass port 0 can find the port.
     println!("spindle listening on http://{addr}");
     serve(listener, state, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
@@ -70,5 +98,47 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
 async fn run_migrate(args: DatabaseArgs) -> Result<(), String> {
     open_store(&args).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+async fn run_keys(command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create { user, database } => {
+            if user.trim().is_empty() {
+                return Err("--user must not be empty".into());
+            }
+            let store = open_store(&database).await?;
+            let key = auth::generate_key()?;
+            let created = store
+                .create_api_key(&user, &auth::hash_key(&key), &auth::key_prefix(&key))
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(key_id = %created.key_id, user = %user, "API key created");
+            println!("{key}");
+        }
+        KeysCommand::List { database } => {
+            let store = open_store(&database).await?;
+            println!(
+                "{:<36}  {:<20}  {:<12}  {:<25}  revoked",
+                "key_id", "user", "prefix", "created"
+            );
+            for k in store.list_api_keys().await.map_err(|e| e.to_string())? {
+                let revoked = k.revoked_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+                println!(
+                    "{:<36}  {:<20}  {:<12}  {:<25}  {revoked}",
+                    k.key_id,
+                    k.subject,
+                    k.prefix,
+                    k.created_at.to_rfc3339()
+                );
+            }
+        }
+        KeysCommand::Revoke { key_id, database } => {
+            let id: ids::ApiKeyId = key_id.parse().map_err(|e: ids::ParseIdError| e.to_string())?;
+            let store = open_store(&database).await?;
+            let key = store.revoke_api_key(id).await.map_err(|e| e.to_string())?;
+            println!("revoked {} ({})", key.key_id, key.subject);
+        }
+    }
     Ok(())
 }

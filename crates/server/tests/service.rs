@@ -4,13 +4,19 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use server::{AppState, app};
+use server::auth::{Auth, AuthMode, JwtConfig};
+use server::{AppState, HttpConfig, app};
 use store::testing::TestDb;
 use store::{Backend, Store};
 use tower::ServiceExt;
 
+async fn state(store: &Store) -> AppState {
+    let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
+    AppState::new(store.clone(), auth, HttpConfig::default()).await.unwrap()
+}
+
 async fn get(store: &Store, uri: &str) -> (StatusCode, Value) {
-    let state = AppState::new(store.clone()).await.unwrap();
+    let state = state(store).await;
     let response =
         app(state).oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
     let status = response.status();
@@ -42,9 +48,9 @@ async fn service_routes_on_postgres() {
 #[tokio::test]
 async fn builtin_assistants_are_registered_at_start() {
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
-    AppState::new(db.store.clone()).await.unwrap();
+    state(&db.store).await;
     // Registering twice (a restart) keeps one row per agent.
-    AppState::new(db.store.clone()).await.unwrap();
+    state(&db.store).await;
     let user = db.store.ensure_user("u").await.unwrap().user_id;
     let names: Vec<_> =
         db.store.list_assistants(user).await.unwrap().into_iter().map(|a| a.graph_id).collect();

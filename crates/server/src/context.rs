@@ -1,0 +1,135 @@
+//! One request, one context (DESIGN.md invariant 5), built in one place: the middleware here
+//! gives every request a `RequestId`, authenticates it, opens the tracing span every log line
+//! of the request is in, and sets `x-request-id` on the response. Extractors resolve the ids
+//! a path names to rows the caller owns before a handler runs, so handlers never parse ids
+//! or check owners themselves.
+
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ids::{RequestId, ThreadId, UserId};
+use store::Thread;
+use tracing::Instrument;
+use tracing::field::{Empty, display};
+
+use crate::AppState;
+use crate::error::{ApiError, REQUEST_ID};
+
+/// What every handler knows about its request.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: RequestId,
+    pub user: UserId,
+    pub subject: String,
+}
+
+/// Routes anyone may call: liveness, version, health and the API description.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/ok" | "/info" | "/healthz" | "/openapi.json")
+}
+
+/// The client's `x-request-id` if it is one of our ids' canonical form; otherwise a new one
+/// (and the client's value, to log).
+fn request_id(headers: &HeaderMap) -> (RequestId, Option<String>) {
+    let Some(value) = headers.get("x-request-id") else { return (RequestId::new(), None) };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    match text.parse() {
+        Ok(id) => (id, None),
+        Err(_) => (RequestId::new(), Some(text.chars().take(64).collect())),
+    }
+}
+
+/// The request-context middleware; see the module documentation.
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let (request_id, replaced) = request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        user_id = Empty,
+        thread_id = Empty,
+        run_id = Empty,
+    );
+    if let Some(client_value) = replaced {
+        span.in_scope(|| tracing::info!(client_request_id = %client_value, "replaced an x-request-id that is not a UUID"));
+    }
+    let started = Instant::now();
+    let handle = async move {
+        if !is_public(req.uri().path()) {
+            match state.auth.authenticate(&state.store, req.headers()).await {
+                Ok(caller) => {
+                    tracing::Span::current().record("user_id", display(caller.user));
+                    let context =
+                        RequestContext { request_id, user: caller.user, subject: caller.subject };
+                    req.extensions_mut().insert(context);
+                }
+                Err(e) => return e.into_response(),
+            }
+        }
+        next.run(req).await
+    };
+    let mut response = REQUEST_ID.scope(request_id, handle.instrument(span.clone())).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        )
+    });
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("this route needs credentials".into()))
+    }
+}
+
+/// Parses the path parameter `name` as an id of type `T` (422 naming the field otherwise).
+pub async fn path_id<T>(parts: &mut Parts, name: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr<Err = ids::ParseIdError>,
+{
+    let params = RawPathParams::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::invalid(e.body_text()))?;
+    let raw = params
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .ok_or_else(|| ApiError::Internal(format!("route has no {name} parameter")))?;
+    raw.parse().map_err(|e: ids::ParseIdError| ApiError::Invalid {
+        code: "invalid_id",
+        detail: e.to_string(),
+    })
+}
+
+/// The thread `{thread_id}` names, loaded for its owner: another user's thread is a 404 like a
+/// missing one.
+#[derive(Clone, Debug)]
+pub struct OwnedThread(pub Thread);
+
+impl FromRequestParts<AppState> for OwnedThread {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let context = RequestContext::from_request_parts(parts, state).await?;
+        let id: ThreadId = path_id(parts, "thread_id").await?;
+        tracing::Span::current().record("thread_id", display(id));
+        Ok(OwnedThread(state.store.get_thread(context.user, id).await?))
+    }
+}

@@ -1,0 +1,278 @@
+//! Thread state: the current values, updates to them (each a checkpoint), one checkpoint by
+//! id, and the history of checkpoints, newest first.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::request::Parts;
+use ids::CheckpointId;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use store::json_contains;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::context::{OwnedThread, RequestContext, path_id};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::wire::{CheckpointRef, StateUpdated, ThreadStateOut, apply_update};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_state, update_state))
+        .routes(routes!(get_state_at))
+        .routes(routes!(post_state_at))
+        .routes(routes!(history_post, history_get))
+}
+
+/// A checkpoint id given as a string, `{"checkpoint_id": ...}` or
+/// `{"configurable": {"checkpoint_id": ...}}`, as the SDKs send them.
+fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Option<CheckpointId>> {
+    let id = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(Value::Object(o)) => o
+            .get("checkpoint_id")
+            .or_else(|| o.get("configurable").and_then(|c| c.get("checkpoint_id")))
+            .and_then(Value::as_str),
+        Some(_) => None,
+    };
+    let id = id.ok_or_else(|| {
+        ApiError::invalid(format!(
+            "{field}: expected a checkpoint id or an object with `checkpoint_id`"
+        ))
+    })?;
+    id.parse().map(Some).map_err(|e: ids::ParseIdError| ApiError::Invalid {
+        code: "invalid_id",
+        detail: format!("{field}: {e}"),
+    })
+}
+
+async fn latest(
+    state: &AppState,
+    context: &RequestContext,
+    thread: &store::Thread,
+) -> ApiResult<ThreadStateOut> {
+    let newest = state.store.list_checkpoints(context.user, thread.thread_id, 1, None).await?;
+    Ok(newest
+        .into_iter()
+        .next()
+        .map_or_else(|| ThreadStateOut::empty(thread.thread_id), Into::into))
+}
+
+/// The thread's current state.
+#[utoipa::path(get, path = "/threads/{thread_id}/state", tag = "state", params(("thread_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ThreadStateOut), (status = 404, body = ErrorBody)))]
+async fn get_state(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+) -> ApiResult<Json<ThreadStateOut>> {
+    Ok(Json(latest(&state, &context, &thread).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct UpdateState {
+    /// Merged into the state: `messages` are appended (or replace the message with the same
+    /// id); other keys are replaced.
+    #[schema(value_type = Object)]
+    values: Value,
+    /// The node the update is attributed to (recorded in the checkpoint's metadata).
+    as_node: Option<String>,
+    /// Only the latest checkpoint may be updated.
+    #[schema(value_type = Option<Object>)]
+    checkpoint: Option<Value>,
+    #[schema(value_type = Option<String>)]
+    checkpoint_id: Option<Value>,
+}
+
+/// Update the thread's state; the result is a new checkpoint.
+#[utoipa::path(post, path = "/threads/{thread_id}/state", tag = "state", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = UpdateState,
+    responses((status = 200, body = StateUpdated), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn update_state(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiJson(body): ApiJson<UpdateState>,
+) -> ApiResult<Json<StateUpdated>> {
+    let from = match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+        Some(id) => Some(id),
+        None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
+    };
+    if let Some(from) = from {
+        let current = latest(&state, &context, &thread).await?.checkpoint.checkpoint_id;
+        if current != Some(from) {
+            return Err(ApiError::Invalid {
+                code: "unsupported",
+                detail: format!(
+                    "checkpoint {from} is not the thread's latest: updating an older checkpoint is not supported yet"
+                ),
+            });
+        }
+    }
+    // Validate before writing so a bad update is a 422 that changes nothing.
+    apply_update(thread.values.clone(), body.values.clone()).map_err(ApiError::invalid)?;
+    let node = body.as_node.unwrap_or_else(|| "__input__".to_owned());
+    let metadata =
+        json!({ "source": "update", "writes": { node: body.values.clone() }, "parents": {} });
+    let metadata = metadata.as_object().cloned().unwrap_or_default();
+    let update = body.values;
+    let checkpoint = state
+        .store
+        .update_state(
+            context.user,
+            thread.thread_id,
+            None,
+            Box::new(move |current| apply_update(current, update)),
+            &metadata,
+        )
+        .await?;
+    Ok(Json(StateUpdated {
+        checkpoint: CheckpointRef::new(thread.thread_id, Some(checkpoint.checkpoint_id)),
+    }))
+}
+
+/// The `{checkpoint_id}` path parameter.
+struct CheckpointParam(CheckpointId);
+
+impl axum::extract::FromRequestParts<AppState> for CheckpointParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        path_id(parts, "checkpoint_id").await.map(CheckpointParam)
+    }
+}
+
+/// The thread's state at one checkpoint.
+#[utoipa::path(get, path = "/threads/{thread_id}/state/{checkpoint_id}", tag = "state",
+    params(("thread_id" = String, Path, format = Uuid), ("checkpoint_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ThreadStateOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn get_state_at(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    CheckpointParam(id): CheckpointParam,
+) -> ApiResult<Json<ThreadStateOut>> {
+    Ok(Json(state.store.get_checkpoint(context.user, thread.thread_id, id).await?.into()))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct StateAt {
+    /// `{"checkpoint_id": ...}`
+    #[schema(value_type = Object)]
+    checkpoint: Option<Value>,
+}
+
+/// The thread's state at the checkpoint in the body.
+#[utoipa::path(post, path = "/threads/{thread_id}/state/checkpoint", tag = "state",
+    params(("thread_id" = String, Path, format = Uuid)), request_body = StateAt,
+    responses((status = 200, body = ThreadStateOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn post_state_at(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiJson(body): ApiJson<StateAt>,
+) -> ApiResult<Json<ThreadStateOut>> {
+    match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+        Some(id) => {
+            Ok(Json(state.store.get_checkpoint(context.user, thread.thread_id, id).await?.into()))
+        }
+        None => Ok(Json(latest(&state, &context, &thread).await?)),
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct History {
+    /// 1 to 1000; 10 by default.
+    limit: Option<i64>,
+    /// Only checkpoints older than this one (an id, or an object with `checkpoint_id`).
+    #[schema(value_type = Option<Object>)]
+    before: Option<Value>,
+    /// Only checkpoints whose metadata contains this object.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// A subgraph namespace; Spindle's agents have none, so a non-empty one yields nothing.
+    #[schema(value_type = Option<Object>)]
+    checkpoint: Option<Value>,
+}
+
+async fn history(
+    state: &AppState,
+    context: &RequestContext,
+    thread: &store::Thread,
+    query: History,
+) -> ApiResult<Vec<ThreadStateOut>> {
+    let limit = super::limit(query.limit, 10)?;
+    let mut before = checkpoint_id("before", query.before.as_ref())?;
+    let namespace =
+        query.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns")).and_then(Value::as_str);
+    if namespace.is_some_and(|ns| !ns.is_empty()) {
+        return Ok(Vec::new());
+    }
+    let Some(filter) = query.metadata.map(Value::Object) else {
+        let page =
+            state.store.list_checkpoints(context.user, thread.thread_id, limit, before).await?;
+        return Ok(page.into_iter().map(Into::into).collect());
+    };
+    // A metadata filter: walk back through the history a chunk at a time.
+    let mut out = Vec::new();
+    loop {
+        let chunk =
+            state.store.list_checkpoints(context.user, thread.thread_id, 200, before).await?;
+        let Some(last) = chunk.last() else { return Ok(out) };
+        before = Some(last.checkpoint_id);
+        for c in chunk {
+            if json_contains(&Value::Object(c.metadata.clone()), &filter) {
+                out.push(c.into());
+                if out.len() == limit as usize {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+/// The thread's checkpoints, newest first.
+#[utoipa::path(post, path = "/threads/{thread_id}/history", tag = "state", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = History,
+    responses((status = 200, body = Vec<ThreadStateOut>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn history_post(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiJson(query): ApiJson<History>,
+) -> ApiResult<Json<Vec<ThreadStateOut>>> {
+    Ok(Json(history(&state, &context, &thread, query).await?))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// 1 to 1000; 10 by default.
+    limit: Option<i64>,
+    /// A checkpoint id: only older checkpoints.
+    before: Option<String>,
+}
+
+/// The thread's checkpoints, newest first.
+#[utoipa::path(get, path = "/threads/{thread_id}/history", tag = "state",
+    params(("thread_id" = String, Path, format = Uuid), HistoryQuery),
+    responses((status = 200, body = Vec<ThreadStateOut>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn history_get(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Vec<ThreadStateOut>>> {
+    let query = History {
+        limit: query.limit,
+        before: query.before.map(Value::String),
+        ..History::default()
+    };
+    Ok(Json(history(&state, &context, &thread, query).await?))
+}

@@ -1,0 +1,240 @@
+//! Threads: create (with `if_exists`), get, patch metadata, delete (cascading), search and
+//! count, all scoped to the caller.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use ids::ThreadId;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use store::{SortOrder, ThreadFilter, ThreadPage, ThreadSortBy, ThreadStatus};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::context::{OwnedThread, RequestContext};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::wire::{THREAD_FIELDS, ThreadOut};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_thread))
+        .routes(routes!(search_threads))
+        .routes(routes!(count_threads))
+        .routes(routes!(get_thread, patch_thread, delete_thread))
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IfExists {
+    /// 409 when the id is taken.
+    #[default]
+    Raise,
+    /// Return the existing thread.
+    DoNothing,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CreateThread {
+    /// Choose the id (any UUID); a new UUIDv7 when absent.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    thread_id: Option<ThreadId>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    if_exists: Option<IfExists>,
+    /// Stored in `metadata.graph_id`, as the LangGraph server does.
+    graph_id: Option<String>,
+    /// Not supported yet: a request that sets it is refused rather than half-honoured.
+    #[schema(value_type = Option<Object>)]
+    supersteps: Option<Value>,
+    /// Not supported yet: a request that sets it is refused rather than half-honoured.
+    #[schema(value_type = Option<Object>)]
+    ttl: Option<Value>,
+}
+
+/// Refuses a field whose value Spindle cannot honour yet, instead of dropping it silently.
+fn unsupported(field: &str, value: &Option<Value>) -> ApiResult<()> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(ApiError::Invalid {
+            code: "unsupported",
+            detail: format!("{field} is not supported by this server yet"),
+        }),
+    }
+}
+
+/// Create a thread.
+#[utoipa::path(post, path = "/threads", tag = "threads", request_body = CreateThread,
+    responses((status = 200, body = ThreadOut), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_thread(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<CreateThread>,
+) -> ApiResult<Json<ThreadOut>> {
+    unsupported("supersteps", &body.supersteps)?;
+    unsupported("ttl", &body.ttl)?;
+    let id = body.thread_id.unwrap_or_else(ThreadId::new);
+    let mut metadata = body.metadata.unwrap_or_default();
+    if let Some(graph_id) = body.graph_id {
+        metadata.insert("graph_id".into(), graph_id.into());
+    }
+    let thread = match body.if_exists.unwrap_or_default() {
+        IfExists::Raise => state.store.create_thread(context.user, id, &metadata).await?,
+        IfExists::DoNothing => {
+            state.store.get_or_create_thread(context.user, id, &metadata).await?.0
+        }
+    };
+    Ok(Json(thread.into()))
+}
+
+/// Get a thread.
+#[utoipa::path(get, path = "/threads/{thread_id}", tag = "threads", params(("thread_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ThreadOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn get_thread(OwnedThread(thread): OwnedThread) -> Json<ThreadOut> {
+    Json(thread.into())
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct PatchThread {
+    /// Shallow-merged into the thread's metadata.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    ttl: Option<Value>,
+}
+
+/// Update a thread's metadata (shallow merge).
+#[utoipa::path(patch, path = "/threads/{thread_id}", tag = "threads", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = PatchThread,
+    responses((status = 200, body = ThreadOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn patch_thread(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiJson(body): ApiJson<PatchThread>,
+) -> ApiResult<Json<ThreadOut>> {
+    unsupported("ttl", &body.ttl)?;
+    let patch = body.metadata.unwrap_or_default();
+    Ok(Json(
+        state.store.update_thread_metadata(context.user, thread.thread_id, &patch).await?.into(),
+    ))
+}
+
+/// Delete a thread with its runs, checkpoints and events.
+#[utoipa::path(delete, path = "/threads/{thread_id}", tag = "threads", params(("thread_id" = String, Path, format = Uuid)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn delete_thread(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+) -> ApiResult<StatusCode> {
+    state.store.delete_thread(context.user, thread.thread_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct SearchThreads {
+    /// Threads whose metadata contains this object.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Threads whose current values contain this object.
+    #[schema(value_type = Option<Object>)]
+    values: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Vec<String>>)]
+    ids: Option<Vec<ThreadId>>,
+    #[schema(value_type = Option<String>)]
+    status: Option<ThreadStatus>,
+    /// 1 to 1000; 10 by default.
+    limit: Option<i64>,
+    offset: Option<i64>,
+    #[schema(value_type = Option<String>)]
+    sort_by: Option<ThreadSortBy>,
+    #[schema(value_type = Option<String>)]
+    sort_order: Option<SortOrder>,
+    /// Only these fields of each thread.
+    select: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    extract: Option<Value>,
+}
+
+fn filter(
+    metadata: Option<Map<String, Value>>,
+    values: Option<Map<String, Value>>,
+    ids: Option<Vec<ThreadId>>,
+    status: Option<ThreadStatus>,
+) -> ThreadFilter {
+    ThreadFilter {
+        metadata: metadata.map(Value::Object),
+        values: values.map(Value::Object),
+        ids,
+        status,
+    }
+}
+
+/// Search the caller's threads; the total before paging is in `X-Pagination-Total`.
+#[utoipa::path(post, path = "/threads/search", tag = "threads", request_body = SearchThreads,
+    responses((status = 200, body = Vec<ThreadOut>), (status = 422, body = ErrorBody)))]
+async fn search_threads(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<SearchThreads>,
+) -> ApiResult<impl IntoResponse> {
+    unsupported("extract", &body.extract)?;
+    if let Some(unknown) =
+        body.select.iter().flatten().find(|f| !THREAD_FIELDS.contains(&f.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "select: unknown field `{unknown}`; expected some of {}",
+            THREAD_FIELDS.join(", ")
+        )));
+    }
+    let page = ThreadPage {
+        limit: super::limit(body.limit, 10)?,
+        offset: super::offset(body.offset)?,
+        sort_by: body.sort_by.unwrap_or(ThreadSortBy::CreatedAt),
+        sort_order: body.sort_order.unwrap_or(SortOrder::Desc),
+    };
+    let filter = filter(body.metadata, body.values, body.ids, body.status);
+    let threads = state.store.search_threads(context.user, &filter, &page).await?;
+    let total = state.store.count_threads(context.user, &filter).await?;
+    let mut out = Vec::with_capacity(threads.len());
+    for thread in threads {
+        let mut value = serde_json::to_value(ThreadOut::from(thread))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let (Some(select), Value::Object(fields)) = (&body.select, &mut value) {
+            fields.retain(|k, _| select.contains(k));
+        }
+        out.push(value);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("x-pagination-total", total.into());
+    Ok((headers, Json(out)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct CountThreads {
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    values: Option<Map<String, Value>>,
+    #[schema(value_type = Option<String>)]
+    status: Option<ThreadStatus>,
+}
+
+/// Count the caller's threads matching a filter.
+#[utoipa::path(post, path = "/threads/count", tag = "threads", request_body = CountThreads,
+    responses((status = 200, body = i64), (status = 422, body = ErrorBody)))]
+async fn count_threads(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<CountThreads>,
+) -> ApiResult<Json<i64>> {
+    let filter = filter(body.metadata, body.values, None, body.status);
+    Ok(Json(state.store.count_threads(context.user, &filter).await?))
+}
