@@ -183,6 +183,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::BadRequest(format!("malformed JSON body: {inner}"));
         }
+        // A shape error may be met before a syntax error later in the text: check the syntax
+        // (on this error path only) so malformed JSON is always a 400.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return ApiError::BadRequest(format!("malformed JSON body: {syntax}"));
+        }
         let detail = if path == "." {
             format!("invalid request body: {inner}")
         } else {
