@@ -75,8 +75,8 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
 async fn run_serve(args: ServeArgs) -> Result<(), String> {
     if args.auth.auth == AuthMode::Local && !args.listen.ip().is_loopback() {
         return Err(format!(
-            "refusing to serve {} without authentication: `--auth local` is for loopback addresses only; \\
-             use --auth keys (and `spindle keys create --user NAME`) or --auth jwt with --jwt-secret, \\
+            "refusing to serve {} without authentication: `--auth local` is for loopback addresses only; \
+             use --auth keys (and `spindle keys create --user NAME`) or --auth jwt with --jwt-secret, \
              --jwt-public-key or --jwt-jwks",
             args.listen
         ));

@@ -924,3 +924,101 @@ async fn openapi_documents_every_route() {
         }
     }
 }
+
+/// Runs openssl (Debian's, on every machine of this kind) to make test keys.
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_with_an_es256_public_key_and_an_rs256_jwks() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let dir = std::env::temp_dir().join(format!("spindle-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &path("ec.pem"),
+    ]);
+    openssl(&["pkey", "-in", &path("ec.pem"), "-pubout", "-out", &path("ec.pub")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &path("rsa.pem"),
+    ]);
+    let modulus = openssl(&["rsa", "-in", &path("rsa.pem"), "-noout", "-modulus"]);
+    let hex = modulus.trim().strip_prefix("Modulus=").unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]});
+    std::fs::write(path("jwks.json"), jwks.to_string()).unwrap();
+
+    let claims = json!({"sub": "dave", "exp": chrono::Utc::now().timestamp() + 600});
+    let ec_token = encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&std::fs::read(path("ec.pem")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut rsa_header = Header::new(Algorithm::RS256);
+    rsa_header.kid = Some("k1".into());
+    let rsa_key = EncodingKey::from_rsa_pem(&std::fs::read(path("rsa.pem")).unwrap()).unwrap();
+    let rsa_token = encode(&rsa_header, &claims, &rsa_key).unwrap();
+    rsa_header.kid = Some("other".into());
+    let unknown_kid = encode(&rsa_header, &claims, &rsa_key).unwrap();
+
+    let bearer = |token: &str| {
+        Request::post("/threads/search")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let pem = JwtConfig { public_key: Some(path("ec.pub").into()), ..JwtConfig::default() };
+    let app =
+        TestApp::with(Backend::Sqlite, AuthMode::Jwt, &pem, HttpConfig::default()).await.unwrap();
+    app.send(bearer(&ec_token)).await.ok();
+    app.send(bearer(&rsa_token)).await.error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid bearer token",
+    );
+
+    let set = JwtConfig { jwks: Some(path("jwks.json").into()), ..JwtConfig::default() };
+    let app =
+        TestApp::with(Backend::Sqlite, AuthMode::Jwt, &set, HttpConfig::default()).await.unwrap();
+    app.send(bearer(&rsa_token)).await.ok();
+    app.send(bearer(&unknown_kid)).await.error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid bearer token",
+    );
+    app.send(bearer(&ec_token)).await.error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid bearer token",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn jwt_mode_without_a_key_is_a_configuration_error() {
+    let err = Auth::new(AuthMode::Jwt, &JwtConfig::default()).unwrap_err();
+    assert!(err.contains("--jwt-secret"), "{err}");
+    let short = JwtConfig { secret: Some("short".into()), ..JwtConfig::default() };
+    assert!(Auth::new(AuthMode::Jwt, &short).unwrap_err().contains("at least 32 bytes"));
+}

@@ -37,8 +37,13 @@ struct Server {
 
 impl Server {
     fn start(dir: &TempDir) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &TempDir, extra: &[&str]) -> Server {
         let mut child = spindle()
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .current_dir(&dir.0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -55,8 +60,13 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> String {
+        self.get_with(path, "")
+    }
+
+    fn get_with(&self, path: &str, headers: &str) -> String {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n")
+            .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
@@ -160,4 +170,45 @@ fn every_command_has_help() {
     {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
     }
+}
+
+#[test]
+fn keys_create_list_revoke_and_serve_with_keys() {
+    let dir = TempDir::new("keys");
+    let run = |args: &[&str]| {
+        let out = spindle().args(args).current_dir(&dir.0).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let key = run(&["keys", "create", "--user", "alice"]);
+    assert_eq!(key.lines().count(), 1, "the key alone on stdout: {key:?}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("spindle_") && key.len() == "spindle_".len() + 43, "{key}");
+    let listed = run(&["keys", "list"]);
+    assert!(listed.contains("alice") && listed.contains(&key[..12]), "{listed}");
+    assert!(!listed.contains(&key), "keys list never shows a key");
+
+    let server = Server::start_with(&dir, &["--auth", "keys"]);
+    let search = |key: &str| {
+        server.get_with(
+            "/threads/00000000-0000-7000-8000-000000000001",
+            &format!("x-api-key: {key}\r\n"),
+        )
+    };
+    assert!(search(&key).starts_with("HTTP/1.1 404"), "a valid key reaches the route");
+    assert!(search("spindle_nope").starts_with("HTTP/1.1 401"));
+    let key_id = listed.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(run(&["keys", "revoke", &key_id]).starts_with("revoked"));
+    assert!(search(&key).starts_with("HTTP/1.1 401"), "revocation takes effect at once");
+    drop(server);
+}
+
+#[test]
+fn local_auth_refuses_a_non_loopback_address() {
+    check_fails_with_one_line(
+        &["serve", "--listen", "0.0.0.0:0"],
+        "error: refusing to serve 0.0.0.0:0 without authentication: `--auth local` is for loopback addresses only",
+    );
+    check_fails_with_one_line(&["serve", "--auth", "jwt"], "error: --auth jwt needs a key");
+    check_fails_with_one_line(&["keys", "revoke", "abc"], "error: invalid key_id `abc`");
 }
