@@ -33,6 +33,21 @@ macro_rules! assistant_cols {
     };
 }
 
+/// The ids of up to `$limit` claimable runs: the oldest pending run of each thread that has
+/// no running run, oldest first. `$limit` is the placeholder text (`?2`, `$1`).
+macro_rules! claimable_runs {
+    ($limit:literal) => {
+        concat!(
+            "select r.run_id from runs r where r.status = 'pending'
+               and not exists (select 1 from runs x where x.thread_id = r.thread_id and x.status = 'running')
+               and not exists (select 1 from runs y where y.thread_id = r.thread_id and y.status = 'pending'
+                               and (y.created_at < r.created_at or (y.created_at = r.created_at and y.run_id < r.run_id)))
+             order by r.created_at, r.run_id limit ",
+            $limit
+        )
+    };
+}
+
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -355,7 +370,11 @@ impl Store {
 
     /// Creates a run in the caller's thread, checking ownership in the same transaction;
     /// with [`IfNotExists::Create`] a missing thread is created in that transaction too. The
-    /// thread becomes `busy`.
+    /// thread becomes `busy`. If the thread already has an active run, the run's
+    /// `multitask_strategy` decides in the same transaction: `reject` is a
+    /// [`Error::Conflict`] ([`THREAD_BUSY`]); `enqueue` queues behind it; `interrupt` ends
+    /// pending runs `interrupted`; `rollback` deletes pending runs. A *running* run is left to
+    /// the executor to stop (it is told after this returns).
     pub async fn create_run(
         &self,
         owner: UserId,
@@ -369,15 +388,43 @@ impl Store {
         dispatch!(self.get_run(owner, thread, id))
     }
 
-    /// The thread's runs, newest first.
+    /// The thread's runs, newest first, optionally only those in `status`.
     pub async fn list_runs(
         &self,
         owner: UserId,
         thread: ThreadId,
         limit: u32,
         offset: u32,
+        status: Option<RunStatus>,
     ) -> Result<Vec<Run>> {
-        dispatch!(self.list_runs(owner, thread, limit, offset))
+        dispatch!(self.list_runs(owner, thread, limit, offset, status))
+    }
+
+    /// Claims up to `limit` runs to execute, marking them `running`: each the oldest pending
+    /// run of a thread that has no running run, oldest first. Safe with many claimers (on
+    /// PostgreSQL, `for update skip locked`).
+    pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
+        let mut runs = dispatch!(self.claim_runs(limit))?;
+        // `returning` has no order: give them back oldest first.
+        runs.sort_by_key(|r| (r.created_at, r.run_id));
+        Ok(runs)
+    }
+
+    /// Deletes a finished run (its events go with it). An active run is a conflict.
+    pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        dispatch!(self.delete_run(owner, thread, id))
+    }
+
+    /// Undoes a run: deletes it with its checkpoints and events, and sets the thread's values
+    /// back to its newest remaining checkpoint.
+    pub async fn rollback_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        dispatch!(self.rollback_run(owner, thread, id))
+    }
+
+    /// At start-up: runs left `running` by a crash end `error` ("server restarted") and their
+    /// threads' statuses are set again. Returns the runs it ended.
+    pub async fn recover_runs(&self) -> Result<Vec<Run>> {
+        dispatch!(self.recover_runs())
     }
 
     /// Moves a run to `status`. When it leaves the active states the thread's status follows

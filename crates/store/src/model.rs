@@ -97,6 +97,7 @@ text_enum!(
         AgentCompleted = "agent_completed",
         RunError = "run_error",
         RunCancelled = "run_cancelled",
+        Custom = "custom",
     }
 );
 
@@ -252,7 +253,13 @@ pub struct NewRun {
     pub kwargs: Value,
     pub metadata: Metadata,
     pub multitask_strategy: MultitaskStrategy,
+    /// Merged into the thread's metadata in the run's transaction (`graph_id`,
+    /// `assistant_id`: chat UIs search threads by them).
+    pub thread_metadata: Metadata,
 }
+
+/// What `create_run` answers when the thread is busy and the strategy is `reject`.
+pub const THREAD_BUSY: &str = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy.";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {

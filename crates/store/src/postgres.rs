@@ -222,6 +222,7 @@ impl PgStore {
         if if_not_exists == IfNotExists::Create {
             insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
         }
+        // The row lock serializes run creation per thread, so the strategy sees every run.
         let thread_owner: Option<UserId> =
             sqlx::query_scalar("select owner_id from threads where thread_id = $1 for update")
                 .bind(id)
@@ -232,7 +233,32 @@ impl PgStore {
             Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
             _ => return Err(Error::not_found("thread", id)),
         }
+        let active: i64 = sqlx::query_scalar(
+            "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
         let at = now();
+        if active > 0 {
+            match run.multitask_strategy {
+                MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
+                MultitaskStrategy::Enqueue => {}
+                MultitaskStrategy::Interrupt => {
+                    sqlx::query("update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending'")
+                        .bind(at)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                MultitaskStrategy::Rollback => {
+                    sqlx::query("delete from runs where thread_id = $1 and status = 'pending'")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
         let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
              values ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, null, $9, $9)
              returning ", run_cols!());
@@ -248,7 +274,8 @@ impl PgStore {
             .bind(at)
             .fetch_one(&mut *tx)
             .await?;
-        sqlx::query("update threads set status = 'busy', updated_at = $1 where thread_id = $2")
+        sqlx::query("update threads set status = 'busy', metadata = metadata || $1, updated_at = $2 where thread_id = $3")
+            .bind(Json(&run.thread_metadata))
             .bind(at)
             .bind(id)
             .execute(&mut *tx)
@@ -256,6 +283,94 @@ impl PgStore {
         let created = run_row(&row)?;
         tx.commit().await?;
         Ok(created)
+    }
+
+    pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
+        let sql = concat!(
+            "update runs set status = 'running', updated_at = $2 where run_id in (",
+            claimable_runs!("$1"),
+            " for update of r skip locked) returning ",
+            run_cols!()
+        );
+        let rows =
+            sqlx::query(sql).bind(i64::from(limit)).bind(now()).fetch_all(&self.pool).await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let status: String = sqlx::query_scalar(
+            "select status from runs where run_id = $1 and thread_id = $2 and owner_id = $3 for update",
+        )
+        .bind(id)
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::not_found("run", id))?;
+        if status == "pending" || status == "running" {
+            return Err(Error::Conflict(format!(
+                "run {id} is {status}: cancel it before deleting it"
+            )));
+        }
+        sqlx::query("delete from runs where run_id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        sqlx::query("delete from checkpoints where run_id = $1 and thread_id = $2")
+            .bind(id)
+            .bind(thread)
+            .execute(&mut *tx)
+            .await?;
+        let deleted =
+            sqlx::query("delete from runs where run_id = $1 and thread_id = $2 and owner_id = $3")
+                .bind(id)
+                .bind(thread)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::not_found("run", id));
+        }
+        sqlx::query(
+            "update threads set state_values = (select state_values from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1),
+                 status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                 updated_at = $2
+             where thread_id = $1",
+        )
+        .bind(thread)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn recover_runs(&self) -> Result<Vec<Run>> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        let sql = concat!(
+            "update runs set status = 'error', error = 'server restarted', updated_at = $1 where status = 'running' returning ",
+            run_cols!()
+        );
+        let rows = sqlx::query(sql).bind(at).fetch_all(&mut *tx).await?;
+        let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
+        for run in &runs {
+            sqlx::query(
+                "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'error' end,
+                     updated_at = $2 where thread_id = $1",
+            )
+            .bind(run.thread_id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(runs)
     }
 
     pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {
@@ -275,18 +390,21 @@ impl PgStore {
         thread: ThreadId,
         limit: u32,
         offset: u32,
+        status: Option<RunStatus>,
     ) -> Result<Vec<Run>> {
         self.get_thread(owner, thread).await?;
         let sql = concat!(
             "select ",
             run_cols!(),
-            " from runs where thread_id = $1 and owner_id = $2 order by created_at desc, run_id desc limit $3 offset $4"
+            " from runs where thread_id = $1 and owner_id = $2 and ($5::text is null or status = $5)
+              order by created_at desc, run_id desc limit $3 offset $4"
         );
         let rows = sqlx::query(sql)
             .bind(thread)
             .bind(owner)
             .bind(i64::from(limit))
             .bind(i64::from(offset))
+            .bind(status.map(RunStatus::as_str))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(run_row).collect()

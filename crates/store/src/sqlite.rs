@@ -281,12 +281,28 @@ impl SqliteStore {
             if if_not_exists == IfNotExists::Create {
                 insert_thread(c, owner, id, "{}")?;
             }
-            match thread_owner(c, id)? {
-                Some(o) if o == owner => {}
+            let mut thread = match find_thread(c, id)? {
+                Some(t) if t.owner_id == owner => t,
                 Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
                 _ => return Err(Error::not_found("thread", id)),
-            }
+            };
+            let active: i64 = c
+                .prepare_cached("select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')")?
+                .query_row([id], |r| r.get(0))?;
             let at = micros(now());
+            if active > 0 {
+                match run.multitask_strategy {
+                    MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
+                    MultitaskStrategy::Enqueue => {}
+                    MultitaskStrategy::Interrupt => {
+                        c.prepare_cached("update runs set status = 'interrupted', updated_at = ?1 where thread_id = ?2 and status = 'pending'")?
+                            .execute(params![at, id])?;
+                    }
+                    MultitaskStrategy::Rollback => {
+                        c.prepare_cached("delete from runs where thread_id = ?1 and status = 'pending'")?.execute([id])?;
+                    }
+                }
+            }
             let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
                  values (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, null, ?9, ?9)
                  returning ", run_cols!());
@@ -294,9 +310,78 @@ impl SqliteStore {
                 params![run.run_id, id, owner, run.assistant_id, input, kwargs, metadata, run.multitask_strategy.as_str(), at],
                 run_row,
             )?;
-            c.prepare_cached("update threads set status = 'busy', updated_at = ?1 where thread_id = ?2")?
-                .execute(params![at, id])?;
+            thread.metadata.extend(run.thread_metadata);
+            c.prepare_cached("update threads set status = 'busy', metadata = ?1, updated_at = ?2 where thread_id = ?3")?
+                .execute(params![serde_json::to_string(&thread.metadata)?, at, id])?;
             Ok(created)
+        })
+        .await
+    }
+
+    pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
+        self.write(move |c| {
+            let sql = concat!(
+                "update runs set status = 'running', updated_at = ?1 where run_id in (",
+                claimable_runs!("?2"),
+                ") returning ",
+                run_cols!()
+            );
+            all(c, sql, params![micros(now()), limit], run_row)
+        })
+        .await
+    }
+
+    pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        self.write(move |c| {
+            let status: String = c
+                .prepare_cached("select status from runs where run_id = ?1 and thread_id = ?2 and owner_id = ?3")?
+                .query_row(params![id, thread, owner], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::not_found("run", id))?;
+            if status == "pending" || status == "running" {
+                return Err(Error::Conflict(format!("run {id} is {status}: cancel it before deleting it")));
+            }
+            c.prepare_cached("delete from runs where run_id = ?1")?.execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn rollback_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("delete from checkpoints where run_id = ?1 and thread_id = ?2 and exists (select 1 from runs where run_id = ?1 and owner_id = ?3)")?
+                .execute(params![id, thread, owner])?;
+            let deleted = c.prepare_cached("delete from runs where run_id = ?1 and thread_id = ?2 and owner_id = ?3")?.execute(params![id, thread, owner])?;
+            if deleted == 0 {
+                return Err(Error::not_found("run", id));
+            }
+            let at = micros(now());
+            c.prepare_cached(
+                "update threads set state_values = (select state_values from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1),
+                     status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                     updated_at = ?2, state_updated_at = case when ?3 > 0 then ?2 else state_updated_at end
+                 where thread_id = ?1",
+            )?
+            .execute(params![thread, at, n as i64])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn recover_runs(&self) -> Result<Vec<Run>> {
+        self.write(|c| {
+            let at = micros(now());
+            let sql = concat!("update runs set status = 'error', error = 'server restarted', updated_at = ?1 where status = 'running' returning ", run_cols!());
+            let runs = all(c, sql, [at], run_row)?;
+            for run in &runs {
+                c.prepare_cached(
+                    "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'error' end,
+                         updated_at = ?2 where thread_id = ?1",
+                )?
+                .execute(params![run.thread_id, at])?;
+            }
+            Ok(runs)
         })
         .await
     }
@@ -322,11 +407,22 @@ impl SqliteStore {
         thread: ThreadId,
         limit: u32,
         offset: u32,
+        status: Option<RunStatus>,
     ) -> Result<Vec<Run>> {
         self.read(move |c| {
             owned_thread(c, owner, thread)?;
-            let sql = concat!("select ", run_cols!(), " from runs where thread_id = ?1 and owner_id = ?2 order by created_at desc, run_id desc limit ?3 offset ?4");
-            all(c, sql, params![thread, owner, limit, offset], run_row)
+            let sql = concat!(
+                "select ",
+                run_cols!(),
+                " from runs where thread_id = ?1 and owner_id = ?2 and (?5 is null or status = ?5)
+                  order by created_at desc, run_id desc limit ?3 offset ?4"
+            );
+            all(
+                c,
+                sql,
+                params![thread, owner, limit, offset, status.map(RunStatus::as_str)],
+                run_row,
+            )
         })
         .await
     }
@@ -880,12 +976,6 @@ fn owned_thread(c: &Connection, owner: UserId, id: ThreadId) -> Result<Thread> {
         .query_row(params![id, owner], thread_row)
         .optional()?
         .ok_or_else(|| Error::not_found("thread", id))
-}
-
-fn thread_owner(c: &Connection, id: ThreadId) -> Result<Option<UserId>> {
-    Ok(c.prepare_cached("select owner_id from threads where thread_id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?)
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {

@@ -54,6 +54,12 @@ both_backends!(
     concurrent_state_updates_lose_nothing,
     checkpoints_are_read_only_by_their_owner,
     api_keys_authenticate_until_revoked,
+    reject_lets_exactly_one_of_50_concurrent_runs_in,
+    interrupt_and_rollback_clear_pending_runs,
+    claims_are_fifo_and_one_running_run_per_thread,
+    rollback_restores_the_state_before_the_run,
+    recovery_ends_runs_left_running,
+    runs_are_deleted_only_when_finished,
 );
 
 fn meta(value: serde_json::Value) -> Metadata {
@@ -69,6 +75,7 @@ fn new_run(thread: ThreadId) -> NewRun {
         kwargs: json!({"stream_mode": ["values"]}),
         metadata: Metadata::new(),
         multitask_strategy: MultitaskStrategy::Enqueue,
+        thread_metadata: Metadata::new(),
     }
 }
 
@@ -140,7 +147,7 @@ async fn every_thread_operation_is_owner_scoped(store: &Store) {
     assert_not_found(store.delete_thread(bob, id).await);
     assert_not_found(store.create_run(bob, &new_run(id), IfNotExists::Reject).await);
     assert_not_found(store.get_run(bob, id, run.run_id).await);
-    assert_not_found(store.list_runs(bob, id, 10, 0).await);
+    assert_not_found(store.list_runs(bob, id, 10, 0, None).await);
     assert_not_found(store.set_run_status(bob, id, run.run_id, RunStatus::Error, None).await);
     assert_not_found(store.append_event(bob, id, &event(EventKind::RunError, 2)).await);
     assert_not_found(store.events_after(bob, id, 0, 100).await);
@@ -242,7 +249,7 @@ async fn create_run_with_create_makes_one_thread_under_50_concurrent_runs(store:
         assert_eq!(run.thread_id, id);
     }
     assert_eq!(store.admin_count_threads(id).await.unwrap(), 1);
-    assert_eq!(store.list_runs(owner, id, 100, 0).await.unwrap().len(), 50);
+    assert_eq!(store.list_runs(owner, id, 100, 0, None).await.unwrap().len(), 50);
     assert_eq!(store.get_thread(owner, id).await.unwrap().status, ThreadStatus::Busy);
 }
 
@@ -266,7 +273,7 @@ async fn thread_status_follows_its_runs(store: &Store) {
     let third = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
     store.set_run_status(owner, id, third.run_id, RunStatus::Interrupted, None).await.unwrap();
     assert_eq!(status().await, ThreadStatus::Idle);
-    let runs = store.list_runs(owner, id, 10, 0).await.unwrap();
+    let runs = store.list_runs(owner, id, 10, 0, None).await.unwrap();
     assert_eq!(
         runs.iter().map(|r| r.run_id).collect::<Vec<_>>(),
         [third.run_id, second.run_id, first.run_id]
@@ -297,7 +304,7 @@ async fn delete_cascades_to_runs_checkpoints_and_events(store: &Store) {
     store.create_thread(owner, id, &Metadata::new()).await.unwrap();
     assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
     assert!(store.list_checkpoints(owner, id, 10, None).await.unwrap().is_empty());
-    assert!(store.list_runs(owner, id, 10, 0).await.unwrap().is_empty());
+    assert!(store.list_runs(owner, id, 10, 0, None).await.unwrap().is_empty());
     assert_eq!(
         store.append_event(owner, id, &event(EventKind::RunCreated, 0)).await.unwrap().seq,
         1
@@ -613,4 +620,164 @@ fn json_contains_matches_postgres_semantics() {
     assert!(json_contains(&json!(["x", "y"]), &json!("x")));
     assert!(!json_contains(&json!([[1, 2]]), &json!([1])));
     assert!(json_contains(&json!([1, [2]]), &json!([[2]])));
+}
+
+fn run_with(thread: ThreadId, strategy: MultitaskStrategy) -> NewRun {
+    NewRun { multitask_strategy: strategy, ..new_run(thread) }
+}
+
+async fn reject_lets_exactly_one_of_50_concurrent_runs_in(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = store.clone();
+            let run = run_with(id, MultitaskStrategy::Reject);
+            tokio::spawn(async move { store.create_run(owner, &run, IfNotExists::Create).await })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::Conflict(m)) if m == store::THREAD_BUSY => busy += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, busy), (1, 49));
+    assert_eq!(store.admin_count_threads(id).await.unwrap(), 1);
+    assert_eq!(store.list_runs(owner, id, 100, 0, None).await.unwrap().len(), 1);
+}
+
+async fn interrupt_and_rollback_clear_pending_runs(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    let stamp = meta(json!({"graph_id": "echo", "assistant_id": AssistantId::for_graph("echo")}));
+    let first = NewRun { thread_metadata: stamp.clone(), ..new_run(id) };
+    let first = store.create_run(owner, &first, IfNotExists::Create).await.unwrap();
+    assert_eq!(store.get_thread(owner, id).await.unwrap().metadata, stamp);
+    let claimed = store.claim_runs(10).await.unwrap();
+    assert_eq!(claimed.iter().map(|r| r.run_id).collect::<Vec<_>>(), [first.run_id]);
+    let queued = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
+    let interrupting = store
+        .create_run(owner, &run_with(id, MultitaskStrategy::Interrupt), IfNotExists::Reject)
+        .await
+        .unwrap();
+    // The queued run ended interrupted; the running one is the executor's to stop.
+    assert_eq!(
+        store.get_run(owner, id, queued.run_id).await.unwrap().status,
+        RunStatus::Interrupted
+    );
+    assert_eq!(store.get_run(owner, id, first.run_id).await.unwrap().status, RunStatus::Running);
+    let rolling = store
+        .create_run(owner, &run_with(id, MultitaskStrategy::Rollback), IfNotExists::Reject)
+        .await
+        .unwrap();
+    assert_not_found(store.get_run(owner, id, interrupting.run_id).await);
+    let pending = store.list_runs(owner, id, 10, 0, Some(RunStatus::Pending)).await.unwrap();
+    assert_eq!(pending.iter().map(|r| r.run_id).collect::<Vec<_>>(), [rolling.run_id]);
+    let interrupted =
+        store.list_runs(owner, id, 10, 0, Some(RunStatus::Interrupted)).await.unwrap();
+    assert_eq!(interrupted.len(), 1);
+}
+
+async fn claims_are_fifo_and_one_running_run_per_thread(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let (a, b) = (ThreadId::new(), ThreadId::new());
+    let a1 = store.create_run(owner, &new_run(a), IfNotExists::Create).await.unwrap();
+    let b1 = store.create_run(owner, &new_run(b), IfNotExists::Create).await.unwrap();
+    let a2 = store.create_run(owner, &new_run(a), IfNotExists::Reject).await.unwrap();
+    let ids = |runs: Vec<store::Run>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.claim_runs(10).await.unwrap()), [a1.run_id, b1.run_id]);
+    assert!(store.claim_runs(10).await.unwrap().is_empty(), "a2 waits for a1");
+    store.set_run_status(owner, a, a1.run_id, RunStatus::Success, None).await.unwrap();
+    assert_eq!(ids(store.claim_runs(10).await.unwrap()), [a2.run_id]);
+    // Concurrent claimers never claim one run twice.
+    let t = ThreadId::new();
+    for _ in 0..3 {
+        for _ in 0..10 {
+            store.create_run(owner, &new_run(ThreadId::new()), IfNotExists::Create).await.unwrap();
+        }
+    }
+    store.create_run(owner, &new_run(t), IfNotExists::Create).await.unwrap();
+    let claimers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_runs(3).await.unwrap() })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    for c in claimers {
+        for run in c.await.unwrap() {
+            assert!(all.insert(run.run_id), "claimed twice");
+        }
+    }
+    assert_eq!(all.len(), 24);
+}
+
+async fn rollback_restores_the_state_before_the_run(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    store.create_thread(owner, id, &Metadata::new()).await.unwrap();
+    let before = json!({"messages": ["before"]});
+    store.put_state(owner, id, None, &before, &Metadata::new()).await.unwrap();
+    let run = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
+    store.claim_runs(1).await.unwrap();
+    store
+        .put_state(
+            owner,
+            id,
+            Some(run.run_id),
+            &json!({"messages": ["before", "during"]}),
+            &Metadata::new(),
+        )
+        .await
+        .unwrap();
+    store
+        .append_event(
+            owner,
+            id,
+            &NewEvent { run_id: Some(run.run_id), kind: EventKind::Values, data: json!({}) },
+        )
+        .await
+        .unwrap();
+    store.rollback_run(owner, id, run.run_id).await.unwrap();
+    let thread = store.get_thread(owner, id).await.unwrap();
+    assert_eq!(thread.values, Some(before));
+    assert_eq!(thread.status, ThreadStatus::Idle);
+    assert_eq!(store.list_checkpoints(owner, id, 10, None).await.unwrap().len(), 1);
+    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    assert_not_found(store.get_run(owner, id, run.run_id).await);
+}
+
+async fn recovery_ends_runs_left_running(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let (a, b) = (ThreadId::new(), ThreadId::new());
+    let ra = store.create_run(owner, &new_run(a), IfNotExists::Create).await.unwrap();
+    store.create_run(owner, &new_run(b), IfNotExists::Create).await.unwrap();
+    store.claim_runs(1).await.unwrap();
+    let queued = store.create_run(owner, &new_run(a), IfNotExists::Reject).await.unwrap();
+    let recovered = store.recover_runs().await.unwrap();
+    assert_eq!(recovered.iter().map(|r| r.run_id).collect::<Vec<_>>(), [ra.run_id]);
+    let ended = store.get_run(owner, a, ra.run_id).await.unwrap();
+    assert_eq!(
+        (ended.status, ended.error.as_deref()),
+        (RunStatus::Error, Some("server restarted"))
+    );
+    // Pending runs stay pending (they will be claimed); a thread with one stays busy.
+    assert_eq!(store.get_run(owner, a, queued.run_id).await.unwrap().status, RunStatus::Pending);
+    assert_eq!(store.get_thread(owner, a).await.unwrap().status, ThreadStatus::Busy);
+    assert!(store.recover_runs().await.unwrap().is_empty());
+}
+
+async fn runs_are_deleted_only_when_finished(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    let run = store.create_run(owner, &new_run(id), IfNotExists::Create).await.unwrap();
+    assert!(matches!(store.delete_run(owner, id, run.run_id).await, Err(Error::Conflict(_))));
+    store.set_run_status(owner, id, run.run_id, RunStatus::Success, None).await.unwrap();
+    let bob = store.ensure_user("bob").await.unwrap().user_id;
+    assert_not_found(store.delete_run(bob, id, run.run_id).await);
+    store.delete_run(owner, id, run.run_id).await.unwrap();
+    assert_not_found(store.get_run(owner, id, run.run_id).await);
 }
