@@ -514,15 +514,17 @@ impl Store {
         events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))
     }
 
-    /// Events of the caller's thread with `seq > after`, in order, at most `limit`.
+    /// Events of the caller's thread with `seq > after`, in order, at most `limit`; with
+    /// `run`, only that run's events.
     pub async fn events_after(
         &self,
         owner: UserId,
         thread: ThreadId,
+        run: Option<RunId>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
-        dispatch!(self.events_after(owner, thread, after, limit))
+        dispatch!(self.events_after(owner, thread, run, after, limit))
     }
 
     // ---- API keys (operators' commands and authentication) ----

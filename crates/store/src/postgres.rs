@@ -600,6 +600,7 @@ impl PgStore {
         &self,
         owner: UserId,
         thread: ThreadId,
+        run: Option<RunId>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
@@ -607,6 +608,7 @@ impl PgStore {
         let rows = sqlx::query(
             "select e.seq, e.run_id, e.kind, e.data, e.created_at
              from threads t left join events e on e.thread_id = t.thread_id and e.seq > $2
+                  and ($5::uuid is null or e.run_id = $5)
              where t.thread_id = $1 and t.owner_id = $3
              order by e.seq limit $4",
         )
@@ -614,6 +616,7 @@ impl PgStore {
         .bind(after)
         .bind(owner)
         .bind(i64::from(limit))
+        .bind(run)
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
@@ -621,9 +624,7 @@ impl PgStore {
         }
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let Some(seq) = r.try_get::<Option<i64>, _>(0)? else {
-                continue;
-            };
+            let Some(seq) = r.try_get::<Option<i64>, _>(0)? else { continue };
             out.push(Event {
                 thread_id: thread,
                 seq,

@@ -33,6 +33,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "api keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
+    (3, "run events", include_str!("../migrations/sqlite/0003_run_events.sql")),
 ];
 
 #[derive(Clone)]
@@ -580,6 +581,7 @@ impl SqliteStore {
         &self,
         owner: UserId,
         thread: ThreadId,
+        run: Option<RunId>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<Event>> {
@@ -588,17 +590,16 @@ impl SqliteStore {
             let mut stmt = c.prepare_cached(
                 "select t.owner_id, e.seq, e.run_id, e.kind, e.data, e.created_at
                  from threads t left join events e on e.thread_id = t.thread_id and e.seq > ?2
+                      and (?5 is null or e.run_id = ?5)
                  where t.thread_id = ?1 and t.owner_id = ?3
                  order by e.seq limit ?4",
             )?;
-            let mut rows = stmt.query(params![thread, after, owner, limit])?;
+            let mut rows = stmt.query(params![thread, after, owner, limit, run])?;
             let mut out = Vec::new();
             let mut owned = false;
             while let Some(r) = rows.next()? {
                 owned = true;
-                let Some(seq) = r.get::<_, Option<i64>>(1)? else {
-                    continue;
-                };
+                let Some(seq) = r.get::<_, Option<i64>>(1)? else { continue };
                 out.push(Event {
                     thread_id: thread,
                     seq,

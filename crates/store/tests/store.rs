@@ -150,7 +150,7 @@ async fn every_thread_operation_is_owner_scoped(store: &Store) {
     assert_not_found(store.list_runs(bob, id, 10, 0, None).await);
     assert_not_found(store.set_run_status(bob, id, run.run_id, RunStatus::Error, None).await);
     assert_not_found(store.append_event(bob, id, &event(EventKind::RunError, 2)).await);
-    assert_not_found(store.events_after(bob, id, 0, 100).await);
+    assert_not_found(store.events_after(bob, id, None, 0, 100).await);
     assert_not_found(store.put_state(bob, id, None, &json!({}), &Metadata::new()).await);
     assert_not_found(store.list_checkpoints(bob, id, 10, None).await);
     assert!(store.list_threads(bob, 100, 0).await.unwrap().is_empty());
@@ -197,7 +197,7 @@ async fn concurrent_appends_get_gapless_unique_seqs(store: &Store) {
     all.sort_unstable();
     let expected: Vec<i64> = (1..=16 * (20 + 5 * 3)).collect();
     assert_eq!(all, expected, "seqs are 1..=n with no gap and no duplicate");
-    let stored = store.events_after(owner, id, 0, 10_000).await.unwrap();
+    let stored = store.events_after(owner, id, None, 0, 10_000).await.unwrap();
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), expected);
     assert_eq!(store.get_thread(owner, id).await.unwrap().last_seq, 560);
 }
@@ -206,7 +206,7 @@ async fn events_after_reads_in_order_from_a_seq(store: &Store) {
     let owner = store.ensure_user("alice").await.unwrap().user_id;
     let id = ThreadId::new();
     store.create_thread(owner, id, &Metadata::new()).await.unwrap();
-    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    assert!(store.events_after(owner, id, None, 0, 10).await.unwrap().is_empty());
     let run = store.create_run(owner, &new_run(id), IfNotExists::Reject).await.unwrap();
     for n in 1..=10 {
         let e = NewEvent {
@@ -217,12 +217,15 @@ async fn events_after_reads_in_order_from_a_seq(store: &Store) {
         let stored = store.append_event(owner, id, &e).await.unwrap();
         assert_eq!(stored.seq, n);
     }
-    let after = store.events_after(owner, id, 4, 3).await.unwrap();
+    let after = store.events_after(owner, id, None, 4, 3).await.unwrap();
+    let of_run = store.events_after(owner, id, Some(run.run_id), 8, 100).await.unwrap();
+    assert_eq!(of_run.iter().map(|e| e.seq).collect::<Vec<_>>(), [9, 10]);
+    assert!(store.events_after(owner, id, Some(RunId::new()), 0, 100).await.unwrap().is_empty());
     assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
     assert_eq!(after[0].data, json!({"n": 5}));
     assert_eq!(after[0].run_id, Some(run.run_id));
     assert_eq!(after[0].kind, EventKind::MessageDelta);
-    assert!(store.events_after(owner, id, 10, 10).await.unwrap().is_empty());
+    assert!(store.events_after(owner, id, None, 10, 10).await.unwrap().is_empty());
 }
 
 async fn create_run_reject_on_a_missing_thread_creates_nothing(store: &Store) {
@@ -302,7 +305,7 @@ async fn delete_cascades_to_runs_checkpoints_and_events(store: &Store) {
     assert_not_found(store.delete_thread(owner, id).await);
     // The id is free again, and the new thread starts with an empty log and history.
     store.create_thread(owner, id, &Metadata::new()).await.unwrap();
-    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    assert!(store.events_after(owner, id, None, 0, 10).await.unwrap().is_empty());
     assert!(store.list_checkpoints(owner, id, 10, None).await.unwrap().is_empty());
     assert!(store.list_runs(owner, id, 10, 0, None).await.unwrap().is_empty());
     assert_eq!(
@@ -424,7 +427,7 @@ async fn a_failed_write_leaves_no_trace(store: &Store) {
         }
     }
     assert_eq!(failures, 20);
-    assert_eq!(store.events_after(owner, good, 0, 100).await.unwrap().len(), 20);
+    assert_eq!(store.events_after(owner, good, None, 0, 100).await.unwrap().len(), 20);
     assert_eq!(store.list_threads(owner, 100, 0).await.unwrap().len(), 1);
 }
 
@@ -746,7 +749,7 @@ async fn rollback_restores_the_state_before_the_run(store: &Store) {
     assert_eq!(thread.values, Some(before));
     assert_eq!(thread.status, ThreadStatus::Idle);
     assert_eq!(store.list_checkpoints(owner, id, 10, None).await.unwrap().len(), 1);
-    assert!(store.events_after(owner, id, 0, 10).await.unwrap().is_empty());
+    assert!(store.events_after(owner, id, None, 0, 10).await.unwrap().is_empty());
     assert_not_found(store.get_run(owner, id, run.run_id).await);
 }
 
