@@ -2,11 +2,15 @@
 //! routes and `serve`, so tests drive exactly what the `spindle` binary runs. `main.rs` only
 //! parses the command line.
 
+pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod hub;
 pub mod routes;
+pub mod runs;
+pub mod stream;
 pub mod wire;
 
 use std::future::Future;
@@ -20,13 +24,11 @@ use store::{Store, SystemAssistant};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::agents::Agent;
 use crate::auth::Auth;
 use crate::error::ApiError;
-
-/// The built-in agents, registered as system assistants at start-up. The runs issue gives
-/// them behaviour; their ids are the LangGraph-compatible UUIDv5 of the name.
-pub const BUILTIN_AGENTS: &[(&str, &str)] =
-    &[("echo", "Replies with the user's last message; deterministic, no network")];
+use crate::hub::Hub;
+use crate::runs::{Executor, ExecutorConfig};
 
 /// HTTP settings that are not authentication.
 #[derive(Clone, Debug)]
@@ -49,19 +51,46 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub http: Arc<HttpConfig>,
+    pub hub: Hub,
+    pub executor: Executor,
 }
 
 impl AppState {
-    /// Prepares a migrated store for serving: registers the built-in assistants.
+    /// Prepares a migrated store for serving: registers the built-in agents as system
+    /// assistants (ids: the LangGraph-compatible UUIDv5 of the name).
     pub async fn new(store: Store, auth: Auth, http: HttpConfig) -> store::Result<AppState> {
-        for (graph_id, description) in BUILTIN_AGENTS {
+        AppState::with_executor(store, auth, http, ExecutorConfig::default()).await
+    }
+
+    pub async fn with_executor(
+        store: Store,
+        auth: Auth,
+        http: HttpConfig,
+        executor: ExecutorConfig,
+    ) -> store::Result<AppState> {
+        for (_, graph_id, description) in Agent::ALL {
             let spec = SystemAssistant {
-                graph_id: (*graph_id).into(),
-                description: Some((*description).into()),
+                graph_id: graph_id.into(),
+                description: Some(description.into()),
             };
             store.upsert_system_assistant(&spec).await?;
         }
-        Ok(AppState { store, auth, http: Arc::new(http) })
+        let hub = Hub::default();
+        let executor = Executor::new(store.clone(), hub.clone(), executor);
+        Ok(AppState { store, auth, http: Arc::new(http), hub, executor })
+    }
+
+    /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.
+    pub async fn start(
+        &self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> store::Result<()> {
+        let recovered = self.executor.recover().await?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "ended runs left running by a previous process");
+        }
+        tokio::spawn(self.executor.clone().run(stop));
+        Ok(())
     }
 }
 
@@ -110,7 +139,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let executor_stop = async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    state.start(executor_stop).await.map_err(std::io::Error::other)?;
+    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let _ = stop.send(true);
+    result
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -3,10 +3,10 @@
 //! normalisation and the `messages` reducer.
 
 use chrono::{DateTime, Utc};
-use ids::{AssistantId, CheckpointId, MessageId, ThreadId};
+use ids::{AssistantId, CheckpointId, MessageId, RunId, ThreadId};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use store::{Assistant, Checkpoint, Thread, ThreadStatus};
+use store::{Assistant, Checkpoint, MultitaskStrategy, Run, RunStatus, Thread, ThreadStatus};
 use utoipa::ToSchema;
 
 /// A thread (conversation).
@@ -92,6 +92,44 @@ impl From<Assistant> for AssistantOut {
             version: a.version,
             created_at: a.created_at,
             updated_at: a.updated_at,
+        }
+    }
+}
+
+/// A run: one agent execution in a thread.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RunOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub run_id: RunId,
+    #[schema(value_type = String, format = Uuid)]
+    pub thread_id: ThreadId,
+    #[schema(value_type = String, format = Uuid)]
+    pub assistant_id: AssistantId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// pending, running, success, error, timeout or interrupted
+    #[schema(value_type = String)]
+    pub status: RunStatus,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    #[schema(value_type = Object)]
+    pub kwargs: Value,
+    #[schema(value_type = String)]
+    pub multitask_strategy: MultitaskStrategy,
+}
+
+impl From<Run> for RunOut {
+    fn from(r: Run) -> Self {
+        RunOut {
+            run_id: r.run_id,
+            thread_id: r.thread_id,
+            assistant_id: r.assistant_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            status: r.status,
+            metadata: r.metadata,
+            kwargs: r.kwargs,
+            multitask_strategy: r.multitask_strategy,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! route cannot be served without being documented.
 
 mod assistants;
+mod runs;
 mod service;
 mod state;
 mod threads;
@@ -30,6 +31,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(assistants::router())
         .merge(threads::router())
         .merge(state::router())
+        .merge(runs::router())
         .split_for_parts()
 }
 

@@ -1,0 +1,181 @@
+//! What a run executes. Built in: `echo` (deterministic, no network) and `synthetic` (load
+//! tests and demos). Agents emit through the [`Sink`]; they never touch the store or the hub.
+
+use std::time::Duration;
+
+use ids::MessageId;
+use serde_json::{Value, json};
+use store::EventKind;
+
+use crate::runs::{Sink, Stop};
+
+/// The closed set of built-in agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agent {
+    Echo,
+    Synthetic,
+}
+
+impl Agent {
+    pub const ALL: [(Agent, &'static str, &'static str); 2] = [
+        (Agent::Echo, "echo", "Replies with the user's last message; deterministic, no network"),
+        (
+            Agent::Synthetic,
+            "synthetic",
+            "Streams n custom events or message chunks (input fields n, mode, delay_ms), then echoes",
+        ),
+    ];
+
+    pub fn from_graph(graph_id: &str) -> Option<Agent> {
+        Agent::ALL.iter().find(|(_, name, _)| *name == graph_id).map(|(agent, ..)| *agent)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Agent::Echo => "echo",
+            Agent::Synthetic => "synthetic",
+        }
+    }
+
+    /// Runs the agent on the thread's state (the run's input already applied) and returns the
+    /// AI message it adds.
+    pub async fn run(self, state: &Value, input: &Value, sink: &mut Sink) -> Result<Value, Stop> {
+        let text = last_human_text(state);
+        sink.emit(
+            EventKind::AgentThinking,
+            json!({ "node": self.name(), "text": "reading the last message" }),
+        )
+        .await?;
+        if self == Agent::Synthetic {
+            synthetic(input, sink).await?;
+        }
+        let reply = format!("echo: {text}");
+        let id = MessageId::new().to_string();
+        // Words and the spaces between them as separate chunks, as a model streams tokens.
+        for chunk in split_words(&reply) {
+            sink.push(
+                EventKind::MessageDelta,
+                json!({ "node": self.name(), "message_id": id, "delta": chunk }),
+            );
+        }
+        let message = json!({
+            "type": "ai",
+            "id": id,
+            "content": reply,
+            "name": self.name(),
+            "additional_kwargs": {},
+            "response_metadata": {},
+            "tool_calls": [],
+        });
+        sink.push(EventKind::MessageCompleted, json!({ "node": self.name(), "message": message }));
+        sink.flush().await?;
+        Ok(message)
+    }
+}
+
+/// The text of the newest human message (its text parts joined), or "" if there is none.
+fn last_human_text(state: &Value) -> String {
+    let messages = state.get("messages").and_then(Value::as_array);
+    let Some(last) = messages.and_then(|m| m.iter().rev().find(|m| m["type"] == "human")) else {
+        return String::new();
+    };
+    match &last["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+fn split_words(text: &str) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c == ' ' {
+            if start < i {
+                chunks.push(&text[start..i]);
+            }
+            chunks.push(&text[i..i + 1]);
+            start = i + 1;
+        }
+    }
+    if start < text.len() {
+        chunks.push(&text[start..]);
+    }
+    chunks
+}
+
+/// `synthetic`'s extra work: a tool call, then `n` custom events or about `n` message chunks.
+async fn synthetic(input: &Value, sink: &mut Sink) -> Result<(), Stop> {
+    let n = input.get("n").and_then(Value::as_u64).unwrap_or(1000).min(1_000_000);
+    let mode = input.get("mode").and_then(Value::as_str).unwrap_or("custom");
+    let delay = Duration::from_millis(
+        input.get("delay_ms").and_then(Value::as_u64).unwrap_or(0).min(60_000),
+    );
+    sink.emit(
+        EventKind::ToolExecuting,
+        json!({ "node": "synthetic", "tool": "generate", "input": { "n": n, "mode": mode } }),
+    )
+    .await?;
+    sink.emit(
+        EventKind::ToolCompleted,
+        json!({ "node": "synthetic", "tool": "generate", "output": { "events": n } }),
+    )
+    .await?;
+    let id = MessageId::new().to_string();
+    for i in 0..n {
+        match mode {
+            "tokens" if i % 2 == 1 => sink.push(
+                EventKind::MessageDelta,
+                json!({ "node": "synthetic", "message_id": id, "delta": " " }),
+            ),
+            "tokens" => sink.push(
+                EventKind::MessageDelta,
+                json!({ "node": "synthetic", "message_id": id, "delta": format!("t{}", i / 2) }),
+            ),
+            _ => sink.push(
+                EventKind::Custom,
+                json!({ "node": "synthetic", "payload": { "i": i, "n": n } }),
+            ),
+        }
+        if !delay.is_zero() {
+            sink.flush().await?;
+            sink.pause(delay).await?;
+        }
+    }
+    if mode == "tokens" {
+        let text: Vec<String> = (0..n.div_ceil(2)).map(|i| format!("t{i}")).collect();
+        let message = json!({ "type": "ai", "id": id, "content": text.join(" "), "name": "synthetic", "additional_kwargs": {}, "response_metadata": {} });
+        sink.push(
+            EventKind::MessageCompleted,
+            json!({ "node": "synthetic", "message": message, "transient": true }),
+        );
+    }
+    sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_and_spaces_are_separate_chunks() {
+        assert_eq!(split_words("echo: hi there"), ["echo:", " ", "hi", " ", "there"]);
+        assert_eq!(split_words("a  b"), ["a", " ", " ", "b"]);
+        assert_eq!(split_words(""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_last_human_message_is_read_from_text_parts() {
+        let state = json!({"messages": [
+            {"type": "human", "content": "first"},
+            {"type": "human", "content": [{"type": "text", "text": "hi "}, {"type": "image_url"}, {"type": "text", "text": "there"}]},
+            {"type": "ai", "content": "x"},
+        ]});
+        assert_eq!(last_human_text(&state), "hi there");
+        assert_eq!(last_human_text(&json!({})), "");
+    }
+}

@@ -1,0 +1,118 @@
+//! Live fan-out of committed events, and the subscription that joins the durable log to it.
+//!
+//! The event log in the store is the source of truth; the hub is a cache of what was just
+//! committed, so a subscriber does not poll. Each thread with subscribers has a broadcast
+//! channel of [`CHANNEL_CAPACITY`] events. A subscriber that falls further behind than that is
+//! told it lagged and re-reads the gap from the log: a slow reader never blocks a publisher and
+//! never loses an event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ids::{RunId, ThreadId, UserId};
+use store::{Event, Store};
+use tokio::sync::{broadcast, mpsc};
+
+/// Events buffered per thread for live subscribers before a slow one must re-read the log.
+pub const CHANNEL_CAPACITY: usize = 1024;
+/// Events read from the log per query while catching up.
+const PAGE: u32 = 500;
+
+/// Fan-out of committed events to the subscribers of each thread. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Hub {
+    channels: Arc<Mutex<HashMap<ThreadId, broadcast::Sender<Arc<Event>>>>>,
+}
+
+impl Hub {
+    fn subscribe(&self, thread: ThreadId) -> broadcast::Receiver<Arc<Event>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.entry(thread).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
+    }
+
+    /// Publishes events that the store has committed (persist, then publish).
+    pub fn publish(&self, events: &[Event]) {
+        let Some(first) = events.first() else { return };
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(sender) = channels.get(&first.thread_id) else { return };
+        if sender.receiver_count() == 0 {
+            channels.remove(&first.thread_id);
+            return;
+        }
+        for event in events {
+            // An error means every receiver has gone; the next publish removes the channel.
+            let _ = sender.send(Arc::new(event.clone()));
+        }
+    }
+
+    /// Every event of `thread` (only `run`'s, if given) with `seq > after`, exactly once and
+    /// in order: first from the log, then live, with no gap at the switch. The subscription
+    /// to live events starts before the log is read, and live events already read from the
+    /// log are skipped by `seq`. The stream ends when the receiver is dropped, or with an
+    /// error if the thread is missing or not the owner's.
+    pub fn events(
+        &self,
+        store: Store,
+        owner: UserId,
+        thread: ThreadId,
+        run: Option<RunId>,
+        after: i64,
+    ) -> mpsc::Receiver<Result<Arc<Event>, store::Error>> {
+        let (tx, rx) = mpsc::channel(256);
+        let mut live = self.subscribe(thread);
+        tokio::spawn(async move {
+            let mut last = after;
+            // Catch up from the log, then follow live events; on lag, catch up again.
+            loop {
+                loop {
+                    let page = match store.events_after(owner, thread, run, last, PAGE).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    let full = page.len() == PAGE as usize;
+                    for event in page {
+                        last = event.seq;
+                        if tx.send(Ok(Arc::new(event))).await.is_err() {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(event) if event.seq <= last => {}
+                        Ok(event) if run.is_some_and(|r| !belongs(&event, r)) => {}
+                        Ok(event) => {
+                            // Concurrent appenders may publish out of order: a gap means an
+                            // event this subscriber has not seen yet, so read the log. (One
+                            // run's events are appended one at a time, so gaps in a run's
+                            // stream are other runs' events.)
+                            if event.seq > last + 1 && run.is_none() {
+                                break;
+                            }
+                            last = event.seq;
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Whether an event is about `run`: its own, or the event that outlives a rolled-back run.
+fn belongs(event: &Event, run: RunId) -> bool {
+    event.run_id == Some(run)
+        || (event.run_id.is_none()
+            && event.data.get("run_id").and_then(|v| v.as_str()) == Some(run.to_string().as_str()))
+}

@@ -1,0 +1,766 @@
+//! Runs: create (background, streaming, waiting; on a thread or stateless), list, get,
+//! delete, cancel, join and join-stream with `Last-Event-ID`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use ids::{RunId, ThreadId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus};
+use tokio::sync::{broadcast, mpsc};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::agents::Agent;
+use crate::context::{OwnedThread, RequestContext, path_id};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::runs::{CancelAction, Finished};
+use crate::stream::{Cursor, Framer, StreamMode, is_terminal};
+use crate::wire::RunOut;
+
+/// How often a waiting response writes a newline, and a stream a heartbeat comment.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_run, list_runs))
+        .routes(routes!(stream_run))
+        .routes(routes!(wait_run))
+        .routes(routes!(get_run, delete_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(join_run))
+        .routes(routes!(join_stream))
+        .routes(routes!(create_stateless))
+        .routes(routes!(stream_stateless))
+        .routes(routes!(wait_stateless))
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IfNotExistsField {
+    #[default]
+    Reject,
+    Create,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDisconnect {
+    Cancel,
+    #[default]
+    Continue,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCompletion {
+    #[default]
+    Delete,
+    Keep,
+}
+
+/// A string or a list of strings.
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The run-create body of the Agent Protocol. Fields outside the protocol are ignored.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct RunCreate {
+    /// An assistant id, or a graph name such as `echo`.
+    assistant_id: Option<String>,
+    /// The input, e.g. `{"messages": [{"role": "user", "content": "hi"}]}`.
+    #[schema(value_type = Option<Object>)]
+    input: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    config: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    /// `values` (default), `updates`, `messages-tuple`, `messages`, `custom`, `events`, `debug`.
+    #[schema(value_type = Option<Vec<String>>)]
+    stream_mode: Option<OneOrMany>,
+    stream_subgraphs: Option<bool>,
+    stream_resumable: Option<bool>,
+    #[schema(value_type = Option<String>)]
+    multitask_strategy: Option<MultitaskStrategy>,
+    if_not_exists: Option<IfNotExistsField>,
+    on_disconnect: Option<OnDisconnect>,
+    /// Stateless runs only: delete the temporary thread when the run ends (default) or keep it.
+    on_completion: Option<OnCompletion>,
+    durability: Option<String>,
+    feedback_keys: Option<Vec<String>>,
+    checkpoint_during: Option<bool>,
+    /// Not supported yet; set, it is refused.
+    #[schema(value_type = Option<Object>)]
+    command: Option<Value>,
+    webhook: Option<String>,
+    after_seconds: Option<f64>,
+    #[schema(value_type = Option<Object>)]
+    interrupt_before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    interrupt_after: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    checkpoint: Option<Value>,
+    checkpoint_id: Option<String>,
+}
+
+/// A run request that passed validation.
+struct Validated {
+    new_run: NewRun,
+    if_not_exists: IfNotExists,
+    modes: Vec<StreamMode>,
+    on_disconnect: OnDisconnect,
+}
+
+fn unsupported(field: &str) -> ApiError {
+    ApiError::Invalid {
+        code: "unsupported",
+        detail: format!("{field} is not supported by this server yet"),
+    }
+}
+
+fn is_set(value: &Option<Value>) -> bool {
+    !matches!(value, None | Some(Value::Null))
+}
+
+fn nothing_to_interrupt(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(nodes)) => nodes.is_empty(),
+        _ => false,
+    }
+}
+
+pub fn parse_modes(field: Option<OneOrMany>) -> ApiResult<Vec<StreamMode>> {
+    let names = match field {
+        None => vec!["values".to_owned()],
+        Some(OneOrMany::One(name)) => vec![name],
+        Some(OneOrMany::Many(names)) => names,
+    };
+    let mut modes = Vec::new();
+    for name in &names {
+        let mode = StreamMode::parse(name).map_err(|detail| ApiError::Invalid {
+            code: "invalid_stream_mode",
+            detail: format!("stream_mode: {detail}"),
+        })?;
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    Ok(modes)
+}
+
+async fn validate(
+    state: &AppState,
+    context: &RequestContext,
+    thread_id: ThreadId,
+    body: RunCreate,
+    stateless: bool,
+) -> ApiResult<Validated> {
+    if is_set(&body.command) {
+        return Err(unsupported("command (resuming an interrupt)"));
+    }
+    if body.webhook.as_deref().is_some_and(|w| !w.is_empty()) {
+        return Err(unsupported("webhook"));
+    }
+    if body.after_seconds.is_some_and(|s| s > 0.0) {
+        return Err(unsupported("after_seconds"));
+    }
+    if !nothing_to_interrupt(&body.interrupt_before) || !nothing_to_interrupt(&body.interrupt_after)
+    {
+        return Err(unsupported("interrupt_before/interrupt_after"));
+    }
+    if is_set(&body.checkpoint) || body.checkpoint_id.is_some() {
+        return Err(unsupported("starting a run from a checkpoint"));
+    }
+    if let Some(durability) = body.durability.as_deref()
+        && !matches!(durability, "sync" | "async" | "exit")
+    {
+        return Err(ApiError::invalid(format!(
+            "durability: expected sync, async or exit, got `{durability}`"
+        )));
+    }
+    if let Some(input) = &body.input
+        && !input.is_object()
+        && !input.is_null()
+    {
+        return Err(ApiError::invalid("input: expected an object such as {\"messages\": [...]}"));
+    }
+    let modes = parse_modes(body.stream_mode)?;
+    let assistant_ref =
+        body.assistant_id.filter(|a| !a.is_empty()).ok_or_else(|| ApiError::Invalid {
+            code: "missing_field",
+            detail: "assistant_id is required: an assistant id or a graph name such as `echo`"
+                .into(),
+        })?;
+    let assistant = super::assistants::resolve(state, context, &assistant_ref).await?;
+    let agent = Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
+        ApiError::invalid(format!("assistant {assistant_ref} has no agent on this server"))
+    })?;
+    // Check the messages now so a bad input is a 422, not a failed run.
+    if let Some(input) = &body.input {
+        crate::wire::apply_update(None, input.clone())
+            .map_err(|e| ApiError::invalid(format!("input.{e}")))?;
+    }
+    let on_completion = if stateless { Some(body.on_completion.unwrap_or_default()) } else { None };
+    let on_disconnect = body.on_disconnect.unwrap_or_default();
+    let kwargs = json!({
+        "graph_id": agent.name(),
+        "input": body.input,
+        "config": body.config.unwrap_or_else(|| json!({})),
+        "context": body.context.unwrap_or_else(|| json!({})),
+        "stream_mode": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        "stream_subgraphs": body.stream_subgraphs.unwrap_or(false),
+        "stream_resumable": body.stream_resumable.unwrap_or(false),
+        "on_disconnect": on_disconnect,
+        "on_completion": on_completion,
+        "durability": body.durability,
+        "feedback_keys": body.feedback_keys,
+    });
+    let mut thread_metadata = Map::new();
+    thread_metadata.insert("graph_id".into(), agent.name().into());
+    thread_metadata.insert("assistant_id".into(), assistant.assistant_id.to_string().into());
+    let new_run = NewRun {
+        run_id: RunId::new(),
+        thread_id,
+        assistant_id: assistant.assistant_id,
+        input: body.input,
+        kwargs,
+        metadata: body.metadata.unwrap_or_default(),
+        multitask_strategy: body.multitask_strategy.unwrap_or(MultitaskStrategy::Enqueue),
+        thread_metadata,
+    };
+    let if_not_exists = match (stateless, body.if_not_exists.unwrap_or_default()) {
+        (true, _) | (false, IfNotExistsField::Create) => IfNotExists::Create,
+        (false, IfNotExistsField::Reject) => IfNotExists::Reject,
+    };
+    Ok(Validated { new_run, if_not_exists, modes, on_disconnect })
+}
+
+/// Creates the run and tells the executor (and, for `interrupt`/`rollback`, the runs it
+/// replaces).
+async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> ApiResult<Run> {
+    tracing::Span::current().record("run_id", tracing::field::display(v.new_run.run_id));
+    let run = state.store.create_run(context.user, &v.new_run, v.if_not_exists).await?;
+    match run.multitask_strategy {
+        MultitaskStrategy::Interrupt => {
+            state.executor.cancel_thread(run.thread_id, run.run_id, CancelAction::Interrupt)
+        }
+        MultitaskStrategy::Rollback => {
+            state.executor.cancel_thread(run.thread_id, run.run_id, CancelAction::Rollback)
+        }
+        _ => {}
+    }
+    state.executor.wake();
+    Ok(run)
+}
+
+fn location(run: &Run) -> String {
+    format!("/threads/{}/runs/{}", run.thread_id, run.run_id)
+}
+
+fn headers(run: &Run, stream: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&location(run)) {
+        headers.insert(header::CONTENT_LOCATION, v);
+    }
+    if stream && let Ok(v) = HeaderValue::from_str(&format!("{}/stream", location(run))) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers
+}
+
+/// The `{thread_id}` of the path, parsed (the thread may not exist yet: `if_not_exists`).
+struct ThreadParam(ThreadId);
+
+impl FromRequestParts<AppState> for ThreadParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let id: ThreadId = path_id(parts, "thread_id").await?;
+        tracing::Span::current().record("thread_id", tracing::field::display(id));
+        Ok(ThreadParam(id))
+    }
+}
+
+/// The run `{run_id}` of the thread `{thread_id}`, loaded for its owner.
+pub struct OwnedRun(pub Run);
+
+impl FromRequestParts<AppState> for OwnedRun {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let OwnedThread(thread) = OwnedThread::from_request_parts(parts, state).await?;
+        let context = RequestContext::from_request_parts(parts, state).await?;
+        let run: RunId = path_id(parts, "run_id").await?;
+        tracing::Span::current().record("run_id", tracing::field::display(run));
+        Ok(OwnedRun(state.store.get_run(context.user, thread.thread_id, run).await?))
+    }
+}
+
+/// Create a run in the background.
+#[utoipa::path(post, path = "/threads/{thread_id}/runs", tag = "runs", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = RunCreate,
+    responses((status = 200, body = RunOut), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ThreadParam(thread): ThreadParam,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<impl IntoResponse> {
+    let v = validate(&state, &context, thread, body, false).await?;
+    let run = create(&state, &context, &v).await?;
+    Ok((headers(&run, false), Json(RunOut::from(run))))
+}
+
+/// Create a run and stream its events (SSE).
+#[utoipa::path(post, path = "/threads/{thread_id}/runs/stream", tag = "runs", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = RunCreate,
+    responses((status = 200, content_type = "text/event-stream"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn stream_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ThreadParam(thread): ThreadParam,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<Response> {
+    let v = validate(&state, &context, thread, body, false).await?;
+    let run = create(&state, &context, &v).await?;
+    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect))
+}
+
+/// Create a run and answer with the thread's values when it ends.
+#[utoipa::path(post, path = "/threads/{thread_id}/runs/wait", tag = "runs", params(("thread_id" = String, Path, format = Uuid)),
+    request_body = RunCreate,
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn wait_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ThreadParam(thread): ThreadParam,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<Response> {
+    let v = validate(&state, &context, thread, body, false).await?;
+    let finished = state.executor.finished();
+    let run = create(&state, &context, &v).await?;
+    Ok(wait(&state, context.user, run, finished))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+#[into_params(parameter_in = Query)]
+pub struct ListRuns {
+    /// 1 to 1000; 10 by default.
+    limit: Option<i64>,
+    offset: Option<i64>,
+    #[param(value_type = Option<String>)]
+    status: Option<RunStatus>,
+}
+
+/// The thread's runs, newest first.
+#[utoipa::path(get, path = "/threads/{thread_id}/runs", tag = "runs", params(("thread_id" = String, Path, format = Uuid), ListRuns),
+    responses((status = 200, body = Vec<RunOut>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn list_runs(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiQuery(q): ApiQuery<ListRuns>,
+) -> ApiResult<Json<Vec<RunOut>>> {
+    let limit = super::limit(q.limit, 10)?;
+    let offset = super::offset(q.offset)?;
+    let runs =
+        state.store.list_runs(context.user, thread.thread_id, limit, offset, q.status).await?;
+    Ok(Json(runs.into_iter().map(Into::into).collect()))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/threads/{thread_id}/runs/{run_id}", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), ("run_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = RunOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn get_run(OwnedRun(run): OwnedRun) -> Json<RunOut> {
+    Json(run.into())
+}
+
+/// Delete a finished run.
+#[utoipa::path(delete, path = "/threads/{thread_id}/runs/{run_id}", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), ("run_id" = String, Path, format = Uuid)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedRun(run): OwnedRun,
+) -> ApiResult<StatusCode> {
+    state.store.delete_run(context.user, run.thread_id, run.run_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+#[into_params(parameter_in = Query)]
+pub struct CancelQuery {
+    /// 1 (or true): answer only once the run has ended.
+    wait: Option<String>,
+    /// `interrupt` (default: keep what the run wrote) or `rollback` (delete the run and undo it).
+    action: Option<String>,
+}
+
+/// Cancel a run.
+#[utoipa::path(post, path = "/threads/{thread_id}/runs/{run_id}/cancel", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), ("run_id" = String, Path, format = Uuid), CancelQuery),
+    responses((status = 202), (status = 200), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn cancel_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedRun(run): OwnedRun,
+    ApiQuery(q): ApiQuery<CancelQuery>,
+) -> ApiResult<Response> {
+    let action = match q.action.as_deref() {
+        None | Some("interrupt") => CancelAction::Interrupt,
+        Some("rollback") => CancelAction::Rollback,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "action: expected interrupt or rollback, got `{other}`"
+            )));
+        }
+    };
+    let wait = match q.wait.as_deref() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("wait: expected 0 or 1, got `{other}`")));
+        }
+    };
+    let mut finished = state.executor.finished();
+    if run.status.is_active() {
+        state.executor.cancel_run(context.user, &run, action).await?;
+    }
+    if wait {
+        wait_until_ended(&state, context.user, &run, &mut finished).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Waits until `run` is no longer active (or gone).
+async fn wait_until_ended(
+    state: &AppState,
+    owner: UserId,
+    run: &Run,
+    finished: &mut broadcast::Receiver<Finished>,
+) -> ApiResult<()> {
+    loop {
+        match state.store.get_run(owner, run.thread_id, run.run_id).await {
+            Ok(r) if r.status.is_active() => {}
+            Ok(_) | Err(store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        // Woken by any run's end; the store says whether it was this one.
+        let _ = tokio::time::timeout(Duration::from_millis(500), finished.recv()).await;
+    }
+}
+
+/// Wait for a run to end; answer with the thread's values.
+#[utoipa::path(get, path = "/threads/{thread_id}/runs/{run_id}/join", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), ("run_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+async fn join_run(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedRun(run): OwnedRun,
+) -> Response {
+    let finished = state.executor.finished();
+    wait(&state, context.user, run, finished)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(default)]
+#[into_params(parameter_in = Query)]
+pub struct JoinStreamQuery {
+    /// The modes to stream; the run's own by default.
+    #[param(value_type = Option<Vec<String>>)]
+    stream_mode: Option<OneOrMany>,
+    #[param(value_type = Option<String>)]
+    cancel_on_disconnect: Option<bool>,
+    /// Alternative to the `Last-Event-ID` header.
+    last_event_id: Option<String>,
+}
+
+/// Join a run's event stream (SSE), resuming after `Last-Event-ID` (`-1`: from the start).
+#[utoipa::path(get, path = "/threads/{thread_id}/runs/{run_id}/stream", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), ("run_id" = String, Path, format = Uuid), JoinStreamQuery),
+    responses((status = 200, content_type = "text/event-stream"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn join_stream(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedRun(run): OwnedRun,
+    ApiQuery(q): ApiQuery<JoinStreamQuery>,
+    request_headers: HeaderMap,
+) -> ApiResult<Response> {
+    let modes = match q.stream_mode {
+        Some(modes) => parse_modes(Some(modes))?,
+        None => run_modes(&run),
+    };
+    let last = request_headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.last_event_id);
+    let cursor = match last {
+        Some(text) => Cursor::parse(&text).map_err(ApiError::invalid)?,
+        None => Cursor::START,
+    };
+    let on_disconnect = if q.cancel_on_disconnect == Some(true) {
+        OnDisconnect::Cancel
+    } else {
+        OnDisconnect::Continue
+    };
+    Ok(sse(&state, context.user, run, modes, cursor, on_disconnect))
+}
+
+fn run_modes(run: &Run) -> Vec<StreamMode> {
+    let names = run.kwargs.get("stream_mode").and_then(Value::as_array);
+    let modes: Vec<StreamMode> = names
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .filter_map(|n| StreamMode::parse(n).ok())
+        .collect();
+    if modes.is_empty() { vec![StreamMode::Values] } else { modes }
+}
+
+/// Create a run on a new temporary thread, in the background.
+#[utoipa::path(post, path = "/runs", tag = "stateless runs", request_body = RunCreate,
+    responses((status = 200, body = RunOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_stateless(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<impl IntoResponse> {
+    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
+    let run = create(&state, &context, &v).await?;
+    Ok((headers(&run, false), Json(RunOut::from(run))))
+}
+
+/// Create a run on a new temporary thread and stream it (SSE).
+#[utoipa::path(post, path = "/runs/stream", tag = "stateless runs", request_body = RunCreate,
+    responses((status = 200, content_type = "text/event-stream"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn stream_stateless(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<Response> {
+    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
+    let run = create(&state, &context, &v).await?;
+    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect))
+}
+
+/// Create a run on a new temporary thread and answer with its final values.
+#[utoipa::path(post, path = "/runs/wait", tag = "stateless runs", request_body = RunCreate,
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn wait_stateless(
+    State(state): State<AppState>,
+    context: RequestContext,
+    ApiJson(body): ApiJson<RunCreate>,
+) -> ApiResult<Response> {
+    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
+    let finished = state.executor.finished();
+    let run = create(&state, &context, &v).await?;
+    Ok(wait(&state, context.user, run, finished))
+}
+
+/// The body of `/wait` and `/join`: a newline every [`HEARTBEAT`] while the run is active, then
+/// the thread's values (or `{"__error__": ...}`).
+fn wait(
+    state: &AppState,
+    owner: UserId,
+    run: Run,
+    mut finished: broadcast::Receiver<Finished>,
+) -> Response {
+    let state = state.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let response_headers = headers(&run, false);
+    tokio::spawn(async move {
+        let result = loop {
+            // The run may have ended before this waiter subscribed: ask the store first.
+            match state.store.get_run(owner, run.thread_id, run.run_id).await {
+                Ok(r) if !r.status.is_active() => break final_body(&state, owner, &r).await,
+                Ok(_) => {}
+                Err(store::Error::NotFound { .. }) => break json!({}),
+                Err(e) => {
+                    break json!({ "__error__": { "error": "StoreError", "message": e.to_string() } });
+                }
+            }
+            let deadline = tokio::time::sleep(HEARTBEAT);
+            tokio::pin!(deadline);
+            let ended = loop {
+                tokio::select! {
+                    f = finished.recv() => match f {
+                        Ok(f) if f.run_id == run.run_id => break Some(f),
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break None,
+                        Err(broadcast::error::RecvError::Closed) => break None,
+                    },
+                    () = &mut deadline => {
+                        if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                            return;
+                        }
+                        break None;
+                    }
+                }
+            };
+            if let Some(f) = ended {
+                break match (f.error, f.values) {
+                    (Some((error, message)), _) => {
+                        json!({ "__error__": { "error": error, "message": message } })
+                    }
+                    (None, values) => values.unwrap_or_else(|| json!({})),
+                };
+            }
+        };
+        let _ = tx.send(Bytes::from(result.to_string())).await;
+    });
+    let body = Body::from_stream(stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    }));
+    let mut response = (response_headers, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The answer for a run that has ended, read from the store.
+async fn final_body(state: &AppState, owner: UserId, run: &Run) -> Value {
+    if matches!(run.status, RunStatus::Error | RunStatus::Timeout) {
+        let error = if run.status == RunStatus::Timeout { "TimeoutError" } else { "RunError" };
+        return json!({ "__error__": { "error": error, "message": run.error.clone().unwrap_or_default() } });
+    }
+    match state.store.get_thread(owner, run.thread_id).await {
+        Ok(thread) => thread.values.unwrap_or_else(|| json!({})),
+        Err(_) => json!({}),
+    }
+}
+
+/// An SSE response with the run's events in `modes`, after `cursor`: `metadata` first, then
+/// the frames, heartbeats every [`HEARTBEAT`], and `end` when the run ends.
+fn sse(
+    state: &AppState,
+    owner: UserId,
+    run: Run,
+    modes: Vec<StreamMode>,
+    cursor: Cursor,
+    on_disconnect: OnDisconnect,
+) -> Response {
+    let response_headers = headers(&run, true);
+    let (tx, rx) = mpsc::channel::<SseEvent>(256);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let metadata = json!({ "run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1 });
+        let first =
+            SseEvent::default().event("metadata").data(metadata.to_string()).id(cursor_id(cursor));
+        let delivered =
+            tx.send(first).await.is_ok() && follow(&state, owner, &run, modes, cursor, &tx).await;
+        if !delivered && on_disconnect == OnDisconnect::Cancel {
+            tracing::info!(run_id = %run.run_id, "client went away: cancelling the run (on_disconnect=cancel)");
+            if let Err(e) = state.executor.cancel_run(owner, &run, CancelAction::Interrupt).await {
+                tracing::warn!(error = %e, "could not cancel the run");
+            }
+        }
+    });
+    let events = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    (
+        response_headers,
+        Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")),
+    )
+        .into_response()
+}
+
+fn cursor_id(cursor: Cursor) -> String {
+    if cursor == Cursor::START {
+        "0".to_owned()
+    } else {
+        format!("{}-{}", cursor.seq, cursor.frame)
+    }
+}
+
+/// Sends the run's frames after `cursor` until the run ends. False if the client went away.
+async fn follow(
+    state: &AppState,
+    owner: UserId,
+    run: &Run,
+    modes: Vec<StreamMode>,
+    cursor: Cursor,
+    tx: &mpsc::Sender<SseEvent>,
+) -> bool {
+    let mut framer = Framer::new(modes, run.run_id, run.thread_id);
+    // From the run's first event, so the framer's message state is complete on a resume.
+    let mut events =
+        state.hub.events(state.store.clone(), owner, run.thread_id, Some(run.run_id), 0);
+    let mut quiet_checks = 0;
+    loop {
+        let next = tokio::select! {
+            e = events.recv() => e,
+            () = tokio::time::sleep(HEARTBEAT) => {
+                // No event for a while: make sure the run has not ended unseen (a rollback
+                // deletes the run's events; another node may have ended it).
+                match state.store.get_run(owner, run.thread_id, run.run_id).await {
+                    Ok(r) if r.status.is_active() => quiet_checks = 0,
+                    _ => quiet_checks += 1,
+                }
+                if quiet_checks >= 2 {
+                    let end = SseEvent::default().event("end").data("null");
+                    return tx.send(end).await.is_ok();
+                }
+                if tx.is_closed() {
+                    return false;
+                }
+                continue;
+            }
+        };
+        let event = match next {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => {
+                let data = json!({ "error": "StoreError", "message": e.to_string() });
+                return tx
+                    .send(SseEvent::default().event("error").data(data.to_string()))
+                    .await
+                    .is_ok();
+            }
+            None => return true,
+        };
+        for (k, frame) in framer.frames(&event).into_iter().enumerate() {
+            if !Framer::after(cursor, event.seq, k as u32) {
+                continue;
+            }
+            let data =
+                if frame.data.is_null() { "null".to_owned() } else { frame.data.to_string() };
+            if tx
+                .send(SseEvent::default().event(frame.event).data(data).id(frame.id))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        if is_terminal(&event) {
+            return true;
+        }
+    }
+}

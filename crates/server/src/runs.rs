@@ -1,0 +1,462 @@
+//! The run executor: claims pending runs from the store (so several nodes can share one
+//! PostgreSQL), runs each as a tokio task within a concurrency limit, and brings every run to
+//! exactly one end: `success`, `error`, `timeout` or `interrupted` (or, for a rollback, gone).
+//!
+//! Events reach subscribers through [`Sink`]: appended to the store (which numbers them in
+//! the transaction) and published to the hub after commit. Cancellation is cooperative: the
+//! sink refuses to append once a run is cancelled, so a stopped run never leaves an event
+//! committed but unpublished.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ids::{RunId, ThreadId};
+use serde_json::{Map, Value, json};
+use store::{EventKind, NewEvent, Run, RunStatus, Store};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
+use tracing::Instrument;
+
+use crate::agents::Agent;
+use crate::hub::Hub;
+use crate::wire::apply_update;
+
+/// How often the executor looks for claimable runs when nothing woke it (runs created on
+/// other nodes, runs freed by a crash).
+const POLL: Duration = Duration::from_millis(500);
+/// Events a sink buffers before it appends them in one transaction.
+const BATCH: usize = 64;
+
+/// What `cancel` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelAction {
+    /// Stop; keep what the run already wrote; the run ends `interrupted`.
+    Interrupt,
+    /// Stop and undo: the run and what it wrote are deleted.
+    Rollback,
+}
+
+/// Why an agent stopped before finishing.
+#[derive(Debug)]
+pub enum Stop {
+    Cancelled(CancelAction),
+    Failed { error: String, message: String },
+}
+
+impl From<store::Error> for Stop {
+    fn from(e: store::Error) -> Self {
+        Stop::Failed { error: "StoreError".into(), message: e.to_string() }
+    }
+}
+
+/// How runs end, for waiters that must not miss it (a deleted thread takes its log along).
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub run_id: RunId,
+    pub status: Option<RunStatus>,
+    /// The thread's values when the run ended (`None` after a rollback).
+    pub values: Option<Value>,
+    pub error: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Runs executing at once on this node.
+    pub concurrency: usize,
+    /// Longest a run may execute before it ends `timeout`.
+    pub run_timeout: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig { concurrency: 64, run_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// The executor of this node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    hub: Hub,
+    config: ExecutorConfig,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    /// Runs executing here, with the channel that cancels them.
+    running: Mutex<Running>,
+    finished: broadcast::Sender<Finished>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    runs: HashMap<RunId, (ThreadId, watch::Sender<Option<CancelAction>>)>,
+    /// Cancels that arrived between a run's claim and its registration.
+    early: HashMap<RunId, CancelAction>,
+}
+
+impl Executor {
+    pub fn new(store: Store, hub: Hub, config: ExecutorConfig) -> Executor {
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let inner = Inner {
+            store,
+            hub,
+            config,
+            wake: Notify::new(),
+            permits,
+            running: Mutex::default(),
+            finished: broadcast::channel(1024).0,
+        };
+        Executor { inner: Arc::new(inner) }
+    }
+
+    /// Something may be claimable: a run was created or one ended.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Ends of runs, as they happen. Subscribe before creating a run to be sure to see its end.
+    pub fn finished(&self) -> broadcast::Receiver<Finished> {
+        self.inner.finished.subscribe()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks a run executing (or about to execute) on this node to stop.
+    pub fn cancel(&self, run: RunId, action: CancelAction) {
+        let mut running = self.running();
+        match running.runs.get(&run) {
+            Some((_, cancel)) => {
+                let _ = cancel.send(Some(action));
+            }
+            None => {
+                running.early.insert(run, action);
+            }
+        }
+    }
+
+    /// Cancels a run of `owner`'s: a pending run ends at once (`interrupted`, or deleted for a
+    /// rollback) with a `run_cancelled` event; a running one is asked to stop.
+    pub async fn cancel_run(
+        &self,
+        owner: ids::UserId,
+        run: &Run,
+        action: CancelAction,
+    ) -> store::Result<()> {
+        let rollback = action == CancelAction::Rollback;
+        if !self.inner.store.cancel_pending_run(owner, run.thread_id, run.run_id, rollback).await? {
+            self.cancel(run.run_id, action);
+            return Ok(());
+        }
+        let (run_id, action_name) =
+            if rollback { (None, "rollback") } else { (Some(run.run_id), "interrupt") };
+        let event = NewEvent {
+            run_id,
+            kind: EventKind::RunCancelled,
+            data: json!({ "action": action_name, "run_id": run.run_id }),
+        };
+        let events = self.inner.store.append_events(owner, run.thread_id, &[event]).await?;
+        self.inner.hub.publish(&events);
+        let status = if rollback { None } else { Some(RunStatus::Interrupted) };
+        let values =
+            self.inner.store.get_thread(owner, run.thread_id).await.ok().and_then(|t| t.values);
+        let _ =
+            self.inner.finished.send(Finished { run_id: run.run_id, status, values, error: None });
+        self.wake();
+        Ok(())
+    }
+
+    /// Asks every run of `thread` executing on this node to stop (multitask `interrupt` and
+    /// `rollback`), except `keep`.
+    pub fn cancel_thread(&self, thread: ThreadId, keep: RunId, action: CancelAction) {
+        let running = self.running();
+        for (run, (t, cancel)) in &running.runs {
+            if *t == thread && *run != keep {
+                let _ = cancel.send(Some(action));
+            }
+        }
+    }
+
+    /// At start-up: runs a crash left `running` end `error`, each with a `run_error` event.
+    pub async fn recover(&self) -> store::Result<usize> {
+        let runs = self.inner.store.recover_runs().await?;
+        for run in &runs {
+            let event = NewEvent {
+                run_id: Some(run.run_id),
+                kind: EventKind::RunError,
+                data: json!({ "error": "ServerRestarted", "message": "server restarted while the run was running" }),
+            };
+            let events =
+                self.inner.store.append_events(run.owner_id, run.thread_id, &[event]).await?;
+            self.inner.hub.publish(&events);
+            tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart");
+        }
+        Ok(runs.len())
+    }
+
+    /// Claims and executes runs until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let free = self.inner.permits.available_permits();
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                match self.inner.store.claim_runs(free.min(32) as u32).await {
+                    Ok(runs) => runs,
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming runs failed");
+                        Vec::new()
+                    }
+                }
+            };
+            let idle = claimed.is_empty();
+            for run in claimed {
+                let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { return };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.execute(run).await;
+                    drop(permit);
+                    this.wake();
+                });
+            }
+            if idle {
+                tokio::select! {
+                    () = self.inner.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                    () = &mut shutdown => return,
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, run: Run) {
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        {
+            let mut running = self.running();
+            if let Some(action) = running.early.remove(&run.run_id) {
+                let _ = cancel_tx.send(Some(action));
+            }
+            running.runs.insert(run.run_id, (run.thread_id, cancel_tx));
+        }
+        let span = tracing::info_span!("run", run_id = %run.run_id, thread_id = %run.thread_id, user_id = %run.owner_id);
+        self.execute_in(run, cancel_rx).instrument(span).await;
+    }
+
+    async fn execute_in(&self, run: Run, cancel_rx: watch::Receiver<Option<CancelAction>>) {
+        let mut sink = Sink {
+            store: self.inner.store.clone(),
+            hub: self.inner.hub.clone(),
+            run: run.clone(),
+            buffer: Vec::new(),
+            cancel: cancel_rx,
+        };
+        let outcome =
+            match tokio::time::timeout(self.inner.config.run_timeout, drive(&run, &mut sink)).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Stop::Failed {
+                    error: "TimeoutError".into(),
+                    message: format!(
+                        "the run exceeded {} s",
+                        self.inner.config.run_timeout.as_secs()
+                    ),
+                }),
+            };
+        let finished = self.finish(&run, &mut sink, outcome).await;
+        self.running().runs.remove(&run.run_id);
+        let _ = self.inner.finished.send(finished);
+        if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete")
+            && let Err(e) = self.inner.store.delete_thread(run.owner_id, run.thread_id).await
+        {
+            tracing::warn!(error = %e, "could not delete the thread of a stateless run");
+        }
+    }
+
+    /// Records how a run ended: its status, then its last event (so a client that sees the
+    /// event and reads the run sees the final status).
+    async fn finish(&self, run: &Run, sink: &mut Sink, outcome: Result<Value, Stop>) -> Finished {
+        let store = &self.inner.store;
+        let (status, error, event) = match &outcome {
+            Ok(_) => (
+                RunStatus::Success,
+                None,
+                (EventKind::AgentCompleted, json!({ "status": "success" })),
+            ),
+            Err(Stop::Cancelled(CancelAction::Interrupt)) => (
+                RunStatus::Interrupted,
+                None,
+                (EventKind::RunCancelled, json!({ "action": "interrupt" })),
+            ),
+            Err(Stop::Cancelled(CancelAction::Rollback)) => {
+                if let Err(e) = store.rollback_run(run.owner_id, run.thread_id, run.run_id).await {
+                    tracing::error!(error = %e, "rollback failed");
+                }
+                // The run and its events are gone; this event outlives them (no run_id).
+                let data = json!({ "action": "rollback", "run_id": run.run_id });
+                // Kept with the interrupt's data shape, so streams of the run see their end.
+                sink.publish_unowned(EventKind::RunCancelled, data).await;
+                return Finished { run_id: run.run_id, status: None, values: None, error: None };
+            }
+            Err(Stop::Failed { error, message }) => {
+                let status =
+                    if error == "TimeoutError" { RunStatus::Timeout } else { RunStatus::Error };
+                (
+                    status,
+                    Some((error.clone(), message.clone())),
+                    (EventKind::RunError, json!({ "error": error, "message": message })),
+                )
+            }
+        };
+        let message = error.as_ref().map(|(_, m)| m.as_str());
+        if let Err(e) =
+            store.set_run_status(run.owner_id, run.thread_id, run.run_id, status, message).await
+        {
+            tracing::error!(error = %e, "could not record the end of the run");
+        }
+        sink.force(event.0, event.1).await;
+        tracing::info!(status = %status, "run ended");
+        let values = match outcome {
+            Ok(values) => Some(values),
+            Err(_) => {
+                store.get_thread(run.owner_id, run.thread_id).await.ok().and_then(|t| t.values)
+            }
+        };
+        Finished { run_id: run.run_id, status: Some(status), values, error }
+    }
+}
+
+/// Executes one run: applies its input to the thread's state, runs the agent, appends the
+/// agent's message. Returns the thread's values after the run.
+async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
+    let graph_id = run.kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo").to_owned();
+    let agent = Agent::from_graph(&graph_id).ok_or_else(|| Stop::Failed {
+        error: "ValueError".into(),
+        message: format!("no agent named {graph_id}"),
+    })?;
+    sink.emit(
+        EventKind::AgentStarted,
+        json!({ "node": agent.name(), "assistant_id": run.assistant_id, "graph_id": graph_id }),
+    )
+    .await?;
+    let input = run.input.clone().unwrap_or(Value::Null);
+    let state_input = match &input {
+        Value::Object(fields) => {
+            // The agent's own options (synthetic's n, mode, delay_ms) are not state.
+            let state: Map<String, Value> = fields
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "n" | "mode" | "delay_ms"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Value::Object(state)
+        }
+        _ => Value::Null,
+    };
+    let state = sink
+        .update_state(state_input, json!({ "source": "input", "step": -1, "run_id": run.run_id }))
+        .await?;
+    let message = agent.run(&state, &input, sink).await?;
+    let writes = json!({ agent.name(): { "messages": [message.clone()] } });
+    let metadata = json!({ "source": "loop", "step": 1, "run_id": run.run_id, "writes": writes });
+    sink.update_state(json!({ "messages": [message] }), metadata).await
+}
+
+/// Where an agent's events go: appended in the store (numbered there), then published.
+#[derive(Debug)]
+pub struct Sink {
+    store: Store,
+    hub: Hub,
+    run: Run,
+    buffer: Vec<NewEvent>,
+    cancel: watch::Receiver<Option<CancelAction>>,
+}
+
+impl Sink {
+    fn check(&self) -> Result<(), Stop> {
+        match *self.cancel.borrow() {
+            Some(action) => Err(Stop::Cancelled(action)),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers an event; it is appended with the next flush (at most [`BATCH`] wait).
+    pub fn push(&mut self, kind: EventKind, data: Value) {
+        self.buffer.push(NewEvent { run_id: Some(self.run.run_id), kind, data });
+    }
+
+    /// Appends buffered events in one transaction and publishes them.
+    pub async fn flush(&mut self) -> Result<(), Stop> {
+        self.check()?;
+        while !self.buffer.is_empty() {
+            let rest = self.buffer.split_off(self.buffer.len().min(BATCH));
+            let batch = std::mem::replace(&mut self.buffer, rest);
+            let events =
+                self.store.append_events(self.run.owner_id, self.run.thread_id, &batch).await?;
+            self.hub.publish(&events);
+        }
+        Ok(())
+    }
+
+    pub async fn emit(&mut self, kind: EventKind, data: Value) -> Result<(), Stop> {
+        self.push(kind, data);
+        self.flush().await
+    }
+
+    /// Waits, unless the run is cancelled first.
+    pub async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            _ = self.cancel.changed() => self.check(),
+        }
+    }
+
+    /// Applies an update to the thread's state as a checkpoint of this run, and emits the
+    /// new values.
+    async fn update_state(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
+        self.flush().await?;
+        let metadata = metadata.as_object().cloned().unwrap_or_default();
+        let apply = Box::new(move |current| apply_update(current, update));
+        let checkpoint = self
+            .store
+            .update_state(
+                self.run.owner_id,
+                self.run.thread_id,
+                Some(self.run.run_id),
+                apply,
+                &metadata,
+            )
+            .await
+            .map_err(|e| match e {
+                store::Error::Invalid(message) => {
+                    Stop::Failed { error: "InvalidUpdateError".into(), message }
+                }
+                other => other.into(),
+            })?;
+        self.emit(EventKind::Values, checkpoint.values.clone()).await?;
+        Ok(checkpoint.values)
+    }
+
+    /// Appends and publishes the run's last event even though it is cancelled.
+    async fn force(&mut self, kind: EventKind, data: Value) {
+        self.buffer.clear();
+        let event = NewEvent { run_id: Some(self.run.run_id), kind, data };
+        match self.store.append_events(self.run.owner_id, self.run.thread_id, &[event]).await {
+            Ok(events) => self.hub.publish(&events),
+            Err(e) => tracing::error!(error = %e, "could not append the run's last event"),
+        }
+    }
+
+    /// An event about a run that no longer exists (after a rollback).
+    async fn publish_unowned(&mut self, kind: EventKind, data: Value) {
+        let event = NewEvent { run_id: None, kind, data };
+        match self.store.append_events(self.run.owner_id, self.run.thread_id, &[event]).await {
+            Ok(events) => self.hub.publish(&events),
+            Err(e) => tracing::warn!(error = %e, "could not append the rollback event"),
+        }
+    }
+}
