@@ -360,29 +360,33 @@ async fn search_filters_pages_and_counts(app: &TestApp) {
 async fn assistants_by_id_and_by_graph_name(app: &TestApp) {
     let key = app.key("alice").await;
     let echo_id = "046b5dc7-2108-582c-9c6c-31d556d138f0";
-    let listed = app.post(&key, "/assistants/search", json!({})).await;
-    assert_eq!(listed.headers["x-pagination-total"], "1");
-    let listed = listed.ok();
+    let all = app
+        .post(&key, "/assistants/search", json!({"sort_by": "graph_id", "sort_order": "asc"}))
+        .await;
+    assert_eq!(all.headers["x-pagination-total"], "2");
+    let names: Vec<_> =
+        all.ok().as_array().unwrap().iter().map(|a| a["graph_id"].clone()).collect();
+    assert_eq!(names, [json!("echo"), json!("synthetic")]);
+    let listed = app.post(&key, "/assistants/search", json!({"graph_id": "echo"})).await.ok();
     assert_eq!(listed[0]["assistant_id"], echo_id);
     assert_eq!(listed[0]["graph_id"], "echo");
     assert_eq!(listed[0]["name"], "echo");
     assert_eq!(listed[0]["metadata"], json!({"created_by": "system"}));
     assert_eq!(listed[0]["version"], 1);
-    for filter in [
-        json!({"graph_id": "echo"}),
-        json!({"metadata": {"created_by": "system"}}),
-        json!({"name": "ech"}),
+    for (filter, n) in [
+        (json!({"graph_id": "echo"}), 1),
+        (json!({"metadata": {"created_by": "system"}}), 2),
+        (json!({"name": "ech"}), 1),
+        (json!({"limit": 1, "offset": 1}), 1),
     ] {
-        assert_eq!(
-            app.post(&key, "/assistants/search", filter).await.ok().as_array().unwrap().len(),
-            1
-        );
+        let found = app.post(&key, "/assistants/search", filter.clone()).await.ok();
+        assert_eq!(found.as_array().unwrap().len(), n, "{filter}");
     }
     assert_eq!(
         app.post(&key, "/assistants/search", json!({"graph_id": "nope"})).await.ok(),
         json!([])
     );
-    assert_eq!(app.post(&key, "/assistants/count", json!({})).await.ok(), json!(1));
+    assert_eq!(app.post(&key, "/assistants/count", json!({})).await.ok(), json!(2));
     assert_eq!(app.get(&key, &format!("/assistants/{echo_id}")).await.ok(), listed[0]);
     assert_eq!(app.get(&key, "/assistants/echo").await.ok(), listed[0]);
     app.get(&key, "/assistants/nope").await.error(
