@@ -25,7 +25,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    fn subscribe(&self, thread: ThreadId) -> broadcast::Receiver<Arc<Event>> {
+    /// A live subscription to a thread. Take it before creating a run whose every event must
+    /// be seen, even if the thread is deleted right after the run (stateless runs).
+    pub fn subscribe(&self, thread: ThreadId) -> Live {
+        Live(self.receiver(thread))
+    }
+
+    fn receiver(&self, thread: ThreadId) -> broadcast::Receiver<Arc<Event>> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         channels.entry(thread).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
     }
@@ -50,6 +56,9 @@ impl Hub {
     /// to live events starts before the log is read, and live events already read from the
     /// log are skipped by `seq`. The stream ends when the receiver is dropped, or with an
     /// error if the thread is missing or not the owner's.
+    ///
+    /// With `early`, a subscription taken before the run was created, a thread deleted
+    /// meanwhile is not an error: every event of the run was published to it.
     pub fn events(
         &self,
         store: Store,
@@ -57,9 +66,11 @@ impl Hub {
         thread: ThreadId,
         run: Option<RunId>,
         after: i64,
+        early: Option<Live>,
     ) -> mpsc::Receiver<Result<Arc<Event>, store::Error>> {
         let (tx, rx) = mpsc::channel(256);
-        let mut live = self.subscribe(thread);
+        let tolerate_deleted = early.is_some();
+        let mut live = early.map_or_else(|| self.receiver(thread), |l| l.0);
         tokio::spawn(async move {
             let mut last = after;
             // Catch up from the log, then follow live events; on lag, catch up again.
@@ -67,6 +78,7 @@ impl Hub {
                 loop {
                     let page = match store.events_after(owner, thread, run, last, PAGE).await {
                         Ok(page) => page,
+                        Err(store::Error::NotFound { .. }) if tolerate_deleted => Vec::new(),
                         Err(e) => {
                             let _ = tx.send(Err(e)).await;
                             return;
@@ -109,6 +121,10 @@ impl Hub {
         rx
     }
 }
+
+/// A live subscription taken ahead of time (see [`Hub::subscribe`]).
+#[derive(Debug)]
+pub struct Live(broadcast::Receiver<Arc<Event>>);
 
 /// Whether an event is about `run`: its own, or the event that outlives a rolled-back run.
 fn belongs(event: &Event, run: RunId) -> bool {

@@ -1,136 +1,16 @@
 //! The Agent Protocol routes of this issue, driven in-process (`app(state).oneshot`) on SQLite
 //! and PostgreSQL, with several users to check isolation on every route.
 
+mod common;
+
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, Request, StatusCode};
+use common::TestApp;
 use ids::ThreadId;
 use serde_json::{Value, json};
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig, app};
-use store::testing::TestDb;
-use store::{Backend, Store};
-use tower::ServiceExt;
-
-/// An app on a fresh database, with API keys for the users it was asked for.
-struct TestApp {
-    state: AppState,
-    _db: TestDb,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl TestApp {
-    async fn new(backend: Backend) -> Option<TestApp> {
-        TestApp::with(backend, AuthMode::Keys, &JwtConfig::default(), HttpConfig::default()).await
-    }
-
-    async fn with(
-        backend: Backend,
-        mode: AuthMode,
-        jwt: &JwtConfig,
-        http: HttpConfig,
-    ) -> Option<TestApp> {
-        let db = TestDb::new(backend).await?;
-        let auth = Auth::new(mode, jwt).unwrap();
-        let state = AppState::new(db.store.clone(), auth, http).await.unwrap();
-        Some(TestApp { state, _db: db })
-    }
-
-    fn store(&self) -> &Store {
-        &self.state.store
-    }
-
-    /// A new API key for `user`.
-    async fn key(&self, user: &str) -> String {
-        let key = auth::generate_key().unwrap();
-        self.store()
-            .create_api_key(user, &auth::hash_key(&key), &auth::key_prefix(&key))
-            .await
-            .unwrap();
-        key
-    }
-
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = app(self.state.clone()).oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        Reply { status, headers, body }
-    }
-
-    async fn call(&self, key: &str, method: Method, uri: &str, body: Option<Value>) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri).header("x-api-key", key);
-        let body = match body {
-            Some(json) => {
-                request = request.header("content-type", "application/json");
-                Body::from(json.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.send(request.body(body).unwrap()).await
-    }
-
-    async fn get(&self, key: &str, uri: &str) -> Reply {
-        self.call(key, Method::GET, uri, None).await
-    }
-
-    async fn post(&self, key: &str, uri: &str, body: Value) -> Reply {
-        self.call(key, Method::POST, uri, Some(body)).await
-    }
-}
-
-impl Reply {
-    #[track_caller]
-    fn ok(self) -> Value {
-        assert_eq!(self.status, StatusCode::OK, "{}", self.body);
-        self.body
-    }
-
-    /// Asserts an error of our shape: status, code, a detail containing `detail`, and the
-    /// request id of the `x-request-id` header.
-    #[track_caller]
-    fn error(self, status: StatusCode, code: &str, detail: &str) -> Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(self.body["code"], code, "{}", self.body);
-        let text = self.body["detail"].as_str().unwrap();
-        assert!(text.contains(detail), "detail {text:?} lacks {detail:?}");
-        let header = self.headers.get("x-request-id").unwrap().to_str().unwrap();
-        assert_eq!(self.body["request_id"], header);
-        assert!(header.parse::<ids::RequestId>().is_ok());
-        self.body
-    }
-}
-
-/// Runs each named test body on both backends.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let app = super::TestApp::new(store::Backend::Sqlite).await.unwrap();
-                    super::$name(&app).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = super::TestApp::new(store::Backend::Postgres).await else { return };
-                    super::$name(&app).await;
-                }
-            )*
-        }
-    };
-}
+use server::HttpConfig;
+use server::auth::{Auth, AuthMode, JwtConfig};
+use store::Backend;
 
 both_backends!(
     thread_lifecycle,

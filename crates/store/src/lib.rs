@@ -410,6 +410,19 @@ impl Store {
         Ok(runs)
     }
 
+    /// Cancels a run that has not started: ends it `interrupted` or, with `rollback`, deletes
+    /// it. False if the run is not pending (it is running, or ended): then the executor
+    /// running it must stop it.
+    pub async fn cancel_pending_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        rollback: bool,
+    ) -> Result<bool> {
+        dispatch!(self.cancel_pending_run(owner, thread, id, rollback))
+    }
+
     /// Deletes a finished run (its events go with it). An active run is a conflict.
     pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
         dispatch!(self.delete_run(owner, thread, id))

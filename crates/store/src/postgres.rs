@@ -297,6 +297,47 @@ impl PgStore {
         rows.iter().map(run_row).collect()
     }
 
+    pub async fn cancel_pending_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        rollback: bool,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        let at = now();
+        let done = if rollback {
+            sqlx::query(
+                "delete from runs where run_id = $1 and thread_id = $2 and status = 'pending'",
+            )
+            .bind(id)
+            .bind(thread)
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query("update runs set status = 'interrupted', updated_at = $3 where run_id = $1 and thread_id = $2 and status = 'pending'")
+                .bind(id)
+                .bind(thread)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+        };
+        let cancelled = done.rows_affected() > 0;
+        if cancelled {
+            sqlx::query(
+                "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                     updated_at = $2 where thread_id = $1",
+            )
+            .bind(thread)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
     pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let status: String = sqlx::query_scalar(
@@ -730,7 +771,7 @@ where
 {
     let sql = concat!("insert into threads (thread_id, owner_id, metadata, status, state_values, last_seq, created_at, updated_at, state_updated_at)
          values ($1, $2, $3, 'idle', null, 0, $4, $4, $4)
-         on conflict (thread_id) do nothing
+         on conflict do nothing
          returning ", thread_cols!());
     let row = sqlx::query(sql)
         .bind(id)

@@ -332,6 +332,34 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn cancel_pending_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        id: RunId,
+        rollback: bool,
+    ) -> Result<bool> {
+        self.write(move |c| {
+            let at = micros(now());
+            let n = if rollback {
+                c.prepare_cached("delete from runs where run_id = ?1 and thread_id = ?2 and owner_id = ?3 and status = 'pending'")?
+                    .execute(params![id, thread, owner])?
+            } else {
+                c.prepare_cached("update runs set status = 'interrupted', updated_at = ?4 where run_id = ?1 and thread_id = ?2 and owner_id = ?3 and status = 'pending'")?
+                    .execute(params![id, thread, owner, at])?
+            };
+            if n > 0 {
+                c.prepare_cached(
+                    "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                         updated_at = ?2 where thread_id = ?1",
+                )?
+                .execute(params![thread, at])?;
+            }
+            Ok(n > 0)
+        })
+        .await
+    }
+
     pub async fn delete_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
         self.write(move |c| {
             let status: String = c
@@ -876,7 +904,7 @@ fn insert_thread(
 ) -> Result<Option<Thread>> {
     let sql = concat!("insert into threads (thread_id, owner_id, metadata, status, state_values, last_seq, created_at, updated_at, state_updated_at)
          values (?1, ?2, ?3, 'idle', null, 0, ?4, ?4, ?4)
-         on conflict (thread_id) do nothing
+         on conflict do nothing
          returning ", thread_cols!());
     Ok(c.prepare_cached(sql)?
         .query_row(params![id, owner, metadata, micros(now())], thread_row)

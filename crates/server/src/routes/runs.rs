@@ -25,6 +25,7 @@ use crate::AppState;
 use crate::agents::Agent;
 use crate::context::{OwnedThread, RequestContext, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::hub::Live;
 use crate::runs::{CancelAction, Finished};
 use crate::stream::{Cursor, Framer, StreamMode, is_terminal};
 use crate::wire::RunOut;
@@ -341,8 +342,9 @@ async fn stream_run(
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
     let v = validate(&state, &context, thread, body, false).await?;
+    let live = state.hub.subscribe(thread);
     let run = create(&state, &context, &v).await?;
-    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect))
+    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
 }
 
 /// Create a run and answer with the thread's values when it ends.
@@ -529,7 +531,7 @@ async fn join_stream(
     } else {
         OnDisconnect::Continue
     };
-    Ok(sse(&state, context.user, run, modes, cursor, on_disconnect))
+    Ok(sse(&state, context.user, run, modes, cursor, on_disconnect, None))
 }
 
 fn run_modes(run: &Run) -> Vec<StreamMode> {
@@ -565,8 +567,10 @@ async fn stream_stateless(
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
     let v = validate(&state, &context, ThreadId::new(), body, true).await?;
+    // Subscribed before the run exists: its thread is deleted when it ends.
+    let live = state.hub.subscribe(v.new_run.thread_id);
     let run = create(&state, &context, &v).await?;
-    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect))
+    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
 }
 
 /// Create a run on a new temporary thread and answer with its final values.
@@ -665,6 +669,7 @@ fn sse(
     modes: Vec<StreamMode>,
     cursor: Cursor,
     on_disconnect: OnDisconnect,
+    early: Option<Live>,
 ) -> Response {
     let response_headers = headers(&run, true);
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
@@ -673,8 +678,8 @@ fn sse(
         let metadata = json!({ "run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1 });
         let first =
             SseEvent::default().event("metadata").data(metadata.to_string()).id(cursor_id(cursor));
-        let delivered =
-            tx.send(first).await.is_ok() && follow(&state, owner, &run, modes, cursor, &tx).await;
+        let delivered = tx.send(first).await.is_ok()
+            && follow(&state, owner, &run, modes, cursor, &tx, early).await;
         if !delivered && on_disconnect == OnDisconnect::Cancel {
             tracing::info!(run_id = %run.run_id, "client went away: cancelling the run (on_disconnect=cancel)");
             if let Err(e) = state.executor.cancel_run(owner, &run, CancelAction::Interrupt).await {
@@ -708,11 +713,12 @@ async fn follow(
     modes: Vec<StreamMode>,
     cursor: Cursor,
     tx: &mpsc::Sender<SseEvent>,
+    early: Option<Live>,
 ) -> bool {
     let mut framer = Framer::new(modes, run.run_id, run.thread_id);
     // From the run's first event, so the framer's message state is complete on a resume.
     let mut events =
-        state.hub.events(state.store.clone(), owner, run.thread_id, Some(run.run_id), 0);
+        state.hub.events(state.store.clone(), owner, run.thread_id, Some(run.run_id), 0, early);
     let mut quiet_checks = 0;
     loop {
         let next = tokio::select! {
