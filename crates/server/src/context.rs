@@ -44,7 +44,7 @@ fn request_id(headers: &HeaderMap) -> (RequestId, Option<String>) {
 }
 
 /// The request-context middleware; see the module documentation.
-pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (request_id, replaced) = request_id(req.headers());
     let span = tracing::info_span!(
         "request",
@@ -60,6 +60,15 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     }
     let started = Instant::now();
     let handle = async move {
+        // Read the whole body before anything can answer: a response sent while the client is
+        // still sending would leave unread bytes on a keep-alive connection, and the server
+        // would then close it under the client's next request.
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, state.http.body_limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => return body_error(&e).into_response(),
+        };
+        let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
         if !is_public(req.uri().path()) {
             match state.auth.authenticate(&state.store, req.headers()).await {
                 Ok(caller) => {
@@ -85,6 +94,19 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         )
     });
     response
+}
+
+fn body_error(e: &axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge(
+                "request body is larger than the configured limit".into(),
+            );
+        }
+        source = err.source();
+    }
+    ApiError::BadRequest(format!("could not read the request body: {e}"))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {

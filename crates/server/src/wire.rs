@@ -21,6 +21,8 @@ pub struct ThreadOut {
     pub metadata: Map<String, Value>,
     #[schema(value_type = Object)]
     pub config: Value,
+    #[schema(value_type = Object)]
+    pub context: Value,
     #[schema(value_type = String, example = "idle")]
     pub status: ThreadStatus,
     /// The current state, `{"messages": [...]}` for chat agents; `{}` before the first.
@@ -40,6 +42,7 @@ impl From<Thread> for ThreadOut {
             state_updated_at: t.state_updated_at,
             metadata: t.metadata,
             config: json!({}),
+            context: json!({}),
             status: t.status,
             values: t.values.unwrap_or_else(|| json!({})),
             interrupts: json!({}),
@@ -55,10 +58,80 @@ pub const THREAD_FIELDS: &[&str] = &[
     "state_updated_at",
     "metadata",
     "config",
+    "context",
     "status",
     "values",
     "interrupts",
 ];
+
+/// The fields `assistants/search` can `select`.
+pub const ASSISTANT_FIELDS: &[&str] = &[
+    "assistant_id",
+    "graph_id",
+    "name",
+    "description",
+    "config",
+    "context",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "version",
+];
+
+/// The fields of a thread state that `state` and `history` can `select` (and `values.<key>`).
+pub const STATE_FIELDS: &[&str] = &[
+    "values",
+    "next",
+    "tasks",
+    "checkpoint",
+    "metadata",
+    "created_at",
+    "parent_checkpoint",
+    "interrupts",
+];
+
+/// Checks a `select` list against the fields of an object (`values.<key>` allowed when
+/// `values` is one of them).
+pub fn check_select(select: &[String], fields: &[&str]) -> Result<(), String> {
+    for field in select {
+        let top = field.split_once('.').map_or(field.as_str(), |(top, _)| top);
+        if !fields.contains(&top) || (top != field && top != "values") {
+            return Err(format!(
+                "select: unknown field `{field}`; expected some of {}",
+                fields.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps only the selected fields of a serialized object; `values.<key>` keeps one key of
+/// `values`. An empty selection keeps everything.
+pub fn select_fields(value: impl Serialize, select: &[String]) -> Value {
+    let value = serde_json::to_value(value).unwrap_or(Value::Null);
+    let Value::Object(all) = value else { return value };
+    if select.is_empty() {
+        return Value::Object(all);
+    }
+    let mut out = Map::new();
+    for field in select {
+        match field.split_once('.') {
+            None => {
+                if let Some(v) = all.get(field) {
+                    out.insert(field.clone(), v.clone());
+                }
+            }
+            Some((top, key)) => {
+                let picked = all.get(top).and_then(|v| v.get(key)).cloned();
+                let entry = out.entry(top.to_owned()).or_insert_with(|| json!({}));
+                if let (Some(v), Value::Object(inner)) = (picked, entry) {
+                    inner.insert(key.to_owned(), v);
+                }
+            }
+        }
+    }
+    Value::Object(out)
+}
 
 /// An assistant: a configured agent. Built-ins have `metadata.created_by = "system"`.
 #[derive(Clone, Debug, Serialize, ToSchema)]

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::wire::AssistantOut;
+use crate::wire::{ASSISTANT_FIELDS, AssistantOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -58,6 +58,8 @@ pub struct SearchAssistants {
     sort_by: Option<String>,
     #[schema(value_type = Option<String>)]
     sort_order: Option<SortOrder>,
+    /// Only these fields of each assistant.
+    select: Option<Vec<String>>,
 }
 
 fn matches(a: &Assistant, q: &SearchAssistants) -> bool {
@@ -85,6 +87,8 @@ async fn search_assistants(
     context: RequestContext,
     ApiJson(q): ApiJson<SearchAssistants>,
 ) -> ApiResult<impl IntoResponse> {
+    let select = q.select.clone().unwrap_or_default();
+    check_select(&select, ASSISTANT_FIELDS).map_err(ApiError::invalid)?;
     let limit = super::limit(q.limit, 10)? as usize;
     let offset = super::offset(q.offset)? as usize;
     let mut found = matching(&state, &context, &q).await?;
@@ -107,8 +111,12 @@ async fn search_assistants(
     }
     let mut headers = HeaderMap::new();
     headers.insert("x-pagination-total", found.len().into());
-    let page: Vec<AssistantOut> =
-        found.into_iter().skip(offset).take(limit).map(Into::into).collect();
+    let page: Vec<Value> = found
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|a| select_fields(AssistantOut::from(a), &select))
+        .collect();
     Ok((headers, Json(page)))
 }
 

@@ -15,7 +15,10 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::wire::{CheckpointRef, StateUpdated, ThreadStateOut, apply_update};
+use crate::wire::{
+    CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, apply_update, check_select,
+    select_fields,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -67,8 +70,13 @@ async fn get_state(
     State(state): State<AppState>,
     context: RequestContext,
     OwnedThread(thread): OwnedThread,
-) -> ApiResult<Json<ThreadStateOut>> {
-    Ok(Json(latest(&state, &context, &thread).await?))
+    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
+) -> ApiResult<Json<Value>> {
+    // `select` may repeat (`?select=values&select=checkpoint`).
+    let select: Vec<String> =
+        query.into_iter().filter(|(k, _)| k == "select").map(|(_, v)| v).collect();
+    check_select(&select, STATE_FIELDS).map_err(ApiError::invalid)?;
+    Ok(Json(select_fields(latest(&state, &context, &thread).await?, &select)))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -198,6 +206,8 @@ pub struct History {
     /// A subgraph namespace; Spindle's agents have none, so a non-empty one yields nothing.
     #[schema(value_type = Option<Object>)]
     checkpoint: Option<Value>,
+    /// Only these fields of each state (`values.<key>` for one key of the values).
+    select: Option<Vec<String>>,
 }
 
 async fn history(
@@ -245,8 +255,11 @@ async fn history_post(
     context: RequestContext,
     OwnedThread(thread): OwnedThread,
     ApiJson(query): ApiJson<History>,
-) -> ApiResult<Json<Vec<ThreadStateOut>>> {
-    Ok(Json(history(&state, &context, &thread, query).await?))
+) -> ApiResult<Json<Vec<Value>>> {
+    let select = query.select.clone().unwrap_or_default();
+    check_select(&select, STATE_FIELDS).map_err(ApiError::invalid)?;
+    let states = history(&state, &context, &thread, query).await?;
+    Ok(Json(states.into_iter().map(|s| select_fields(s, &select)).collect()))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::wire::{THREAD_FIELDS, ThreadOut};
+use crate::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -185,14 +185,8 @@ async fn search_threads(
     ApiJson(body): ApiJson<SearchThreads>,
 ) -> ApiResult<impl IntoResponse> {
     unsupported("extract", &body.extract)?;
-    if let Some(unknown) =
-        body.select.iter().flatten().find(|f| !THREAD_FIELDS.contains(&f.as_str()))
-    {
-        return Err(ApiError::invalid(format!(
-            "select: unknown field `{unknown}`; expected some of {}",
-            THREAD_FIELDS.join(", ")
-        )));
-    }
+    let select = body.select.unwrap_or_default();
+    check_select(&select, THREAD_FIELDS).map_err(ApiError::invalid)?;
     let page = ThreadPage {
         limit: super::limit(body.limit, 10)?,
         offset: super::offset(body.offset)?,
@@ -202,15 +196,8 @@ async fn search_threads(
     let filter = filter(body.metadata, body.values, body.ids, body.status);
     let threads = state.store.search_threads(context.user, &filter, &page).await?;
     let total = state.store.count_threads(context.user, &filter).await?;
-    let mut out = Vec::with_capacity(threads.len());
-    for thread in threads {
-        let mut value = serde_json::to_value(ThreadOut::from(thread))
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let (Some(select), Value::Object(fields)) = (&body.select, &mut value) {
-            fields.retain(|k, _| select.contains(k));
-        }
-        out.push(value);
-    }
+    let out: Vec<Value> =
+        threads.into_iter().map(|t| select_fields(ThreadOut::from(t), &select)).collect();
     let mut headers = HeaderMap::new();
     headers.insert("x-pagination-total", total.into());
     Ok((headers, Json(out)))

@@ -1,0 +1,291 @@
+//! The official Python client, `langgraph-sdk` (pinned in `tests/sdk/requirements.txt`),
+//! against the real `spindle` binary on SQLite and on PostgreSQL, with two users.
+//!
+//! Each test creates a fresh database, an API key for `alice` and one for `bob`, starts
+//! `spindle serve --auth keys` on a free port and runs `tests/sdk/sdk_check.py`, which prints
+//! one `ok NAME` or `FAIL NAME: ...` line per check and exits 1 if any failed.
+//!
+//! Python: `SPINDLE_SDK_PYTHON` (an interpreter with langgraph-sdk installed), or else a
+//! virtualenv made once in `target/sdk-venv` with `python3 -m venv` and `pip install -r
+//! tests/sdk/requirements.txt` (PyPI must be reachable the first time). A missing Python or a
+//! failed install fails the test: it is never skipped.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
+
+use store::testing::TestDb;
+use store::{Backend, DatabaseUrl};
+
+/// The SDK package as pinned in the requirements file.
+const SDK_PACKAGE: &str = "langgraph-sdk";
+
+/// The workspace root: the folder holding `tests/sdk`.
+fn workspace() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Guards the virtualenv: both tests of this binary may run at once.
+static VENV: Mutex<()> = Mutex::new(());
+
+fn show(output: &Output) -> String {
+    format!(
+        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs a command to completion, failing the test with its output if it fails.
+fn run(command: &mut Command, what: &str) -> Output {
+    let output =
+        command.output().unwrap_or_else(|e| panic!("{what}: could not run {command:?}: {e}"));
+    assert!(output.status.success(), "{what} failed ({command:?}):\n{}", show(&output));
+    output
+}
+
+/// The version of `langgraph-sdk` that `python` has, or `None` if it cannot import it.
+fn installed_sdk_version(python: &Path) -> Option<String> {
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import importlib.metadata, langgraph_sdk; print(importlib.metadata.version('langgraph-sdk'))",
+        ])
+        .output()
+        .ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// The version `tests/sdk/requirements.txt` pins.
+fn pinned_sdk_version(requirements: &Path) -> String {
+    let text = std::fs::read_to_string(requirements)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix(SDK_PACKAGE)?.trim().strip_prefix("=="))
+        .map(|version| version.trim().to_owned())
+        .next()
+        .unwrap_or_else(|| {
+            panic!("{} does not pin `{SDK_PACKAGE}==VERSION`", requirements.display())
+        })
+}
+
+/// A Python interpreter with the pinned SDK: `SPINDLE_SDK_PYTHON`, or `target/sdk-venv`
+/// (created or brought to the pinned version if needed).
+fn python() -> PathBuf {
+    let _guard = VENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let root = workspace();
+    let requirements = root.join("tests/sdk/requirements.txt");
+    let pinned = pinned_sdk_version(&requirements);
+
+    if let Some(python) = std::env::var_os("SPINDLE_SDK_PYTHON") {
+        let python = PathBuf::from(python);
+        match installed_sdk_version(&python) {
+            Some(version) if version == pinned => {}
+            Some(version) => eprintln!(
+                "warning: SPINDLE_SDK_PYTHON={} has {SDK_PACKAGE} {version}; the pin is {pinned}",
+                python.display()
+            ),
+            None => panic!(
+                "SPINDLE_SDK_PYTHON={} cannot `import langgraph_sdk`: install {SDK_PACKAGE}=={pinned} \
+                 into it, or unset SPINDLE_SDK_PYTHON to use target/sdk-venv",
+                python.display()
+            ),
+        }
+        return python;
+    }
+
+    let venv = root.join("target/sdk-venv");
+    let python = venv.join("bin/python");
+    if installed_sdk_version(&python).as_deref() == Some(pinned.as_str()) {
+        return python;
+    }
+    if !python.exists() {
+        eprintln!("creating the SDK virtualenv in {}", venv.display());
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "creating the Python virtualenv for the SDK test (python3 -m venv; needs python3 with venv)",
+        );
+    }
+    eprintln!("installing {} into {}", requirements.display(), venv.display());
+    run(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet", "-r"])
+            .arg(&requirements),
+        "installing the pinned langgraph-sdk from PyPI (pip install -r tests/sdk/requirements.txt)",
+    );
+    match installed_sdk_version(&python) {
+        Some(version) if version == pinned => python,
+        other => panic!(
+            "after pip install, {} has {SDK_PACKAGE} {other:?}, expected {pinned}",
+            python.display()
+        ),
+    }
+}
+
+fn spindle() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
+    for var in ["SPINDLE_DATABASE_URL", "SPINDLE_LISTEN", "SPINDLE_AUTH", "SPINDLE_LOG_FORMAT"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("SPINDLE_LOG", "warn");
+    cmd
+}
+
+fn database_url(url: &DatabaseUrl) -> String {
+    match url {
+        DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+        DatabaseUrl::Postgres(url) => url.clone(),
+    }
+}
+
+/// `spindle keys create --user USER`: the key, alone on stdout.
+fn create_key(database_url: &str, user: &str) -> String {
+    let output = run(
+        spindle().args(["keys", "create", "--user", user, "--database-url", database_url]),
+        &format!("spindle keys create --user {user}"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(stdout.lines().count(), 1, "keys create prints the key alone: {stdout:?}");
+    let key = stdout.trim().to_owned();
+    assert!(!key.is_empty(), "keys create printed an empty key");
+    key
+}
+
+/// A running `spindle serve`, killed when dropped (so a failing test stops it too).
+struct Server {
+    child: Child,
+    /// Kept open: the server's stdout stays a live pipe for as long as it runs.
+    _stdout: BufReader<ChildStdout>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(database_url: &str, name: &str) -> Server {
+        let log =
+            std::env::temp_dir().join(format!("spindle-sdk-{name}-{}.log", std::process::id()));
+        let log_file = File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create the server log {}: {e}", log.display()));
+        let mut child = spindle()
+            .args(["serve", "--listen", "127.0.0.1:0", "--auth", "keys"])
+            .args(["--database-url", database_url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start spindle serve: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        // The first line says where it listens, once it is bound: wait for it, not a timer.
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let url = match (read, line.trim().strip_prefix("spindle listening on ")) {
+            (Ok(_), Some(url)) if url.starts_with("http://127.0.0.1:") => url.to_owned(),
+            (read, _) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "spindle serve did not announce its address: first stdout line {line:?} \
+                     ({read:?}), exit {status:?}\n--- server log ---\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Server { child, _stdout: stdout, url, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn python_sdk_against(backend: Backend, name: &str) {
+    // Python first: a missing interpreter or install fails before any database is made.
+    let python = python();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the test database");
+    runtime.block_on(async {
+        let Some(db) = TestDb::new(backend).await else {
+            eprintln!("python_sdk_against_{name}: skipped (SPINDLE_TEST_POSTGRES=skip)");
+            return;
+        };
+        let url = database_url(&db.url);
+        let alice = create_key(&url, "alice");
+        let bob = create_key(&url, "bob");
+        assert_ne!(alice, bob, "two users, two keys");
+
+        let server = Server::start(&url, name);
+        let root = workspace();
+        let script = root.join("tests/sdk/sdk_check.py");
+        let output = Command::new(&python)
+            .arg(&script)
+            .current_dir(&root)
+            .env("SPINDLE_URL", &server.url)
+            .env("SPINDLE_KEY_ALICE", &alice)
+            .env("SPINDLE_KEY_BOB", &bob)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            // The clients are given their keys; never one from the environment.
+            .env_remove("LANGGRAPH_API_KEY")
+            .env_remove("LANGSMITH_API_KEY")
+            .env_remove("LANGCHAIN_API_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {} {}: {e}", python.display(), script.display())
+            });
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // The script's last line is `N passed, M failed`.
+        let summary = stdout
+            .lines()
+            .rev()
+            .find(|l| {
+                l.split_once(" passed, ").is_some_and(|(passed, failed)| {
+                    passed.parse::<u32>().is_ok()
+                        && failed.strip_suffix(" failed").is_some_and(|f| f.parse::<u32>().is_ok())
+                })
+            })
+            .unwrap_or("no `N passed, M failed` line");
+        let ok = output.status.success() && summary.ends_with(" passed, 0 failed");
+        if ok {
+            println!("--- sdk_check.py on {name} ({}) ---\n{stdout}{stderr}", server.url);
+        }
+        assert!(
+            ok,
+            "the Python SDK checks failed on {name}: {summary} ({})\n\
+             --- sdk_check.py on {name} ({}), stdout ---\n{stdout}\
+             --- sdk_check.py stderr ---\n{stderr}\
+             --- server log ---\n{}",
+            output.status,
+            server.url,
+            server.log()
+        );
+        // Stop the server before the database it uses is dropped.
+        drop(server);
+        drop(db);
+    });
+}
+
+#[test]
+fn python_sdk_against_sqlite() {
+    python_sdk_against(Backend::Sqlite, "sqlite");
+}
+
+#[test]
+fn python_sdk_against_postgres() {
+    python_sdk_against(Backend::Postgres, "postgres");
+}
