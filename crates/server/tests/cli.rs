@@ -72,6 +72,29 @@ impl Server {
         response
     }
 
+    /// A request with a JSON body; the status and the JSON of the answer (not chunked).
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let json = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// SIGKILL: no shutdown, no cleanup, as in a crash.
+    fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     fn terminate(mut self) -> Output {
         let child = self.child.take().unwrap();
         let pid = child.id().to_string();
@@ -211,4 +234,41 @@ fn local_auth_refuses_a_non_loopback_address() {
     );
     check_fails_with_one_line(&["serve", "--auth", "jwt"], "error: --auth jwt needs a key");
     check_fails_with_one_line(&["keys", "revoke", "abc"], "error: invalid key_id `abc`");
+}
+
+#[test]
+fn a_run_left_running_by_a_crash_ends_in_error_after_restart() {
+    let dir = TempDir::new("crash");
+    let server = Server::start(&dir);
+    let (_, thread) = server.request("POST", "/threads", "{}");
+    let t = thread["thread_id"].as_str().unwrap().to_owned();
+    let body = r#"{"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}}"#;
+    let (status, run) = server.request("POST", &format!("/threads/{t}/runs"), body);
+    assert_eq!(status, 200, "{run}");
+    let r = run["run_id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.request("GET", &format!("/threads/{t}/runs/{r}"), "").1["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.kill();
+
+    let server = Server::start(&dir);
+    let (_, run) = server.request("GET", &format!("/threads/{t}/runs/{r}"), "");
+    assert_eq!(run["status"], "error", "{run}");
+    let (_, thread) = server.request("GET", &format!("/threads/{t}"), "");
+    assert_eq!(thread["status"], "error", "the thread is not left busy: {thread}");
+    // The thread takes new runs at once.
+    let (status, next) = server.request(
+        "POST",
+        &format!("/threads/{t}/runs"),
+        r#"{"assistant_id": "echo", "input": {"messages": ["after"]}}"#,
+    );
+    assert_eq!(status, 200, "{next}");
+    let n = next["run_id"].as_str().unwrap().to_owned();
+    while server.request("GET", &format!("/threads/{t}/runs/{n}"), "").1["status"] != "success" {
+        assert!(std::time::Instant::now() < deadline, "the next run never finished");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(server.request("GET", &format!("/threads/{t}"), "").1["status"], "idle");
 }
