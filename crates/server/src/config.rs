@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 above it).
     #[arg(long, env = "SPINDLE_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
     pub body_limit: usize,
+    /// Runs executing at once on this node.
+    #[arg(long, env = "SPINDLE_RUN_CONCURRENCY", default_value_t = 64)]
+    pub run_concurrency: usize,
+    /// Longest a run may execute, in seconds, before it ends `timeout`.
+    #[arg(long, env = "SPINDLE_RUN_TIMEOUT", default_value_t = 600)]
+    pub run_timeout: u64,
     /// Origins allowed by CORS, comma-separated, or `*` for any.
     #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,

@@ -8,6 +8,7 @@ use axum::http::HeaderValue;
 use clap::Parser;
 use server::auth::{self, Auth, AuthMode};
 use server::config::{Cli, Command, DatabaseArgs, KeysCommand, LogArgs, LogFormat, ServeArgs};
+use server::runs::ExecutorConfig;
 use server::{AppState, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
@@ -84,7 +85,12 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
     let http = http_config(&args)?;
     let store = open_store(&args.database).await?;
-    let state = AppState::new(store, auth, http).await.map_err(|e| e.to_string())?;
+    let executor = ExecutorConfig {
+        concurrency: args.run_concurrency.max(1),
+        run_timeout: std::time::Duration::from_secs(args.run_timeout.max(1)),
+    };
+    let state =
+        AppState::with_executor(store, auth, http, executor).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -532,3 +532,46 @@ async fn another_users_runs_are_404(app: &TestApp) {
     let values = app.get(&alice, &format!("/threads/{t}/state")).await.ok()["values"].clone();
     assert_eq!(values["messages"].as_array().unwrap().len(), 2, "bob changed nothing");
 }
+
+#[tokio::test]
+async fn a_run_past_its_timeout_ends_timeout_and_wait_says_so() {
+    use server::auth::{Auth, AuthMode, JwtConfig};
+    use server::runs::ExecutorConfig;
+    let db = store::testing::TestDb::new(store::Backend::Sqlite).await.unwrap();
+    let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
+    let config =
+        ExecutorConfig { concurrency: 2, run_timeout: std::time::Duration::from_millis(300) };
+    let state = server::AppState::with_executor(
+        db.store.clone(),
+        auth,
+        server::HttpConfig::default(),
+        config,
+    )
+    .await
+    .unwrap();
+    state.start(std::future::pending()).await.unwrap();
+    let call = |uri: String, body: Value| {
+        let request = Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let app = server::app(state.clone());
+        async move {
+            let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+            let bytes =
+                http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim()).unwrap()
+        }
+    };
+    let t = call("/threads".into(), json!({})).await["thread_id"].as_str().unwrap().to_owned();
+    let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
+    let answer = call(format!("/threads/{t}/runs/wait"), slow).await;
+    assert_eq!(answer["__error__"]["error"], "TimeoutError", "{answer}");
+    let owner = db.store.ensure_user("local").await.unwrap().user_id;
+    let runs = db.store.list_runs(owner, t.parse().unwrap(), 10, 0, None).await.unwrap();
+    assert_eq!(runs[0].status, store::RunStatus::Timeout);
+    assert_eq!(
+        db.store.get_thread(owner, t.parse().unwrap()).await.unwrap().status,
+        store::ThreadStatus::Error
+    );
+}
