@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import sys
+import time
 import traceback
 import typing
 import uuid
@@ -729,6 +730,813 @@ def check_isolation_create_with_taken_id() -> None:
     expect_eq(thread_after["values"], thread_before["values"], "alice's values after bob")
 
 
+# ---------------------------------------------------------------- runs
+
+
+SYNTHETIC_ID = str(uuid.uuid5(ASSISTANT_NAMESPACE, "synthetic"))
+
+# The modes the checks stream by default: full state, token chunks, node updates.
+MODES = ["values", "messages-tuple", "updates"]
+
+
+def human(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def long_input(text: str = "long") -> dict:
+    """Input of a `synthetic` run that lasts minutes unless it is stopped (100000 custom
+    events, 5 ms apart)."""
+    return {**human(text), "n": 100000, "mode": "custom", "delay_ms": 5}
+
+
+def expect_run(run: Any, what: str, *, thread_id: str, assistant_id: str = ECHO_ID) -> dict:
+    expect_shape(run, schema.Run, what)
+    uuid.UUID(run["run_id"])
+    expect_eq(run["thread_id"], thread_id, f"{what}: thread_id")
+    expect_eq(run["assistant_id"], assistant_id, f"{what}: assistant_id")
+    expect(
+        run["status"] in typing.get_args(schema.RunStatus),
+        f"{what}: status {run['status']!r} is not one of the SDK's RunStatus",
+    )
+    expect(
+        run["multitask_strategy"] in typing.get_args(schema.MultitaskStrategy),
+        f"{what}: multitask_strategy {run['multitask_strategy']!r} is not one of the SDK's",
+    )
+    timestamp(run["created_at"], f"{what}: created_at")
+    timestamp(run["updated_at"], f"{what}: updated_at")
+    return run
+
+
+def expect_sdk_http_error(status: int, call: Callable[[], Any], what: str) -> Exception:
+    """For the SDK calls that go through `request_reconnect` (runs.wait, runs.join,
+    runs.cancel(wait=True)): the SDK raises httpx's HTTPStatusError there, by its own design,
+    not its typed errors. The status and the JSON error body are still checked."""
+    try:
+        result = call()
+    except httpx.HTTPStatusError as e:
+        got = e.response.status_code
+        if got != status:
+            raise CheckFailed(
+                f"{what}: expected HTTP {status}, got HTTP {got}: {e.response.text!r}"
+            ) from None
+        try:
+            body = e.response.json()
+        except Exception:  # noqa: BLE001
+            body = e.response.text
+        expect(
+            isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"],
+            f"{what}: error body has no string `detail`: {body!r}",
+        )
+        return e
+    raise CheckFailed(f"{what}: expected HTTP {status}, but the call returned {result!r}")
+
+
+def wait_for_status(
+    client, tid: str, rid: str, statuses: set[str], what: str, limit: float = 10.0
+) -> dict:
+    """Polls runs.get until the run's status is in `statuses` (bounded)."""
+    deadline = time.monotonic() + limit
+    while True:
+        run = client.runs.get(tid, rid)
+        if run["status"] in statuses:
+            return run
+        if time.monotonic() > deadline:
+            raise CheckFailed(
+                f"{what}: run {rid} still {run['status']!r} after {limit:.0f} s "
+                f"(waiting for {sorted(statuses)})"
+            )
+        time.sleep(0.05)
+
+
+def start_long_run(tid: str, text: str = "long", **kwargs: Any) -> dict:
+    """A long `synthetic` run on `tid`, returned once runs.get says it is running."""
+    run = alice.runs.create(tid, "synthetic", input=long_input(text), **kwargs)
+    expect_run(run, "runs.create(synthetic)", thread_id=tid, assistant_id=SYNTHETIC_ID)
+    return wait_for_status(alice, tid, run["run_id"], {"running"}, "long run start")
+
+
+def stop_quietly(tid: str, rid: str) -> None:
+    """Cleanup: a long run a failed check left running must not load the server."""
+    try:
+        alice.runs.cancel(tid, rid)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def stream_parts(parts: Any) -> list[schema.StreamPart]:
+    return [p for p in parts]
+
+
+def without_end(parts: list) -> list:
+    return [p for p in parts if p.event != "end"]
+
+
+def event_data(parts: list) -> list[tuple[str, Any]]:
+    return [(p.event, p.data) for p in parts]
+
+
+def expect_same_parts(got: list, want: list, what: str) -> None:
+    """The same parts (event and data) in the same order; on a difference, says where, with
+    each side's events and SSE ids."""
+    if event_data(got) == event_data(want):
+        return
+    first = next(
+        (i for i, (g, w) in enumerate(zip(event_data(got), event_data(want))) if g != w),
+        min(len(got), len(want)),
+    )
+    at = lambda parts: repr(parts[first]) if first < len(parts) else "nothing"  # noqa: E731
+    raise CheckFailed(
+        f"{what}: expected {len(want)} parts (event, id) {[(p.event, p.id) for p in want]}, got "
+        f"{len(got)}: {[(p.event, p.id) for p in got]}; first difference at part {first}: "
+        f"expected {at(want)}, got {at(got)}"
+    )
+
+
+def check_runs_create_join_get_list() -> None:
+    tid = new_thread()["thread_id"]
+    created: list = []
+    run = alice.runs.create(
+        tid,
+        "echo",
+        input=human("hello"),
+        metadata={"k": "v"},
+        on_run_created=created.append,
+    )
+    expect_run(run, "runs.create", thread_id=tid)
+    rid = run["run_id"]
+    expect(
+        run["status"] in ("pending", "running", "success"),
+        f"runs.create: status {run['status']!r}",
+    )
+    expect_eq(run["metadata"], {"k": "v"}, "runs.create: metadata")
+    expect_eq(run["multitask_strategy"], "enqueue", "runs.create: default multitask_strategy")
+    expect_eq(
+        created,
+        [{"run_id": rid, "thread_id": tid}],
+        "POST /threads/{id}/runs: run metadata from the Content-Location header",
+    )
+
+    values = alice.runs.join(tid, rid)
+    expect_eq(
+        message_texts(values), [("human", "hello"), ("ai", "echo: hello")], "runs.join values"
+    )
+    got = expect_run(alice.runs.get(tid, rid), "runs.get", thread_id=tid)
+    expect_eq(got["run_id"], rid, "runs.get: run_id")
+    expect_eq(got["status"], "success", "runs.get after join: status")
+    expect_eq(got["metadata"], {"k": "v"}, "runs.get: metadata")
+    expect(
+        timestamp(got["updated_at"], "updated_at") >= timestamp(got["created_at"], "created_at"),
+        f"runs.get: updated_at before created_at: {got!r}",
+    )
+    expect_eq(alice.threads.get(tid)["values"], values, "threads.get values vs runs.join")
+
+    rid2 = alice.runs.create(tid, "echo", input=human("again"))["run_id"]
+    values = alice.runs.join(tid, rid2)
+    expect_eq(
+        message_texts(values),
+        [("human", "hello"), ("ai", "echo: hello"), ("human", "again"), ("ai", "echo: again")],
+        "second run's values",
+    )
+    listed = alice.runs.list(tid)
+    expect(isinstance(listed, list), f"runs.list: expected a list, got {listed!r}")
+    for r in listed:
+        expect_run(r, "runs.list item", thread_id=tid)
+    expect_eq([r["run_id"] for r in listed], [rid2, rid], "runs.list ids, newest first")
+    expect_eq(
+        [r["run_id"] for r in alice.runs.list(tid, status="success")],
+        [rid2, rid],
+        "runs.list(status='success')",
+    )
+    expect_eq(alice.runs.list(tid, status="pending"), [], "runs.list(status='pending')")
+    expect_eq(alice.runs.list(tid, status="error"), [], "runs.list(status='error')")
+    expect_eq([r["run_id"] for r in alice.runs.list(tid, limit=1)], [rid2], "runs.list(limit=1)")
+    expect_eq(
+        [r["run_id"] for r in alice.runs.list(tid, limit=1, offset=1)],
+        [rid],
+        "runs.list(limit=1, offset=1)",
+    )
+
+    expect_eq(alice.runs.delete(tid, rid), None, "runs.delete of a finished run")
+    expect_error(NotFoundError, 404, lambda: alice.runs.get(tid, rid), "runs.get after delete")
+    expect_eq([r["run_id"] for r in alice.runs.list(tid)], [rid2], "runs.list after delete")
+    expect_error(
+        NotFoundError, 404, lambda: alice.runs.get(tid, str(uuid.uuid4())), "runs.get(random run)"
+    )
+    expect_error(
+        UnprocessableEntityError,
+        422,
+        lambda: alice.runs.get(tid, "not-a-uuid"),
+        "runs.get('not-a-uuid')",
+    )
+
+
+def check_runs_wait() -> None:
+    tid = new_thread()["thread_id"]
+    created: list = []
+    values = alice.runs.wait(tid, "echo", input=human("hi"), on_run_created=created.append)
+    expect_eq(message_texts(values), [("human", "hi"), ("ai", "echo: hi")], "runs.wait values")
+    expect_eq(len(created), 1, "POST /threads/{id}/runs/wait: Content-Location run metadata")
+    expect_eq(created[0]["thread_id"], tid, "runs.wait: Content-Location thread id")
+    run = alice.runs.get(tid, created[0]["run_id"])
+    expect_eq(run["status"], "success", "runs.get after runs.wait: status")
+
+    thread = alice.threads.get(tid)
+    expect_eq(thread["status"], "idle", "thread status after runs.wait")
+    expect_eq(thread["metadata"].get("graph_id"), "echo", "thread metadata.graph_id stamped by the run")
+    expect_eq(
+        thread["metadata"].get("assistant_id"), ECHO_ID, "thread metadata.assistant_id stamped by the run"
+    )
+    expect_eq(thread["metadata"].get("run"), RUN, "thread metadata set at create is kept")
+    expect_eq(thread["values"], values, "threads.get values vs runs.wait")
+    state = alice.threads.get_state(tid)
+    expect_eq(state["values"], values, "get_state values vs runs.wait")
+    history = alice.threads.get_history(tid)
+    expect_eq(
+        [h["metadata"].get("source") for h in history],
+        ["loop", "input"],
+        "history after one run: checkpoint sources, newest first",
+    )
+    expect_eq(
+        alice.threads.search(metadata={"graph_id": "echo", "run": RUN}, ids=[tid])[0]["thread_id"],
+        tid,
+        "threads.search(metadata={graph_id: echo}) finds the thread after a run",
+    )
+
+
+def check_runs_stream_values_messages_updates() -> None:
+    tid = new_thread()["thread_id"]
+    created: list = []
+    parts = stream_parts(
+        alice.runs.stream(
+            tid, "echo", input=human("hi"), stream_mode=MODES, on_run_created=created.append
+        )
+    )
+    expect(len(parts) > 0, "runs.stream yielded nothing")
+    expect_eq(parts[0].event, "metadata", f"first part's event (parts: {event_data(parts)[:3]!r})")
+    meta = parts[0].data
+    expect(isinstance(meta, dict), f"metadata data: {meta!r}")
+    rid = meta.get("run_id")
+    expect(isinstance(rid, str), f"metadata has no run_id: {meta!r}")
+    expect_eq(meta.get("attempt"), 1, "metadata.attempt")
+    expect_eq(created, [{"run_id": rid, "thread_id": tid}], "Content-Location of runs/stream")
+    events = [p.event for p in parts]
+    for p in parts:
+        expect(p.event != "error", f"runs.stream yielded an error part: {p!r}")
+    body = without_end(parts)
+    for name in ("values", "messages", "updates"):
+        expect(name in events, f"runs.stream(stream_mode={MODES}): no `{name}` part in {events}")
+    expect(
+        set(events) <= {"metadata", "values", "messages", "updates", "end"},
+        f"runs.stream(stream_mode={MODES}): unexpected events {sorted(set(events))}",
+    )
+    ids = [p.id for p in parts]
+    expect(all(isinstance(i, str) and i for i in ids), f"a part has no SSE id: {ids}")
+    expect_eq(len(set(ids)), len(ids), f"SSE ids are distinct ({ids})")
+
+    chunks = [p.data for p in body if p.event == "messages"]
+    for c in chunks:
+        expect(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], dict) and isinstance(c[1], dict),
+            f"messages-tuple data is not [chunk, metadata]: {c!r}",
+        )
+        expect_eq(c[1].get("langgraph_node"), "echo", "messages-tuple metadata.langgraph_node")
+        expect(
+            c[0].get("type") in ("AIMessageChunk", "ai"), f"messages-tuple chunk type: {c[0]!r}"
+        )
+    contents = [c[0].get("content") for c in chunks]
+    expect_eq("".join(contents), "echo: hi", "concatenated messages-tuple chunk contents")
+    expect_eq(contents, ["echo:", " ", "hi"], "messages-tuple chunks (words and spaces)")
+
+    final = [p.data for p in body if p.event == "values"][-1]
+    expect_eq(message_texts(final), [("human", "hi"), ("ai", "echo: hi")], "last values part")
+    ai = final["messages"][1]
+    expect_eq({c[0].get("id") for c in chunks}, {ai["id"]}, "chunk ids vs the final AI message id")
+    updates = [p.data for p in body if p.event == "updates"]
+    expect_eq(len(updates), 1, "updates parts")
+    expect_eq(list(updates[0]), ["echo"], "updates part keys (node names)")
+    expect_eq(message_texts(updates[0]["echo"]), [("ai", "echo: hi")], "updates.echo messages")
+    expect_eq(body[-1].event, "values", "the last part before `end` is the final values")
+    run = alice.runs.get(tid, rid)
+    expect_eq(run["status"], "success", "runs.get after the stream ended")
+    expect_eq(alice.threads.get(tid)["status"], "idle", "thread status after the stream ended")
+
+
+def check_runs_stream_legacy_messages() -> None:
+    tid = new_thread()["thread_id"]
+    parts = stream_parts(alice.runs.stream(tid, "echo", input=human("hi"), stream_mode="messages"))
+    events = [p.event for p in parts]
+    expect_eq(events[0], "metadata", "first part")
+    for name in ("messages/metadata", "messages/partial", "messages/complete"):
+        expect(name in events, f"runs.stream(stream_mode='messages'): no `{name}` in {events}")
+    expect(
+        set(events) <= {"metadata", "messages/metadata", "messages/partial", "messages/complete", "end"},
+        f"runs.stream(stream_mode='messages'): unexpected events {sorted(set(events))}",
+    )
+    partial = [p.data for p in parts if p.event == "messages/partial"]
+    for d in partial:
+        expect(isinstance(d, list) and len(d) == 1, f"messages/partial data: {d!r}")
+    partial_texts = [d[0].get("content") for d in partial]
+    expect_eq(partial_texts[-1], "echo: hi", "last messages/partial content (text so far)")
+    expect(
+        all(b.startswith(a) for a, b in zip(partial_texts, partial_texts[1:])),
+        f"messages/partial contents do not grow: {partial_texts}",
+    )
+    complete = [p.data for p in parts if p.event == "messages/complete"]
+    expect_eq(len(complete), 1, "messages/complete parts")
+    expect_eq(message_texts(complete[0]), [("ai", "echo: hi")], "messages/complete message")
+
+
+def check_runs_stream_custom_events_debug() -> None:
+    tid = new_thread()["thread_id"]
+    parts = stream_parts(
+        alice.runs.stream(
+            tid, "synthetic", input={**human("hi"), "n": 20, "mode": "custom"}, stream_mode="custom"
+        )
+    )
+    expect_eq(parts[0].event, "metadata", "first part")
+    custom = [p.data for p in parts if p.event == "custom"]
+    expect_eq(custom, [{"i": i, "n": 20} for i in range(20)], "custom parts of synthetic n=20")
+    expect(
+        {p.event for p in parts} <= {"metadata", "custom", "end"},
+        f"stream_mode='custom': unexpected events {sorted({p.event for p in parts})}",
+    )
+    expect_eq(
+        message_texts(alice.threads.get_state(tid)["values"])[-1],
+        ("ai", "echo: hi"),
+        "synthetic's final message",
+    )
+
+    for mode in ("events", "debug"):
+        parts = stream_parts(alice.runs.stream(tid, "echo", input=human(mode), stream_mode=mode))
+        expect_eq(parts[0].event, "metadata", f"stream_mode={mode!r}: first part")
+        data = [p.data for p in parts if p.event == mode]
+        expect(len(data) > 0, f"stream_mode={mode!r}: no `{mode}` part in {[p.event for p in parts]}")
+        expect(
+            all(isinstance(d, dict) for d in data), f"stream_mode={mode!r}: data not objects: {data!r}"
+        )
+        expect(
+            {p.event for p in parts} <= {"metadata", mode, "end"},
+            f"stream_mode={mode!r}: unexpected events {sorted({p.event for p in parts})}",
+        )
+    expect_eq(
+        message_texts(alice.threads.get_state(tid)["values"])[-1],
+        ("ai", "echo: debug"),
+        "final message after the events/debug runs",
+    )
+
+
+def streamed_run(
+    tid: str, stream_mode: Any, text: str = "resume me from the middle"
+) -> tuple[str, list]:
+    parts = stream_parts(
+        alice.runs.stream(
+            tid, "echo", input=human(text), stream_mode=stream_mode, stream_resumable=True
+        )
+    )
+    expect_eq(parts[0].event, "metadata", "first part")
+    expect(len(parts) >= 6, f"too few parts to resume in the middle: {event_data(parts)!r}")
+    return parts[0].data["run_id"], parts
+
+
+def check_runs_join_stream_last_event_id() -> None:
+    """Resuming with `Last-Event-ID` yields exactly the parts after it. One stream mode, sent
+    by the SDK as `?stream_mode=messages-tuple`."""
+    tid = new_thread()["thread_id"]
+    mode = "messages-tuple"
+    rid, parts = streamed_run(tid, mode)
+    everything = stream_parts(alice.runs.join_stream(tid, rid, stream_mode=mode, last_event_id="-1"))
+    expect_same_parts(everything, parts, "join_stream(last_event_id='-1'): all parts")
+    expect_eq([p.id for p in everything], [p.id for p in parts], "ids of join_stream('-1')")
+    for middle in (len(parts) // 2, 1, len(parts) - 2):
+        last_id = parts[middle].id
+        rest = parts[middle + 1 :]
+        resumed = stream_parts(
+            alice.runs.join_stream(tid, rid, stream_mode=mode, last_event_id=last_id)
+        )
+        expect_same_parts(
+            resumed,
+            rest,
+            f"GET /threads/{{id}}/runs/{{id}}/stream?stream_mode={mode} with Last-Event-ID "
+            f"{last_id!r} (part {middle} of {len(parts)}, ids {[p.id for p in parts]}): the parts "
+            f"after it",
+        )
+        expect_eq(
+            [p.id for p in resumed], [p.id for p in rest], f"ids of the parts after {last_id!r}"
+        )
+
+
+def check_runs_join_stream_mode_list() -> None:
+    """join_stream(stream_mode=[...]): httpx sends a list as a repeated query key,
+    `?stream_mode=values&stream_mode=messages-tuple&stream_mode=updates`."""
+    tid = new_thread()["thread_id"]
+    rid, parts = streamed_run(tid, MODES)
+    everything = stream_parts(alice.runs.join_stream(tid, rid, stream_mode=MODES, last_event_id="-1"))
+    expect_same_parts(everything, parts, f"join_stream(stream_mode={MODES}, '-1')")
+    last_id = parts[len(parts) // 2].id
+    resumed = stream_parts(alice.runs.join_stream(tid, rid, stream_mode=MODES, last_event_id=last_id))
+    expect_same_parts(
+        resumed,
+        parts[len(parts) // 2 + 1 :],
+        f"join_stream(stream_mode={MODES}, last_event_id={last_id!r})",
+    )
+
+
+def check_runs_join_stream_default_mode() -> None:
+    """join_stream's defaults (stream_mode=None, cancel_on_disconnect=False), which the SDK
+    sends as `?stream_mode=&cancel_on_disconnect=false`: the run's own modes apply."""
+    tid = new_thread()["thread_id"]
+    rid, parts = streamed_run(tid, MODES)
+    everything = stream_parts(alice.runs.join_stream(tid, rid, last_event_id="-1"))
+    expect_same_parts(everything, parts, "join_stream(tid, rid, last_event_id='-1')")
+
+
+def check_runs_join_stream_live() -> None:
+    """Joining a run while it runs: the stored parts, then the live ones, none lost or doubled."""
+    tid = new_thread()["thread_id"]
+    n = 40
+    run = alice.runs.create(
+        tid,
+        "synthetic",
+        input={**human("live"), "n": n, "mode": "custom", "delay_ms": 20},
+        stream_mode="custom",
+    )
+    rid = run["run_id"]
+    try:
+        wait_for_status(alice, tid, rid, {"running"}, "run start")
+        parts = stream_parts(alice.runs.join_stream(tid, rid, stream_mode="custom", last_event_id="-1"))
+        expect_eq(
+            [p.data for p in parts if p.event == "custom"],
+            [{"i": i, "n": n} for i in range(n)],
+            "custom parts of a run joined while running",
+        )
+        expect(parts[-1].event == "end", f"the joined stream did not end with `end`: {parts[-1]!r}")
+        expect_eq(alice.runs.get(tid, rid)["status"], "success", "joined run's status")
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_wait_across_heartbeat() -> None:
+    """A run longer than the 5 s heartbeat: /runs/wait and /join write a newline while it runs,
+    then the values; the SDK must still decode one JSON document."""
+    tid = new_thread()["thread_id"]
+    created: list = []
+    values = alice.runs.wait(
+        tid,
+        "synthetic",
+        input={**human("slow"), "n": 55, "mode": "custom", "delay_ms": 100},
+        on_run_created=created.append,
+    )
+    expect_eq(message_texts(values), [("human", "slow"), ("ai", "echo: slow")], "runs.wait values")
+    expect_eq(alice.runs.join(tid, created[0]["run_id"]), values, "runs.join of the finished run")
+
+
+def check_runs_cancel_interrupt() -> None:
+    tid = new_thread()["thread_id"]
+    run = start_long_run(tid)
+    rid = run["run_id"]
+    try:
+        expect_eq(alice.threads.get(tid)["status"], "busy", "thread status while a run is running")
+        expect_eq(
+            [r["run_id"] for r in alice.runs.list(tid, status="running")],
+            [rid],
+            "runs.list(status='running')",
+        )
+        started = time.monotonic()
+        result = alice.runs.cancel(tid, rid, wait=True)
+        expect(time.monotonic() - started < 10, "runs.cancel(wait=True) took more than 10 s")
+        expect_eq(result, None, "runs.cancel(wait=True) result")
+        expect_eq(alice.runs.get(tid, rid)["status"], "interrupted", "run status after cancel")
+        expect_eq(alice.threads.get(tid)["status"], "idle", "thread status after cancel")
+        # The thread takes new runs after a cancel.
+        values = alice.runs.wait(tid, "echo", input=human("after"))
+        expect_eq(message_texts(values)[-1], ("ai", "echo: after"), "a run after the cancel")
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_cancel_no_wait() -> None:
+    tid = new_thread()["thread_id"]
+    rid = start_long_run(tid)["run_id"]
+    try:
+        expect_eq(alice.runs.cancel(tid, rid), None, "runs.cancel(wait=False) result")
+        run = wait_for_status(
+            alice, tid, rid, {"interrupted", "success", "error"}, "run end after cancel", 10
+        )
+        expect_eq(run["status"], "interrupted", "run status after runs.cancel()")
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_cancel_rollback() -> None:
+    tid = new_thread()["thread_id"]
+    rid = start_long_run(tid)["run_id"]
+    try:
+        alice.runs.cancel(tid, rid, wait=True, action="rollback")
+        expect_error(
+            NotFoundError, 404, lambda: alice.runs.get(tid, rid), "runs.get after a rollback"
+        )
+        thread = alice.threads.get(tid)
+        expect_eq(thread["status"], "idle", "thread status after a rollback")
+        expect_eq(alice.runs.list(tid), [], "runs.list after a rollback")
+        expect_eq(
+            message_texts(alice.threads.get_state(tid)["values"]),
+            [],
+            "thread messages after rolling back its only run",
+        )
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_multitask_reject() -> None:
+    tid = new_thread()["thread_id"]
+    rid = start_long_run(tid)["run_id"]
+    try:
+        e = expect_error(
+            ConflictError,
+            409,
+            lambda: alice.runs.create(tid, "echo", input=human("no"), multitask_strategy="reject"),
+            "runs.create(multitask_strategy='reject') while a run is active",
+        )
+        expect(
+            e.message.startswith("Thread is already running a task"),
+            f"409 message: {e.message!r}",
+        )
+        expect_error(
+            ConflictError,
+            409,
+            lambda: list(
+                alice.runs.stream(tid, "echo", input=human("no"), multitask_strategy="reject")
+            ),
+            "runs.stream(multitask_strategy='reject') while a run is active",
+        )
+        expect_eq(
+            [r["run_id"] for r in alice.runs.list(tid)], [rid], "runs after the rejected ones"
+        )
+        expect_eq(alice.runs.get(tid, rid)["status"], "running", "the active run is untouched")
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_multitask_interrupt() -> None:
+    tid = new_thread()["thread_id"]
+    rid = start_long_run(tid, "first")["run_id"]
+    try:
+        new = alice.runs.create(tid, "echo", input=human("second"), multitask_strategy="interrupt")
+        expect_eq(new["multitask_strategy"], "interrupt", "new run's multitask_strategy")
+        values = alice.runs.join(tid, new["run_id"])
+        expect_eq(
+            message_texts(values)[-2:],
+            [("human", "second"), ("ai", "echo: second")],
+            "values after the interrupting run",
+        )
+        expect_eq(alice.runs.get(tid, new["run_id"])["status"], "success", "interrupting run")
+        expect_eq(alice.runs.get(tid, rid)["status"], "interrupted", "interrupted run's status")
+        expect_eq(alice.threads.get(tid)["status"], "idle", "thread status")
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_multitask_rollback() -> None:
+    tid = new_thread()["thread_id"]
+    rid = start_long_run(tid, "first")["run_id"]
+    try:
+        new = alice.runs.create(tid, "echo", input=human("second"), multitask_strategy="rollback")
+        values = alice.runs.join(tid, new["run_id"])
+        expect_eq(
+            message_texts(values),
+            [("human", "second"), ("ai", "echo: second")],
+            "values after the rolling-back run (the first run's input is undone)",
+        )
+        expect_error(
+            NotFoundError, 404, lambda: alice.runs.get(tid, rid), "runs.get of the rolled-back run"
+        )
+        expect_eq(
+            [r["run_id"] for r in alice.runs.list(tid)], [new["run_id"]], "runs after rollback"
+        )
+    finally:
+        stop_quietly(tid, rid)
+
+
+def check_runs_multitask_enqueue() -> None:
+    tid = new_thread()["thread_id"]
+    first = alice.runs.create(
+        tid, "synthetic", input={**human("one"), "n": 30, "mode": "custom", "delay_ms": 10}
+    )
+    second = alice.runs.create(tid, "echo", input=human("two"))
+    expect_eq(second["multitask_strategy"], "enqueue", "default multitask_strategy")
+    third = alice.runs.create(tid, "echo", input=human("three"), multitask_strategy="enqueue")
+    values = alice.runs.join(tid, third["run_id"])
+    expect_eq(
+        message_texts(values),
+        [
+            ("human", "one"),
+            ("ai", "echo: one"),
+            ("human", "two"),
+            ("ai", "echo: two"),
+            ("human", "three"),
+            ("ai", "echo: three"),
+        ],
+        "values after three enqueued runs (in order, none lost)",
+    )
+    for run in (first, second, third):
+        expect_eq(alice.runs.get(tid, run["run_id"])["status"], "success", "enqueued run status")
+    expect_eq(
+        [r["run_id"] for r in alice.runs.list(tid)],
+        [third["run_id"], second["run_id"], first["run_id"]],
+        "runs.list newest first",
+    )
+
+
+def check_runs_if_not_exists() -> None:
+    new_tid = str(uuid.uuid4())
+    values = alice.runs.wait(new_tid, "echo", input=human("hi"), if_not_exists="create")
+    expect_eq(message_texts(values), [("human", "hi"), ("ai", "echo: hi")], "values")
+    thread = alice.threads.get(new_tid)
+    expect_eq(thread["thread_id"], new_tid, "thread created by if_not_exists='create'")
+    expect_eq(thread["metadata"].get("graph_id"), "echo", "its metadata.graph_id")
+
+    other = str(uuid.uuid4())
+    run = alice.runs.create(other, "echo", input=human("bg"), if_not_exists="create")
+    expect_eq(run["thread_id"], other, "runs.create(if_not_exists='create') thread_id")
+    expect_eq(message_texts(alice.runs.join(other, run["run_id"]))[-1], ("ai", "echo: bg"), "join")
+
+    missing = str(uuid.uuid4())
+    expect_error(
+        NotFoundError,
+        404,
+        lambda: alice.runs.create(missing, "echo", input=human("hi")),
+        "runs.create on a missing thread (if_not_exists default reject)",
+    )
+    expect_error(
+        NotFoundError,
+        404,
+        lambda: alice.runs.create(missing, "echo", input=human("hi"), if_not_exists="reject"),
+        "runs.create(if_not_exists='reject') on a missing thread",
+    )
+    expect_error(
+        NotFoundError,
+        404,
+        lambda: list(alice.runs.stream(missing, "echo", input=human("hi"))),
+        "runs.stream on a missing thread",
+    )
+    expect_sdk_http_error(
+        404, lambda: alice.runs.wait(missing, "echo", input=human("hi")), "runs.wait on a missing thread"
+    )
+    expect_error(NotFoundError, 404, lambda: alice.threads.get(missing), "no thread was created")
+
+
+def check_runs_stateless() -> None:
+    values = alice.runs.wait(None, "echo", input=human("hi"))
+    expect_eq(message_texts(values), [("human", "hi"), ("ai", "echo: hi")], "runs.wait(None, ...)")
+
+    created: list = []
+    parts = stream_parts(
+        alice.runs.stream(
+            None, "echo", input=human("hey"), stream_mode=MODES, on_run_created=created.append
+        )
+    )
+    expect_eq(parts[0].event, "metadata", "stateless stream: first part")
+    chunks = [p.data[0]["content"] for p in parts if p.event == "messages"]
+    expect_eq("".join(chunks), "echo: hey", "stateless stream: chunk contents")
+    final = [p.data for p in parts if p.event == "values"][-1]
+    expect_eq(message_texts(final), [("human", "hey"), ("ai", "echo: hey")], "stateless values")
+    expect_eq(len(created), 1, "stateless stream: Content-Location run metadata")
+    temp = created[0].get("thread_id")
+    if temp:
+        # on_completion defaults to delete: the temporary thread goes when the run ends.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                alice.threads.get(temp)
+            except NotFoundError:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"the temporary thread {temp} still exists 5 s after its run")
+            time.sleep(0.05)
+
+    run = alice.runs.create(None, "echo", input=human("kept"), on_completion="keep")
+    expect_run(run, "runs.create(None, on_completion='keep')", thread_id=run.get("thread_id"))
+    values = alice.runs.join(run["thread_id"], run["run_id"])
+    expect_eq(message_texts(values)[-1], ("ai", "echo: kept"), "kept stateless run's values")
+    expect_eq(alice.threads.get(run["thread_id"])["values"], values, "kept thread's values")
+    expect_error(
+        NotFoundError,
+        404,
+        lambda: bob.threads.get(run["thread_id"]),
+        "bob reads alice's kept stateless thread",
+    )
+
+
+def check_runs_isolation() -> None:
+    tid = new_thread(owner="alice")["thread_id"]
+    created: list = []
+    alice.runs.wait(tid, "echo", input=human("private"), on_run_created=created.append)
+    done = created[0]["run_id"]
+    long_rid = start_long_run(tid, "private long", multitask_strategy="enqueue")["run_id"]
+    try:
+        random_tid, random_rid = str(uuid.uuid4()), str(uuid.uuid4())
+        e_alice = expect_error(
+            NotFoundError, 404, lambda: bob.runs.get(tid, done), "bob runs.get(alice's run)"
+        )
+        e_random = expect_error(
+            NotFoundError, 404, lambda: bob.runs.get(random_tid, random_rid), "bob runs.get(random)"
+        )
+        expect_eq(
+            e_alice.message.replace(tid, "T").replace(done, "R"),
+            e_random.message.replace(random_tid, "T").replace(random_rid, "R"),
+            "bob's 404 for alice's run vs a random one (message)",
+        )
+        expect_error(NotFoundError, 404, lambda: bob.runs.list(tid), "bob runs.list(alice's)")
+        expect_sdk_http_error(404, lambda: bob.runs.join(tid, done), "bob runs.join(alice's run)")
+        expect_error(
+            NotFoundError,
+            404,
+            lambda: list(bob.runs.join_stream(tid, done, stream_mode="values", last_event_id="-1")),
+            "bob runs.join_stream(alice's run)",
+        )
+        expect_error(
+            NotFoundError, 404, lambda: bob.runs.cancel(tid, long_rid), "bob runs.cancel(alice's)"
+        )
+        expect_sdk_http_error(
+            404,
+            lambda: bob.runs.cancel(tid, long_rid, wait=True, action="rollback"),
+            "bob runs.cancel(alice's, wait=True, rollback)",
+        )
+        expect_error(
+            NotFoundError, 404, lambda: bob.runs.delete(tid, done), "bob runs.delete(alice's run)"
+        )
+        expect_error(
+            NotFoundError,
+            404,
+            lambda: bob.runs.create(tid, "echo", input=human("from bob")),
+            "bob runs.create on alice's thread",
+        )
+        try:
+            got = bob.runs.create(tid, "echo", input=human("from bob"), if_not_exists="create")
+        except APIStatusError as e:
+            expect(
+                e.status_code in (404, 409),
+                f"bob runs.create(alice's thread id, if_not_exists='create'): expected 404 or "
+                f"409, got {e.status_code} {e.body!r}",
+            )
+        else:
+            raise CheckFailed(
+                f"bob runs.create(alice's thread id, if_not_exists='create') made a run: {got!r}"
+            )
+        expect_error(
+            NotFoundError,
+            404,
+            lambda: list(bob.runs.stream(tid, "echo", input=human("from bob"))),
+            "bob runs.stream on alice's thread",
+        )
+        expect_sdk_http_error(
+            404,
+            lambda: bob.runs.wait(tid, "echo", input=human("from bob")),
+            "bob runs.wait on alice's thread",
+        )
+        expect_eq(alice.runs.get(tid, long_rid)["status"], "running", "alice's run after bob")
+        expect_eq(
+            [r["run_id"] for r in alice.runs.list(tid)], [long_rid, done], "alice's runs after bob"
+        )
+        texts = message_texts(alice.threads.get_state(tid)["values"])
+        expect(("human", "from bob") not in texts, f"bob's input reached alice's thread: {texts}")
+    finally:
+        stop_quietly(tid, long_rid)
+
+
+def check_runs_errors() -> None:
+    tid = new_thread()["thread_id"]
+    x = human("x")
+    for call, what in (
+        (lambda: alice.runs.create(tid, "echo", input=x, stream_mode="bogus"), "runs.create"),
+        (lambda: list(alice.runs.stream(tid, "echo", input=x, stream_mode="bogus")), "runs.stream"),
+        (
+            lambda: list(alice.runs.stream(tid, "echo", input=x, stream_mode=["values", "bogus"])),
+            "runs.stream([values, bogus])",
+        ),
+        (
+            lambda: list(alice.runs.stream(None, "echo", input=x, stream_mode="bogus")),
+            "runs.stream(None)",
+        ),
+    ):
+        e = expect_error(UnprocessableEntityError, 422, call, f"{what}(stream_mode='bogus')")
+        expect("bogus" in e.message, f"{what}: the 422 message does not name `bogus`: {e.message!r}")
+    for call, what in (
+        (lambda: alice.runs.create(tid, "nope", input=human("x")), "runs.create"),
+        (lambda: list(alice.runs.stream(tid, "nope", input=human("x"))), "runs.stream"),
+        (lambda: alice.runs.create(tid, str(uuid.uuid4()), input=human("x")), "runs.create(random id)"),
+        (lambda: alice.runs.create(None, "nope", input=human("x")), "runs.create(None)"),
+    ):
+        expect_error(NotFoundError, 404, call, f"{what} with assistant 'nope'")
+    expect_sdk_http_error(
+        404, lambda: alice.runs.wait(tid, "nope", input=human("x")), "runs.wait with assistant 'nope'"
+    )
+    expect_eq(alice.runs.list(tid), [], "no run was created by refused requests")
+    thread = alice.threads.get(tid)
+    expect_eq(thread["values"], {}, "thread values after refused runs")
+    expect_eq(thread["status"], "idle", "thread status after refused runs")
+
+
 # ---------------------------------------------------------------- authentication
 
 
@@ -851,6 +1659,27 @@ CHECKS: list[Callable[[], None]] = [
     check_isolation_create_with_taken_id,
     check_auth_wrong_key,
     check_keepalive_after_early_error,
+    check_runs_create_join_get_list,
+    check_runs_wait,
+    check_runs_stream_values_messages_updates,
+    check_runs_stream_legacy_messages,
+    check_runs_stream_custom_events_debug,
+    check_runs_join_stream_last_event_id,
+    check_runs_join_stream_mode_list,
+    check_runs_join_stream_default_mode,
+    check_runs_join_stream_live,
+    check_runs_wait_across_heartbeat,
+    check_runs_cancel_interrupt,
+    check_runs_cancel_no_wait,
+    check_runs_cancel_rollback,
+    check_runs_multitask_reject,
+    check_runs_multitask_interrupt,
+    check_runs_multitask_rollback,
+    check_runs_multitask_enqueue,
+    check_runs_if_not_exists,
+    check_runs_stateless,
+    check_runs_isolation,
+    check_runs_errors,
 ]
 
 

@@ -273,13 +273,34 @@ async fn joining_at_every_cut_point_resumes_without_loss_or_duplicates(app: &Tes
     // From the start: the same frames.
     let (_, _, again) = join(Some("-1".into())).await;
     assert_eq!(&again[1..], after_metadata);
-    // From every frame: exactly the frames after it, even mid-message (partials rebuilt).
+    // From every frame: exactly the frames after it, even mid-message (partials rebuilt),
+    // and no second `metadata`.
     for (i, frame) in after_metadata.iter().enumerate() {
         let (status, _, rest) = join(frame.id.clone()).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(rest[0].event, "metadata");
-        assert_eq!(&rest[1..], &after_metadata[i + 1..], "resuming after {:?}", frame.id);
+        assert_eq!(&rest[..], &after_metadata[i + 1..], "resuming after {:?}", frame.id);
     }
+    // The SDKs' way of asking for a list of modes, or for the run's own.
+    let modes = format!(
+        "{stream_path}?stream_mode=values&stream_mode=custom&stream_mode=&cancel_on_disconnect=false"
+    );
+    let (status, _, listed) = app
+        .sse(Request::get(modes).header("x-api-key", key.as_str()).body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        listed.iter().all(|f| ["metadata", "values", "end"].contains(&f.event.as_str())),
+        "{listed:?}"
+    );
+    let (_, _, own) = app
+        .sse(
+            Request::get(format!("{stream_path}?stream_mode="))
+                .header("x-api-key", key.as_str())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(own, full, "an empty stream_mode means the run's own modes");
     app.get(&key, &format!("{stream_path}?last_event_id=x")).await.error(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_request",

@@ -510,23 +510,30 @@ async fn join_stream(
     State(state): State<AppState>,
     context: RequestContext,
     OwnedRun(run): OwnedRun,
-    ApiQuery(q): ApiQuery<JoinStreamQuery>,
+    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     request_headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let modes = match q.stream_mode {
-        Some(modes) => parse_modes(Some(modes))?,
-        None => run_modes(&run),
+    // The SDKs repeat `stream_mode` for a list and send it empty for "the run's own".
+    let values = |key: &str| -> Vec<String> {
+        query.iter().filter(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.clone()).collect()
+    };
+    let requested = values("stream_mode");
+    let modes = if requested.is_empty() {
+        run_modes(&run)
+    } else {
+        parse_modes(Some(OneOrMany::Many(requested)))?
     };
     let last = request_headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or(q.last_event_id);
+        .or_else(|| values("last_event_id").pop());
+    let cancel_on_disconnect = values("cancel_on_disconnect").pop();
     let cursor = match last {
         Some(text) => Cursor::parse(&text).map_err(ApiError::invalid)?,
         None => Cursor::START,
     };
-    let on_disconnect = if q.cancel_on_disconnect == Some(true) {
+    let on_disconnect = if matches!(cancel_on_disconnect.as_deref(), Some("true" | "1")) {
         OnDisconnect::Cancel
     } else {
         OnDisconnect::Continue
@@ -675,10 +682,10 @@ fn sse(
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
     let state = state.clone();
     tokio::spawn(async move {
+        // `metadata` opens a stream; a resumed stream goes on after the client's last frame.
         let metadata = json!({ "run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1 });
-        let first =
-            SseEvent::default().event("metadata").data(metadata.to_string()).id(cursor_id(cursor));
-        let delivered = tx.send(first).await.is_ok()
+        let first = SseEvent::default().event("metadata").data(metadata.to_string()).id("0");
+        let delivered = (cursor != Cursor::START || tx.send(first).await.is_ok())
             && follow(&state, owner, &run, modes, cursor, &tx, early).await;
         if !delivered && on_disconnect == OnDisconnect::Cancel {
             tracing::info!(run_id = %run.run_id, "client went away: cancelling the run (on_disconnect=cancel)");
@@ -695,14 +702,6 @@ fn sse(
         Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")),
     )
         .into_response()
-}
-
-fn cursor_id(cursor: Cursor) -> String {
-    if cursor == Cursor::START {
-        "0".to_owned()
-    } else {
-        format!("{}-{}", cursor.seq, cursor.frame)
-    }
 }
 
 /// Sends the run's frames after `cursor` until the run ends. False if the client went away.
