@@ -41,11 +41,10 @@ impl Agent {
     /// AI message it adds.
     pub async fn run(self, state: &Value, input: &Value, sink: &mut Sink) -> Result<Value, Stop> {
         let text = last_human_text(state);
-        sink.emit(
+        sink.push(
             EventKind::AgentThinking,
             json!({ "node": self.name(), "text": "reading the last message" }),
-        )
-        .await?;
+        );
         if self == Agent::Synthetic {
             synthetic(input, sink).await?;
         }
@@ -67,8 +66,8 @@ impl Agent {
             "response_metadata": {},
             "tool_calls": [],
         });
+        // Committed with the step's checkpoint by the executor, in one transaction.
         sink.push(EventKind::MessageCompleted, json!({ "node": self.name(), "message": message }));
-        sink.flush().await?;
         Ok(message)
     }
 }

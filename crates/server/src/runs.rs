@@ -314,12 +314,14 @@ impl Executor {
             }
         };
         let message = error.as_ref().map(|(_, m)| m.as_str());
-        if let Err(e) =
-            store.set_run_status(run.owner_id, run.thread_id, run.run_id, status, message).await
+        let last = NewEvent { run_id: Some(run.run_id), kind: event.0, data: event.1 };
+        match store
+            .finish_run(run.owner_id, run.thread_id, run.run_id, status, message, &last)
+            .await
         {
-            tracing::error!(error = %e, "could not record the end of the run");
+            Ok((_, event)) => self.inner.hub.publish(std::slice::from_ref(&event)),
+            Err(e) => tracing::error!(error = %e, "could not record the end of the run"),
         }
-        sink.force(event.0, event.1).await;
         tracing::info!(status = %status, "run ended");
         let values = match outcome {
             Ok(values) => Some(values),
@@ -339,11 +341,11 @@ async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
         error: "ValueError".into(),
         message: format!("no agent named {graph_id}"),
     })?;
-    sink.emit(
+    // Buffered: committed with the input's checkpoint, in one transaction.
+    sink.push(
         EventKind::AgentStarted,
         json!({ "node": agent.name(), "assistant_id": run.assistant_id, "graph_id": graph_id }),
-    )
-    .await?;
+    );
     let input = run.input.clone().unwrap_or(Value::Null);
     let state_input = match &input {
         Value::Object(fields) => {
@@ -415,19 +417,21 @@ impl Sink {
         }
     }
 
-    /// Applies an update to the thread's state as a checkpoint of this run, and emits the
-    /// new values.
+    /// Applies an update to the thread's state as a checkpoint of this run, in one transaction
+    /// with the buffered events and the `values` event of the new state.
     async fn update_state(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
-        self.flush().await?;
+        self.check()?;
         let metadata = metadata.as_object().cloned().unwrap_or_default();
         let apply = Box::new(move |current| apply_update(current, update));
-        let checkpoint = self
+        let events = std::mem::take(&mut self.buffer);
+        let (checkpoint, events) = self
             .store
-            .update_state(
+            .commit_step(
                 self.run.owner_id,
                 self.run.thread_id,
-                Some(self.run.run_id),
-                apply,
+                self.run.run_id,
+                &events,
+                Some(apply),
                 &metadata,
             )
             .await
@@ -437,18 +441,11 @@ impl Sink {
                 }
                 other => other.into(),
             })?;
-        self.emit(EventKind::Values, checkpoint.values.clone()).await?;
-        Ok(checkpoint.values)
-    }
-
-    /// Appends and publishes the run's last event even though it is cancelled.
-    async fn force(&mut self, kind: EventKind, data: Value) {
-        self.buffer.clear();
-        let event = NewEvent { run_id: Some(self.run.run_id), kind, data };
-        match self.store.append_events(self.run.owner_id, self.run.thread_id, &[event]).await {
-            Ok(events) => self.hub.publish(&events),
-            Err(e) => tracing::error!(error = %e, "could not append the run's last event"),
-        }
+        self.hub.publish(&events);
+        checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
+            error: "StoreError".into(),
+            message: "no checkpoint".into(),
+        })
     }
 
     /// An event about a run that no longer exists (after a rollback).

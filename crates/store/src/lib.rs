@@ -483,6 +483,34 @@ impl Store {
         dispatch!(self.update_state(owner, thread, run, update, metadata))
     }
 
+    /// One step of a run, in one transaction: appends `events`, then (with `update`) applies
+    /// the update as a checkpoint of the run and appends a `values` event with the new values.
+    /// Returns the checkpoint and every event appended, once committed.
+    pub async fn commit_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        events: &[NewEvent],
+        update: Option<StateUpdate>,
+        metadata: &Metadata,
+    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
+        dispatch!(self.commit_step(owner, thread, run, events, update, metadata))
+    }
+
+    /// Ends a run: its status (the thread's follows) and its last event, in one transaction.
+    pub async fn finish_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+        event: &NewEvent,
+    ) -> Result<(Run, Event)> {
+        dispatch!(self.finish_run(owner, thread, run, status, error, event))
+    }
+
     /// One checkpoint of the caller's thread.
     pub async fn get_checkpoint(
         &self,

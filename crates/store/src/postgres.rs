@@ -11,7 +11,7 @@ use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::model::*;
 use crate::{Error, Result, StoreOptions, json_object, redact_url, thread_conflict};
@@ -460,33 +460,7 @@ impl PgStore {
         error: Option<&str>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        lock_owned_thread(&mut tx, owner, thread).await?;
-        let at = now();
-        let sql = concat!("update runs set status = $1, error = $2, updated_at = $3 where run_id = $4 and thread_id = $5 and owner_id = $6
-             returning ", run_cols!());
-        let row = sqlx::query(sql)
-            .bind(status.as_str())
-            .bind(error)
-            .bind(at)
-            .bind(id)
-            .bind(thread)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::not_found("run", id))?;
-        let active: i64 = sqlx::query_scalar(
-            "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
-        )
-        .bind(thread)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("update threads set status = $1, updated_at = $2 where thread_id = $3")
-            .bind(thread_status_after(status, active).as_str())
-            .bind(at)
-            .bind(thread)
-            .execute(&mut *tx)
-            .await?;
-        let run = run_row(&row)?;
+        let run = set_run_status_in(&mut tx, owner, thread, id, status, error).await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -500,45 +474,59 @@ impl PgStore {
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let mut tx = self.pool.begin().await?;
-        // The row lock orders concurrent updates: each reads the values the previous wrote.
-        let current: Option<Value> = sqlx::query_scalar(
-            "select state_values from threads where thread_id = $1 and owner_id = $2 for update",
-        )
-        .bind(thread)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::not_found("thread", thread))?;
-        let values = update(current).map_err(Error::Invalid)?;
-        let at = now();
-        sqlx::query(
-            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3",
-        )
-        .bind(Json(&values))
-        .bind(at)
-        .bind(thread)
-        .execute(&mut *tx)
-        .await?;
-        let sql = concat!(
-            "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-             values ($1, $2, $3,
-                     (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
-                     $4, $5, $6)
-             returning ",
-            checkpoint_cols!()
-        );
-        let row = sqlx::query(sql)
-            .bind(CheckpointId::new())
-            .bind(thread)
-            .bind(run)
-            .bind(Json(&values))
-            .bind(Json(metadata))
-            .bind(at)
-            .fetch_one(&mut *tx)
-            .await?;
-        let checkpoint = checkpoint_row(&row)?;
+        let checkpoint = update_state_in(&mut tx, owner, thread, run, update, metadata).await?;
         tx.commit().await?;
         Ok(checkpoint)
+    }
+
+    pub async fn commit_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        events: &[NewEvent],
+        update: Option<StateUpdate>,
+        metadata: &Metadata,
+    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = if events.is_empty() {
+            Vec::new()
+        } else {
+            append_in(&mut tx, owner, thread, events).await?
+        };
+        let checkpoint = match update {
+            None => None,
+            Some(update) => {
+                let checkpoint =
+                    update_state_in(&mut tx, owner, thread, Some(run), update, metadata).await?;
+                let values = NewEvent {
+                    run_id: Some(run),
+                    kind: EventKind::Values,
+                    data: checkpoint.values.clone(),
+                };
+                out.extend(append_in(&mut tx, owner, thread, std::slice::from_ref(&values)).await?);
+                Some(checkpoint)
+            }
+        };
+        tx.commit().await?;
+        Ok((checkpoint, out))
+    }
+
+    pub async fn finish_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+        event: &NewEvent,
+    ) -> Result<(Run, Event)> {
+        let mut tx = self.pool.begin().await?;
+        let finished = set_run_status_in(&mut tx, owner, thread, run, status, error).await?;
+        let mut events = append_in(&mut tx, owner, thread, std::slice::from_ref(event)).await?;
+        tx.commit().await?;
+        let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;
+        Ok((finished, last))
     }
 
     pub async fn get_checkpoint(
@@ -593,48 +581,8 @@ impl PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let created_at = now();
-        let run_ids: Vec<Option<RunId>> = events.iter().map(|e| e.run_id).collect();
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let data =
-            events.iter().map(|e| serde_json::to_string(&e.data)).collect::<Result<Vec<_>, _>>()?;
-        // One statement, so one implicit transaction: the thread's row lock (taken by the
-        // update) orders concurrent appenders, and a failed insert rolls the counter back.
-        let seqs: Vec<i64> = sqlx::query_scalar(
-            "with t as (
-                 update threads set last_seq = last_seq + cardinality($4::text[])
-                 where thread_id = $1 and owner_id = $2
-                 returning last_seq
-             )
-             insert into events (thread_id, seq, run_id, kind, data, created_at)
-             select $1, t.last_seq - cardinality($4::text[]) + u.ord, u.run_id, u.kind, u.data::jsonb, $6
-             from t, unnest($3::uuid[], $4::text[], $5::text[]) with ordinality as u(run_id, kind, data, ord)
-             returning seq",
-        )
-        .bind(thread)
-        .bind(owner)
-        .bind(&run_ids)
-        .bind(&kinds)
-        .bind(&data)
-        .bind(created_at)
-        .fetch_all(&self.pool)
-        .await?;
-        if seqs.is_empty() {
-            return Err(Error::not_found("thread", thread));
-        }
-        let first = seqs.iter().copied().min().unwrap_or_default();
-        Ok(events
-            .iter()
-            .zip(first..)
-            .map(|(e, seq)| Event {
-                thread_id: thread,
-                seq,
-                run_id: e.run_id,
-                kind: e.kind,
-                data: e.data.clone(),
-                created_at,
-            })
-            .collect())
+        let mut conn = self.pool.acquire().await?;
+        append_in(&mut conn, owner, thread, events).await
     }
 
     pub async fn events_after(
@@ -746,15 +694,153 @@ impl PgStore {
     }
 }
 
-async fn lock_owned_thread(
-    tx: &mut Transaction<'_, Postgres>,
+/// Replaces the thread's values with `update(current)` and stores them as a checkpoint, in
+/// the caller's transaction.
+async fn update_state_in(
+    conn: &mut PgConnection,
     owner: UserId,
-    id: ThreadId,
-) -> Result<()> {
+    thread: ThreadId,
+    run: Option<RunId>,
+    update: StateUpdate,
+    metadata: &Metadata,
+) -> Result<Checkpoint> {
+    // The row lock orders concurrent updates: each reads the values the previous wrote.
+    let current: Option<Value> = sqlx::query_scalar(
+        "select state_values from threads where thread_id = $1 and owner_id = $2 for update",
+    )
+    .bind(thread)
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found("thread", thread))?;
+    let values = update(current).map_err(Error::Invalid)?;
+    let at = now();
+    sqlx::query(
+            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3",
+        )
+        .bind(Json(&values))
+        .bind(at)
+        .bind(thread)
+        .execute(&mut *conn)
+        .await?;
+    let sql = concat!(
+            "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+             values ($1, $2, $3,
+                     (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
+                     $4, $5, $6)
+             returning ",
+            checkpoint_cols!()
+        );
+    let row = sqlx::query(sql)
+        .bind(CheckpointId::new())
+        .bind(thread)
+        .bind(run)
+        .bind(Json(&values))
+        .bind(Json(metadata))
+        .bind(at)
+        .fetch_one(&mut *conn)
+        .await?;
+    let checkpoint = checkpoint_row(&row)?;
+    Ok(checkpoint)
+}
+
+/// Moves a run to `status`; the thread's status follows. In the caller's transaction.
+async fn set_run_status_in(
+    conn: &mut PgConnection,
+    owner: UserId,
+    thread: ThreadId,
+    id: RunId,
+    status: RunStatus,
+    error: Option<&str>,
+) -> Result<Run> {
+    lock_owned_thread(conn, owner, thread).await?;
+    let at = now();
+    let sql = concat!("update runs set status = $1, error = $2, updated_at = $3 where run_id = $4 and thread_id = $5 and owner_id = $6
+             returning ", run_cols!());
+    let row = sqlx::query(sql)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::not_found("run", id))?;
+    let active: i64 = sqlx::query_scalar(
+        "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
+    )
+    .bind(thread)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("update threads set status = $1, updated_at = $2 where thread_id = $3")
+        .bind(thread_status_after(status, active).as_str())
+        .bind(at)
+        .bind(thread)
+        .execute(&mut *conn)
+        .await?;
+    let run = run_row(&row)?;
+    Ok(run)
+}
+
+/// Appends events numbered from the thread's `last_seq`. One statement, so one implicit
+/// transaction when run alone: the thread's row lock (taken by the update) orders concurrent
+/// appenders, and a failed insert rolls the counter back.
+async fn append_in(
+    conn: &mut PgConnection,
+    owner: UserId,
+    thread: ThreadId,
+    events: &[NewEvent],
+) -> Result<Vec<Event>> {
+    let created_at = now();
+    let run_ids: Vec<Option<RunId>> = events.iter().map(|e| e.run_id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data =
+        events.iter().map(|e| serde_json::to_string(&e.data)).collect::<Result<Vec<_>, _>>()?;
+    // One statement, so one implicit transaction: the thread's row lock (taken by the
+    // update) orders concurrent appenders, and a failed insert rolls the counter back.
+    let seqs: Vec<i64> = sqlx::query_scalar(
+            "with t as (
+                 update threads set last_seq = last_seq + cardinality($4::text[])
+                 where thread_id = $1 and owner_id = $2
+                 returning last_seq
+             )
+             insert into events (thread_id, seq, run_id, kind, data, created_at)
+             select $1, t.last_seq - cardinality($4::text[]) + u.ord, u.run_id, u.kind, u.data::jsonb, $6
+             from t, unnest($3::uuid[], $4::text[], $5::text[]) with ordinality as u(run_id, kind, data, ord)
+             returning seq",
+        )
+        .bind(thread)
+        .bind(owner)
+        .bind(&run_ids)
+        .bind(&kinds)
+        .bind(&data)
+        .bind(created_at)
+        .fetch_all(&mut *conn)
+        .await?;
+    if seqs.is_empty() {
+        return Err(Error::not_found("thread", thread));
+    }
+    let first = seqs.iter().copied().min().unwrap_or_default();
+    Ok(events
+        .iter()
+        .zip(first..)
+        .map(|(e, seq)| Event {
+            thread_id: thread,
+            seq,
+            run_id: e.run_id,
+            kind: e.kind,
+            data: e.data.clone(),
+            created_at,
+        })
+        .collect())
+}
+
+async fn lock_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
     sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2 for update")
         .bind(id)
         .bind(owner)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?
         .map(drop)
         .ok_or_else(|| Error::not_found("thread", id))

@@ -465,22 +465,7 @@ impl SqliteStore {
         error: Option<&str>,
     ) -> Result<Run> {
         let error = error.map(str::to_owned);
-        self.write(move |c| {
-            let at = micros(now());
-            let sql = concat!("update runs set status = ?1, error = ?2, updated_at = ?3 where run_id = ?4 and thread_id = ?5 and owner_id = ?6 returning ", run_cols!());
-            let run = c
-                .prepare_cached(sql)?
-                .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
-                .optional()?
-                .ok_or_else(|| Error::not_found("run", id))?;
-            let active: i64 = c
-                .prepare_cached("select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')")?
-                .query_row([thread], |r| r.get(0))?;
-            c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
-                .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
-            Ok(run)
-        })
-        .await
+        self.write(move |c| set_run_status_in(c, owner, thread, id, status, error.as_deref())).await
     }
 
     pub async fn update_state(
@@ -492,34 +477,52 @@ impl SqliteStore {
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let metadata_text = serde_json::to_string(metadata)?;
+        self.write(move |c| update_state_in(c, owner, thread, run, update, &metadata_text)).await
+    }
+
+    pub async fn commit_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        events: &[NewEvent],
+        update: Option<StateUpdate>,
+        metadata: &Metadata,
+    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
+        let events = encode_events(events)?;
+        let metadata_text = serde_json::to_string(metadata)?;
         self.write(move |c| {
-            let current: Option<String> = c
-                .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
-                .query_row(params![thread, owner], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::not_found("thread", thread))?;
-            let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
-            let values_text = serde_json::to_string(&update(current).map_err(Error::Invalid)?)?;
-            let at = micros(now());
-            c.prepare_cached(
-                "update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3",
-            )?
-            .execute(params![values_text, at, thread])?;
-            let parent: Option<CheckpointId> = c
-                .prepare_cached(
-                    "select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1",
-                )?
-                .query_row([thread], |r| r.get(0))
-                .optional()?;
-            let sql = concat!(
-                "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ",
-                checkpoint_cols!()
-            );
-            Ok(c.prepare_cached(sql)?.query_row(
-                params![CheckpointId::new(), thread, run, parent, values_text, metadata_text, at],
-                checkpoint_row,
-            )?)
+            let mut out =
+                if events.is_empty() { Vec::new() } else { append_in(c, owner, thread, events)? };
+            let Some(update) = update else { return Ok((None, out)) };
+            let checkpoint = update_state_in(c, owner, thread, Some(run), update, &metadata_text)?;
+            let values = NewEvent {
+                run_id: Some(run),
+                kind: EventKind::Values,
+                data: checkpoint.values.clone(),
+            };
+            out.extend(append_in(c, owner, thread, encode_events(&[values])?)?);
+            Ok((Some(checkpoint), out))
+        })
+        .await
+    }
+
+    pub async fn finish_run(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+        event: &NewEvent,
+    ) -> Result<(Run, Event)> {
+        let error = error.map(str::to_owned);
+        let event = encode_events(std::slice::from_ref(event))?;
+        self.write(move |c| {
+            let finished = set_run_status_in(c, owner, thread, run, status, error.as_deref())?;
+            let mut events = append_in(c, owner, thread, event)?;
+            let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;
+            Ok((finished, last))
         })
         .await
     }
@@ -571,38 +574,8 @@ impl SqliteStore {
         thread: ThreadId,
         events: &[NewEvent],
     ) -> Result<Vec<Event>> {
-        let events = events
-            .iter()
-            .map(|e| Ok((e.clone(), serde_json::to_string(&e.data)?)))
-            .collect::<Result<Vec<_>>>()?;
-        self.write(move |c| {
-            let n = events.len() as i64;
-            let created_at = now();
-            let last: i64 = c
-                .prepare_cached(
-                    "update threads set last_seq = last_seq + ?1 where thread_id = ?2 and owner_id = ?3 returning last_seq",
-                )?
-                .query_row(params![n, thread, owner], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::not_found("thread", thread))?;
-            let mut insert = c.prepare_cached(
-                "insert into events (thread_id, seq, run_id, kind, data, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut out = Vec::with_capacity(events.len());
-            for (seq, (event, data)) in (last - n + 1..).zip(events) {
-                insert.execute(params![thread, seq, event.run_id, event.kind.as_str(), data, micros(created_at)])?;
-                out.push(Event {
-                    thread_id: thread,
-                    seq,
-                    run_id: event.run_id,
-                    kind: event.kind,
-                    data: event.data,
-                    created_at,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let events = encode_events(events)?;
+        self.write(move |c| append_in(c, owner, thread, events)).await
     }
 
     pub async fn events_after(
@@ -920,6 +893,112 @@ fn all<T>(
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(params, row)?.collect::<rusqlite::Result<_>>()?;
     Ok(rows)
+}
+
+/// Events with their data serialized, ready for a write job.
+fn encode_events(events: &[NewEvent]) -> Result<Vec<(NewEvent, String)>> {
+    events.iter().map(|e| Ok((e.clone(), serde_json::to_string(&e.data)?))).collect()
+}
+
+/// Appends events, numbering them from the thread's `last_seq` (in the caller's transaction).
+fn append_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    events: Vec<(NewEvent, String)>,
+) -> Result<Vec<Event>> {
+    let n = events.len() as i64;
+    let created_at = now();
+    let last: i64 = c
+        .prepare_cached("update threads set last_seq = last_seq + ?1 where thread_id = ?2 and owner_id = ?3 returning last_seq")?
+        .query_row(params![n, thread, owner], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("thread", thread))?;
+    let mut insert =
+        c.prepare_cached("insert into events (thread_id, seq, run_id, kind, data, created_at) values (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    let mut out = Vec::with_capacity(events.len());
+    for (seq, (event, data)) in (last - n + 1..).zip(events) {
+        insert.execute(params![
+            thread,
+            seq,
+            event.run_id,
+            event.kind.as_str(),
+            data,
+            micros(created_at)
+        ])?;
+        out.push(Event {
+            thread_id: thread,
+            seq,
+            run_id: event.run_id,
+            kind: event.kind,
+            data: event.data,
+            created_at,
+        });
+    }
+    Ok(out)
+}
+
+/// Replaces the thread's values with `update(current)` and stores them as a checkpoint.
+fn update_state_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    run: Option<RunId>,
+    update: StateUpdate,
+    metadata_text: &str,
+) -> Result<Checkpoint> {
+    let current: Option<String> = c
+        .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
+        .query_row(params![thread, owner], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("thread", thread))?;
+    let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
+    let values_text = serde_json::to_string(&update(current).map_err(Error::Invalid)?)?;
+    let at = micros(now());
+    c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3")?
+        .execute(params![values_text, at, thread])?;
+    let parent: Option<CheckpointId> = c
+        .prepare_cached("select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1")?
+        .query_row([thread], |r| r.get(0))
+        .optional()?;
+    let sql = concat!(
+        "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ",
+        checkpoint_cols!()
+    );
+    Ok(c.prepare_cached(sql)?.query_row(
+        params![CheckpointId::new(), thread, run, parent, values_text, metadata_text, at],
+        checkpoint_row,
+    )?)
+}
+
+/// Moves a run to `status`; the thread's status follows.
+fn set_run_status_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    id: RunId,
+    status: RunStatus,
+    error: Option<&str>,
+) -> Result<Run> {
+    let at = micros(now());
+    let sql = concat!(
+        "update runs set status = ?1, error = ?2, updated_at = ?3 where run_id = ?4 and thread_id = ?5 and owner_id = ?6 returning ",
+        run_cols!()
+    );
+    let run = c
+        .prepare_cached(sql)?
+        .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
+        .optional()?
+        .ok_or_else(|| Error::not_found("run", id))?;
+    let active: i64 = c
+        .prepare_cached(
+            "select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')",
+        )?
+        .query_row([thread], |r| r.get(0))?;
+    c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
+        .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
+    Ok(run)
 }
 
 /// `select <what> from threads where <the caller's threads matching filter>`, with its

@@ -60,6 +60,7 @@ both_backends!(
     rollback_restores_the_state_before_the_run,
     recovery_ends_runs_left_running,
     runs_are_deleted_only_when_finished,
+    a_step_commits_its_events_and_state_together_or_not_at_all,
 );
 
 fn meta(value: serde_json::Value) -> Metadata {
@@ -783,4 +784,47 @@ async fn runs_are_deleted_only_when_finished(store: &Store) {
     assert_not_found(store.delete_run(bob, id, run.run_id).await);
     store.delete_run(owner, id, run.run_id).await.unwrap();
     assert_not_found(store.get_run(owner, id, run.run_id).await);
+}
+
+async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let id = ThreadId::new();
+    let run = store.create_run(owner, &new_run(id), IfNotExists::Create).await.unwrap();
+    let events = [event(EventKind::AgentStarted, 1), event(EventKind::MessageDelta, 2)];
+    let update = Box::new(|_: Option<serde_json::Value>| Ok(json!({"messages": ["a"]})));
+    let (checkpoint, appended) = store
+        .commit_step(owner, id, run.run_id, &events, Some(update), &Metadata::new())
+        .await
+        .unwrap();
+    assert_eq!(checkpoint.unwrap().run_id, Some(run.run_id));
+    let kinds: Vec<_> = appended.iter().map(|e| (e.seq, e.kind)).collect();
+    assert_eq!(
+        kinds,
+        [(1, EventKind::AgentStarted), (2, EventKind::MessageDelta), (3, EventKind::Values)]
+    );
+    assert_eq!(appended[2].data, json!({"messages": ["a"]}));
+    // A failing update takes its events with it.
+    let fail = Box::new(|_: Option<serde_json::Value>| Err("no".to_owned()));
+    let result =
+        store.commit_step(owner, id, run.run_id, &events, Some(fail), &Metadata::new()).await;
+    assert!(matches!(result, Err(Error::Invalid(_))));
+    assert_eq!(store.events_after(owner, id, None, 0, 100).await.unwrap().len(), 3);
+    let (ended, last) = store
+        .finish_run(
+            owner,
+            id,
+            run.run_id,
+            RunStatus::Success,
+            None,
+            &event(EventKind::AgentCompleted, 9),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ended.status, last.seq, last.kind),
+        (RunStatus::Success, 4, EventKind::AgentCompleted)
+    );
+    assert_eq!(store.get_thread(owner, id).await.unwrap().status, ThreadStatus::Idle);
+    let bob = store.ensure_user("bob").await.unwrap().user_id;
+    assert_not_found(store.commit_step(bob, id, run.run_id, &events, None, &Metadata::new()).await);
 }
