@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "api keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
     (3, "run events", include_str!("../migrations/sqlite/0003_run_events.sql")),
+    (4, "run queue", include_str!("../migrations/sqlite/0004_run_queue.sql")),
 ];
 
 #[derive(Clone)]
