@@ -9,7 +9,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use ids::{RunId, ThreadId, UserId};
@@ -679,12 +678,12 @@ fn sse(
     early: Option<Live>,
 ) -> Response {
     let response_headers = headers(&run, true);
-    let (tx, rx) = mpsc::channel::<SseEvent>(256);
+    let (tx, rx) = mpsc::channel::<String>(256);
     let state = state.clone();
     tokio::spawn(async move {
         // `metadata` opens a stream; a resumed stream goes on after the client's last frame.
         let metadata = json!({ "run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1 });
-        let first = SseEvent::default().event("metadata").data(metadata.to_string()).id("0");
+        let first = sse_frame("metadata", &metadata.to_string(), Some("0"));
         let delivered = (cursor != Cursor::START || tx.send(first).await.is_ok())
             && follow(&state, owner, &run, modes, cursor, &tx, early).await;
         if !delivered && on_disconnect == OnDisconnect::Cancel {
@@ -694,14 +693,41 @@ fn sse(
             }
         }
     });
-    let events = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
-    (
-        response_headers,
-        Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")),
-    )
-        .into_response()
+    let mut response = (response_headers, Body::from_stream(sse_body(rx))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// One SSE frame as text. Data is compact JSON, which has no newline to split.
+fn sse_frame(event: &str, data: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("event: {event}\ndata: {data}\nid: {id}\n\n"),
+        None => format!("event: {event}\ndata: {data}\n\n"),
+    }
+}
+
+/// The body of an SSE response: the frames waiting in the channel go out together in one
+/// chunk (one write, not one per frame), and a `: heartbeat` comment goes out after
+/// [`HEARTBEAT`] without frames.
+fn sse_body(
+    rx: mpsc::Receiver<String>,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    stream::unfold(rx, |mut rx| async move {
+        let mut chunk = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return None,
+            Err(_) => return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), rx)),
+        };
+        while chunk.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(frame) => chunk.push_str(&frame),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(Bytes::from(chunk)), rx))
+    })
 }
 
 /// Sends the run's frames after `cursor` until the run ends. False if the client went away.
@@ -711,7 +737,7 @@ async fn follow(
     run: &Run,
     modes: Vec<StreamMode>,
     cursor: Cursor,
-    tx: &mpsc::Sender<SseEvent>,
+    tx: &mpsc::Sender<String>,
     early: Option<Live>,
 ) -> bool {
     let mut framer = Framer::new(modes, run.run_id, run.thread_id);
@@ -730,7 +756,7 @@ async fn follow(
                     _ => quiet_checks += 1,
                 }
                 if quiet_checks >= 2 {
-                    let end = SseEvent::default().event("end").data("null");
+                    let end = sse_frame("end", "null", None);
                     return tx.send(end).await.is_ok();
                 }
                 if tx.is_closed() {
@@ -743,10 +769,7 @@ async fn follow(
             Some(Ok(event)) => event,
             Some(Err(e)) => {
                 let data = json!({ "error": "StoreError", "message": e.to_string() });
-                return tx
-                    .send(SseEvent::default().event("error").data(data.to_string()))
-                    .await
-                    .is_ok();
+                return tx.send(sse_frame("error", &data.to_string(), None)).await.is_ok();
             }
             None => return true,
         };
@@ -756,11 +779,7 @@ async fn follow(
             }
             let data =
                 if frame.data.is_null() { "null".to_owned() } else { frame.data.to_string() };
-            if tx
-                .send(SseEvent::default().event(frame.event).data(data).id(frame.id))
-                .await
-                .is_err()
-            {
+            if tx.send(sse_frame(&frame.event, &data, Some(&frame.id))).await.is_err() {
                 return false;
             }
         }
