@@ -272,6 +272,48 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     Ok(run)
 }
 
+/// Creates a run in the background; answers with the run.
+async fn background(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    body: RunCreate,
+    stateless: bool,
+) -> ApiResult<Response> {
+    let v = validate(state, context, thread, body, stateless).await?;
+    let run = create(state, context, &v).await?;
+    Ok((headers(&run, false), Json(RunOut::from(run))).into_response())
+}
+
+/// Creates a run and streams it. The live subscription is taken before the run exists, so
+/// even a stateless run's thread, deleted when the run ends, loses nothing.
+async fn streaming(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    body: RunCreate,
+    stateless: bool,
+) -> ApiResult<Response> {
+    let v = validate(state, context, thread, body, stateless).await?;
+    let live = state.hub.subscribe(thread);
+    let run = create(state, context, &v).await?;
+    Ok(sse(state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
+}
+
+/// Creates a run and answers when it ends (subscribed to run ends before it exists).
+async fn waiting(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    body: RunCreate,
+    stateless: bool,
+) -> ApiResult<Response> {
+    let v = validate(state, context, thread, body, stateless).await?;
+    let finished = state.executor.finished();
+    let run = create(state, context, &v).await?;
+    Ok(wait(state, context.user, run, finished))
+}
+
 fn location(run: &Run) -> String {
     format!("/threads/{}/runs/{}", run.thread_id, run.run_id)
 }
@@ -324,10 +366,8 @@ async fn create_run(
     context: RequestContext,
     ThreadParam(thread): ThreadParam,
     ApiJson(body): ApiJson<RunCreate>,
-) -> ApiResult<impl IntoResponse> {
-    let v = validate(&state, &context, thread, body, false).await?;
-    let run = create(&state, &context, &v).await?;
-    Ok((headers(&run, false), Json(RunOut::from(run))))
+) -> ApiResult<Response> {
+    background(&state, &context, thread, body, false).await
 }
 
 /// Create a run and stream its events (SSE).
@@ -340,10 +380,7 @@ async fn stream_run(
     ThreadParam(thread): ThreadParam,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    let v = validate(&state, &context, thread, body, false).await?;
-    let live = state.hub.subscribe(thread);
-    let run = create(&state, &context, &v).await?;
-    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
+    streaming(&state, &context, thread, body, false).await
 }
 
 /// Create a run and answer with the thread's values when it ends.
@@ -356,10 +393,7 @@ async fn wait_run(
     ThreadParam(thread): ThreadParam,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    let v = validate(&state, &context, thread, body, false).await?;
-    let finished = state.executor.finished();
-    let run = create(&state, &context, &v).await?;
-    Ok(wait(&state, context.user, run, finished))
+    waiting(&state, &context, thread, body, false).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -558,10 +592,8 @@ async fn create_stateless(
     State(state): State<AppState>,
     context: RequestContext,
     ApiJson(body): ApiJson<RunCreate>,
-) -> ApiResult<impl IntoResponse> {
-    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
-    let run = create(&state, &context, &v).await?;
-    Ok((headers(&run, false), Json(RunOut::from(run))))
+) -> ApiResult<Response> {
+    background(&state, &context, ThreadId::new(), body, true).await
 }
 
 /// Create a run on a new temporary thread and stream it (SSE).
@@ -572,11 +604,7 @@ async fn stream_stateless(
     context: RequestContext,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
-    // Subscribed before the run exists: its thread is deleted when it ends.
-    let live = state.hub.subscribe(v.new_run.thread_id);
-    let run = create(&state, &context, &v).await?;
-    Ok(sse(&state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
+    streaming(&state, &context, ThreadId::new(), body, true).await
 }
 
 /// Create a run on a new temporary thread and answer with its final values.
@@ -587,10 +615,7 @@ async fn wait_stateless(
     context: RequestContext,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    let v = validate(&state, &context, ThreadId::new(), body, true).await?;
-    let finished = state.executor.finished();
-    let run = create(&state, &context, &v).await?;
-    Ok(wait(&state, context.user, run, finished))
+    waiting(&state, &context, ThreadId::new(), body, true).await
 }
 
 /// The body of `/wait` and `/join`: a newline every [`HEARTBEAT`] while the run is active, then
