@@ -784,6 +784,19 @@ async fn openapi_documents_every_route() {
         ("post", "/threads/{thread_id}/state/checkpoint"),
         ("post", "/threads/{thread_id}/history"),
         ("get", "/threads/{thread_id}/history"),
+        ("post", "/threads/{thread_id}/runs"),
+        ("get", "/threads/{thread_id}/runs"),
+        ("post", "/threads/{thread_id}/runs/stream"),
+        ("post", "/threads/{thread_id}/runs/wait"),
+        ("get", "/threads/{thread_id}/runs/{run_id}"),
+        ("delete", "/threads/{thread_id}/runs/{run_id}"),
+        ("post", "/threads/{thread_id}/runs/{run_id}/cancel"),
+        ("get", "/threads/{thread_id}/runs/{run_id}/join"),
+        ("get", "/threads/{thread_id}/runs/{run_id}/stream"),
+        ("get", "/threads/{thread_id}/stream"),
+        ("post", "/runs"),
+        ("post", "/runs/stream"),
+        ("post", "/runs/wait"),
     ];
     for (method, path) in expected {
         assert!(
@@ -799,6 +812,7 @@ async fn openapi_documents_every_route() {
             let uri = path
                 .replace("{thread_id}", &some_id)
                 .replace("{checkpoint_id}", &some_id)
+                .replace("{run_id}", &some_id)
                 .replace("{assistant_id}", "echo");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));

@@ -23,6 +23,7 @@ both_backends!(
     stateless_runs_delete_their_thread_unless_kept,
     invalid_run_requests_are_422_and_create_nothing,
     another_users_runs_are_404,
+    a_thread_stream_follows_every_run_of_the_thread,
 );
 
 fn hi(text: &str) -> Value {
@@ -594,5 +595,44 @@ async fn a_run_past_its_timeout_ends_timeout_and_wait_says_so() {
     assert_eq!(
         db.store.get_thread(owner, t.parse().unwrap()).await.unwrap().status,
         store::ThreadStatus::Error
+    );
+}
+
+async fn a_thread_stream_follows_every_run_of_the_thread(app: &TestApp) {
+    use http_body_util::BodyExt;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let request =
+        Request::get(format!("/threads/{t}/stream?stream_mode=values&stream_mode=updates"))
+            .header("x-api-key", key.as_str())
+            .body(Body::empty())
+            .unwrap();
+    let response =
+        tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    for text in ["one", "two"] {
+        app.post(&key, &format!("/threads/{t}/runs/wait"), hi(text)).await.ok();
+    }
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seen.matches("event: values").count() < 4 {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("frames in time")
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    assert_eq!(seen.matches("event: updates").count(), 2, "{seen}");
+    assert!(seen.contains("echo: one") && seen.contains("echo: two"));
+    assert!(!seen.contains("event: end"), "a thread stream outlives its runs");
+    let bob = app.key("bob").await;
+    app.get(&bob, &format!("/threads/{t}/stream")).await.error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not found",
     );
 }

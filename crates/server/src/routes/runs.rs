@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_run))
         .routes(routes!(join_run))
         .routes(routes!(join_stream))
+        .routes(routes!(join_thread_stream))
         .routes(routes!(create_stateless))
         .routes(routes!(stream_stateless))
         .routes(routes!(wait_stateless))
@@ -753,6 +754,75 @@ fn sse_body(
         }
         Some((Ok(Bytes::from(chunk)), rx))
     })
+}
+
+/// Join a thread's stream (SSE): the events of every run of the thread, live, in the
+/// requested modes (`values` by default), resuming after `Last-Event-ID`. It stays open until
+/// the client leaves; runs ending do not end it.
+#[utoipa::path(get, path = "/threads/{thread_id}/stream", tag = "runs",
+    params(("thread_id" = String, Path, format = Uuid), JoinStreamQuery),
+    responses((status = 200, content_type = "text/event-stream"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn join_thread_stream(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
+    request_headers: HeaderMap,
+) -> ApiResult<Response> {
+    let requested: Vec<String> = query
+        .iter()
+        .filter(|(k, v)| k == "stream_mode" && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect();
+    let modes = if requested.is_empty() {
+        vec![StreamMode::Values]
+    } else {
+        parse_modes(Some(OneOrMany::Many(requested)))?
+    };
+    let last = request_headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    // Without a cursor, from now on; with one, after it.
+    let cursor = match last {
+        Some(text) => Cursor::parse(text).map_err(ApiError::invalid)?,
+        None => Cursor { seq: thread.last_seq, frame: u32::MAX },
+    };
+    let (tx, rx) = mpsc::channel::<String>(256);
+    let (state, owner, thread_id) = (state.clone(), context.user, thread.thread_id);
+    tokio::spawn(async move {
+        let mut events = state.hub.events(
+            state.store.clone(),
+            owner,
+            thread_id,
+            None,
+            0.max(cursor.seq - 1),
+            None,
+        );
+        let mut framers: std::collections::HashMap<Option<RunId>, Framer> =
+            std::collections::HashMap::new();
+        while let Some(Ok(event)) = events.recv().await {
+            let run_id = event.run_id.unwrap_or_else(RunId::new);
+            let framer = framers
+                .entry(event.run_id)
+                .or_insert_with(|| Framer::new(modes.clone(), run_id, thread_id));
+            for (k, frame) in framer.frames(&event).into_iter().enumerate() {
+                if frame.event == "end" || !Framer::after(cursor, event.seq, k as u32) {
+                    continue;
+                }
+                let data =
+                    if frame.data.is_null() { "null".to_owned() } else { frame.data.to_string() };
+                if tx.send(sse_frame(&frame.event, &data, Some(&frame.id))).await.is_err() {
+                    return;
+                }
+            }
+            if is_terminal(&event) {
+                framers.remove(&event.run_id);
+            }
+        }
+    });
+    let mut response = Body::from_stream(sse_body(rx)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    Ok(response)
 }
 
 /// Sends the run's frames after `cursor` until the run ends. False if the client went away.
