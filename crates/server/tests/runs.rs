@@ -24,6 +24,7 @@ both_backends!(
     invalid_run_requests_are_422_and_create_nothing,
     another_users_runs_are_404,
     a_thread_stream_follows_every_run_of_the_thread,
+    a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leaves,
 );
 
 fn hi(text: &str) -> Value {
@@ -635,4 +636,58 @@ async fn a_thread_stream_follows_every_run_of_the_thread(app: &TestApp) {
         "not_found",
         "not found",
     );
+}
+
+async fn a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leaves(app: &TestApp) {
+    use http_body_util::BodyExt;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let slow = json!({"assistant_id": "synthetic", "on_disconnect": "cancel", "stream_mode": "custom",
+        "input": {"n": 100000, "delay_ms": 5}});
+    let request = Request::post(format!("/threads/{t}/runs/stream"))
+        .header("x-api-key", key.as_str())
+        .header("content-type", "application/json")
+        .body(Body::from(slow.to_string()))
+        .unwrap();
+    let response =
+        tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+    let run = response.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut body = response.into_body();
+    // Read until the run is really streaming, then leave.
+    let mut seen = String::new();
+    while !seen.contains("event: custom") {
+        let frame = body.frame().await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    drop(body);
+    let ended = app.wait_for_status(&key, &t, &run, |s| s != "running" && s != "pending").await;
+    assert_eq!(ended["status"], "interrupted");
+    // The default (continue) keeps the run going after the client leaves.
+    let mut keep = slow.clone();
+    keep["on_disconnect"] = json!("continue");
+    let (status, headers, _) = {
+        let request = Request::post(format!("/threads/{t}/runs/stream"))
+            .header("x-api-key", key.as_str())
+            .header("content-type", "application/json")
+            .body(Body::from(keep.to_string()))
+            .unwrap();
+        let response =
+            tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+        (response.status(), response.headers().clone(), ())
+    };
+    assert_eq!(status, StatusCode::OK);
+    let kept = headers["content-location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    app.wait_for_status(&key, &t, &kept, |s| s == "running").await;
+    let cancel = app
+        .call(&key, Method::POST, &format!("/threads/{t}/runs/{kept}/cancel?wait=1"), None)
+        .await;
+    assert_eq!(cancel.status, StatusCode::NO_CONTENT);
 }
