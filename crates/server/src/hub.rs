@@ -28,7 +28,21 @@ impl Hub {
     /// A live subscription to a thread. Take it before creating a run whose every event must
     /// be seen, even if the thread is deleted right after the run (stateless runs).
     pub fn subscribe(&self, thread: ThreadId) -> Live {
-        Live(self.receiver(thread))
+        Live { rx: Some(self.receiver(thread)), hub: self.clone(), thread }
+    }
+
+    /// Removes a thread's channel once nobody listens (so ids nobody publishes to, such as a
+    /// missing thread's, cost nothing once their subscribers leave).
+    fn forget_if_unused(&self, thread: ThreadId) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if channels.get(&thread).is_some_and(|s| s.receiver_count() == 0) {
+            channels.remove(&thread);
+        }
+    }
+
+    /// How many threads have a live channel (for tests and metrics).
+    pub fn channels(&self) -> usize {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     fn receiver(&self, thread: ThreadId) -> broadcast::Receiver<Arc<Event>> {
@@ -70,7 +84,7 @@ impl Hub {
     ) -> mpsc::Receiver<Result<Arc<Event>, store::Error>> {
         let (tx, rx) = mpsc::channel(256);
         let tolerate_deleted = early.is_some();
-        let mut live = early.map_or_else(|| self.receiver(thread), |l| l.0);
+        let mut live = early.unwrap_or_else(|| self.subscribe(thread));
         tokio::spawn(async move {
             let mut last = after;
             // Catch up from the log, then follow live events; on lag, catch up again.
@@ -96,7 +110,12 @@ impl Hub {
                     }
                 }
                 loop {
-                    match live.recv().await {
+                    // Stop as soon as the reader leaves, even if no event comes for it.
+                    let received = tokio::select! {
+                        r = live.recv() => r,
+                        () = tx.closed() => return,
+                    };
+                    match received {
                         Ok(event) if event.seq <= last => {}
                         Ok(event) if run.is_some_and(|r| !belongs(&event, r)) => {}
                         Ok(event) => {
@@ -108,7 +127,8 @@ impl Hub {
                                 break;
                             }
                             last = event.seq;
-                            if tx.send(Ok(event)).await.is_err() {
+                            let ends_run = run.is_some() && crate::stream::is_terminal(&event);
+                            if tx.send(Ok(event)).await.is_err() || ends_run {
                                 return;
                             }
                         }
@@ -122,9 +142,30 @@ impl Hub {
     }
 }
 
-/// A live subscription taken ahead of time (see [`Hub::subscribe`]).
+/// A live subscription to a thread (see [`Hub::subscribe`]). Dropping the last one of a
+/// thread removes the thread's channel.
 #[derive(Debug)]
-pub struct Live(broadcast::Receiver<Arc<Event>>);
+pub struct Live {
+    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    hub: Hub,
+    thread: ThreadId,
+}
+
+impl Live {
+    async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.hub.forget_if_unused(self.thread);
+    }
+}
 
 /// Whether an event is about `run`: its own, or the event that outlives a rolled-back run.
 fn belongs(event: &Event, run: RunId) -> bool {

@@ -24,8 +24,8 @@ use crate::wire::apply_update;
 /// How often the executor looks for claimable runs when nothing woke it (runs created on
 /// other nodes, runs freed by a crash).
 const POLL: Duration = Duration::from_millis(500);
-/// Events a sink buffers before it appends them in one transaction.
-const BATCH: usize = 64;
+/// Events a sink appends in one transaction at most.
+pub const BATCH: usize = 64;
 
 /// What `cancel` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,20 +153,32 @@ impl Executor {
             self.cancel(run.run_id, action);
             return Ok(());
         }
+        self.announce_cancelled(owner, run.thread_id, run.run_id, action).await
+    }
+
+    /// Tells a pending run's streams and waiters that it was cancelled before it started
+    /// (by `cancel`, or by another run's `interrupt`/`rollback` strategy).
+    pub async fn announce_cancelled(
+        &self,
+        owner: ids::UserId,
+        thread: ThreadId,
+        run: RunId,
+        action: CancelAction,
+    ) -> store::Result<()> {
+        let rollback = action == CancelAction::Rollback;
+        // A rolled-back run is gone: its last event outlives it, naming it in its data.
         let (run_id, action_name) =
-            if rollback { (None, "rollback") } else { (Some(run.run_id), "interrupt") };
+            if rollback { (None, "rollback") } else { (Some(run), "interrupt") };
         let event = NewEvent {
             run_id,
             kind: EventKind::RunCancelled,
-            data: json!({ "action": action_name, "run_id": run.run_id }),
+            data: json!({ "action": action_name, "run_id": run }),
         };
-        let events = self.inner.store.append_events(owner, run.thread_id, &[event]).await?;
+        let events = self.inner.store.append_events(owner, thread, &[event]).await?;
         self.inner.hub.publish(&events);
         let status = if rollback { None } else { Some(RunStatus::Interrupted) };
-        let values =
-            self.inner.store.get_thread(owner, run.thread_id).await.ok().and_then(|t| t.values);
-        let _ =
-            self.inner.finished.send(Finished { run_id: run.run_id, status, values, error: None });
+        let values = self.inner.store.get_thread(owner, thread).await.ok().and_then(|t| t.values);
+        let _ = self.inner.finished.send(Finished { run_id: run, status, values, error: None });
         self.wake();
         Ok(())
     }
@@ -255,19 +267,12 @@ impl Executor {
             run: run.clone(),
             buffer: Vec::new(),
             cancel: cancel_rx,
+            deadline: tokio::time::Instant::now() + self.inner.config.run_timeout,
+            timeout: self.inner.config.run_timeout,
         };
-        let outcome =
-            match tokio::time::timeout(self.inner.config.run_timeout, drive(&run, &mut sink)).await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Stop::Failed {
-                    error: "TimeoutError".into(),
-                    message: format!(
-                        "the run exceeded {} s",
-                        self.inner.config.run_timeout.as_secs()
-                    ),
-                }),
-            };
+        // The time limit is checked by the sink, like a cancel, so a run is never dropped in
+        // the middle of a write (which could commit an event nobody is told about).
+        let outcome = drive(&run, &mut sink).await;
         let finished = self.finish(&run, &mut sink, outcome).await;
         self.running().runs.remove(&run.run_id);
         let _ = self.inner.finished.send(finished);
@@ -376,17 +381,29 @@ pub struct Sink {
     run: Run,
     buffer: Vec<NewEvent>,
     cancel: watch::Receiver<Option<CancelAction>>,
+    /// When the run's time is up.
+    deadline: tokio::time::Instant,
+    timeout: Duration,
 }
 
 impl Sink {
     fn check(&self) -> Result<(), Stop> {
-        match *self.cancel.borrow() {
-            Some(action) => Err(Stop::Cancelled(action)),
-            None => Ok(()),
+        if let Some(action) = *self.cancel.borrow() {
+            return Err(Stop::Cancelled(action));
         }
+        if tokio::time::Instant::now() >= self.deadline {
+            let message = format!("the run exceeded {} s", self.timeout.as_secs_f64());
+            return Err(Stop::Failed { error: "TimeoutError".into(), message });
+        }
+        Ok(())
     }
 
-    /// Buffers an event; it is appended with the next flush (at most [`BATCH`] wait).
+    /// How many events wait for the next flush.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Buffers an event; it is appended with the next flush.
     pub fn push(&mut self, kind: EventKind, data: Value) {
         self.buffer.push(NewEvent { run_id: Some(self.run.run_id), kind, data });
     }
@@ -412,9 +429,11 @@ impl Sink {
     /// Waits, unless the run is cancelled first.
     pub async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
         tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            _ = self.cancel.changed() => self.check(),
+            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep_until(self.deadline) => {}
+            _ = self.cancel.changed() => {}
         }
+        self.check()
     }
 
     /// Applies an update to the thread's state as a checkpoint of this run, in one transaction

@@ -62,10 +62,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub const START: Cursor = Cursor { seq: 0, frame: u32::MAX };
+    /// Before everything, the opening `metadata` frame included.
+    pub const START: Cursor = Cursor { seq: 0, frame: 0 };
 
-    /// Parses a `Last-Event-ID`: `SEQ-K`, `SEQ` (after all of event SEQ), or `-1` (from the
-    /// start).
+    /// Parses a `Last-Event-ID`: `SEQ-K`, `SEQ` (after all of event SEQ; `0` is the opening
+    /// `metadata` frame's id), or `-1` (from the start).
     pub fn parse(text: &str) -> Result<Cursor, String> {
         let text = text.trim();
         if text == "-1" || text.is_empty() {
@@ -230,6 +231,8 @@ mod tests {
         assert_eq!(Cursor::parse("-1").unwrap(), Cursor::START);
         assert_eq!(Cursor::parse("12-3").unwrap(), Cursor { seq: 12, frame: 3 });
         assert_eq!(Cursor::parse("12").unwrap(), Cursor { seq: 12, frame: u32::MAX });
+        assert_ne!(Cursor::parse("0").unwrap(), Cursor::START, "after the metadata frame");
+        assert!(Framer::after(Cursor::parse("0").unwrap(), 1, 0));
         assert!(Cursor::parse("abc").is_err());
         let c = Cursor { seq: 5, frame: 1 };
         assert!(!Framer::after(c, 5, 1));

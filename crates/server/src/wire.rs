@@ -352,12 +352,21 @@ fn add_messages(current: Option<Value>, update: Value) -> Result<Value, String> 
         Value::Array(items) => items,
         single => vec![single],
     };
+    // Index the ids once, so an update of n messages costs O(n), not O(n²).
+    let mut index: std::collections::HashMap<String, usize> = list
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.get("id").and_then(Value::as_str).map(|id| (id.to_owned(), i)))
+        .collect();
     for (i, message) in incoming.into_iter().enumerate() {
         let message = normalize_message(message, &format!("values.messages[{i}]"))?;
-        let id = message.get("id").cloned();
-        match list.iter_mut().find(|m| m.get("id") == id.as_ref()) {
-            Some(existing) => *existing = message,
-            None => list.push(message),
+        let id = message.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        match index.get(&id) {
+            Some(&at) => list[at] = message,
+            None => {
+                index.insert(id, list.len());
+                list.push(message);
+            }
         }
     }
     Ok(Value::Array(list))

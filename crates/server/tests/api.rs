@@ -344,6 +344,21 @@ async fn bad_input_gets_clear_errors_and_changes_nothing(app: &TestApp) {
         "invalid_request",
         "values.messages[0]: expected `type` human",
     );
+    // A NUL in a string: PostgreSQL cannot store it, so a 422 there; never a 500.
+    let nul = app.post(&key, "/threads", json!({"metadata": {"a": "x\u{0}y"}})).await;
+    if app.store().backend() == Backend::Postgres {
+        nul.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "NUL character");
+    } else {
+        assert_eq!(nul.status, StatusCode::OK, "SQLite stores a NUL: {}", nul.body);
+        let created = nul.body["thread_id"].as_str().unwrap().to_owned();
+        app.call(&key, Method::DELETE, &format!("/threads/{created}"), None).await;
+    }
+    let many: Vec<String> = (0..1001).map(|_| ThreadId::new().to_string()).collect();
+    app.post(&key, "/threads/search", json!({"ids": many})).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "at most 1000",
+    );
     // Unknown fields are ignored, so newer clients keep working.
     app.post(&key, "/threads/search", json!({"limit": 1, "some_future_field": true})).await.ok();
 

@@ -25,6 +25,8 @@ both_backends!(
     another_users_runs_are_404,
     a_thread_stream_follows_every_run_of_the_thread,
     a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leaves,
+    a_queued_run_replaced_by_interrupt_ends_its_streams_at_once,
+    finished_and_refused_streams_leave_no_channel_behind,
 );
 
 fn hi(text: &str) -> Value {
@@ -690,4 +692,67 @@ async fn a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leav
         .call(&key, Method::POST, &format!("/threads/{t}/runs/{kept}/cancel?wait=1"), None)
         .await;
     assert_eq!(cancel.status, StatusCode::NO_CONTENT);
+}
+
+async fn a_queued_run_replaced_by_interrupt_ends_its_streams_at_once(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let slow = start_slow_run(app, &key, &t, json!({})).await;
+    app.wait_for_status(&key, &t, &slow, |s| s == "running").await;
+    let queued = app.post(&key, &format!("/threads/{t}/runs"), hi("queued")).await.ok()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut interrupting = hi("now");
+    interrupting["multitask_strategy"] = json!("interrupt");
+    app.post(&key, &format!("/threads/{t}/runs/wait"), interrupting).await.ok();
+    assert_eq!(
+        app.get(&key, &format!("/threads/{t}/runs/{queued}")).await.ok()["status"],
+        "interrupted"
+    );
+    // Its stream ends with its own last event, not after a quiet time-out.
+    let request = Request::get(format!("/threads/{t}/runs/{queued}/stream?stream_mode=events"))
+        .header("x-api-key", key.as_str())
+        .header("last-event-id", "-1");
+    let (_, _, frames) = tokio::time::timeout(
+        std::time::Duration::from_secs(4),
+        app.sse(request.body(Body::empty()).unwrap()),
+    )
+    .await
+    .expect("the stream ends at once");
+    let kinds: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.event == "events")
+        .map(|f| f.data["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["run_cancelled"]);
+    assert_eq!(frames.last().unwrap().event, "end");
+    assert_eq!(
+        app.get(&key, &format!("{}/join", format_args!("/threads/{t}/runs/{queued}"))).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn finished_and_refused_streams_leave_no_channel_behind(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    for text in ["a", "b", "c"] {
+        let (_, _, frames) =
+            app.post_sse(&key, &format!("/threads/{t}/runs/stream"), hi(text)).await;
+        assert_eq!(frames.last().unwrap().event, "end");
+    }
+    for _ in 0..20 {
+        let missing = ThreadId::new();
+        app.post(&key, &format!("/threads/{missing}/runs/stream"), hi("x")).await.error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "not found",
+        );
+    }
+    // Stream tasks end with their run, and drop their subscription as they go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.state.hub.channels() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} channels left", app.state.hub.channels());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

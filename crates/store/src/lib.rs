@@ -103,6 +103,15 @@ impl From<rusqlite::Error> for Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        // Text PostgreSQL cannot store (a NUL, `\u0000`, in a string) is the client's error.
+        if let sqlx::Error::Database(db) = &e
+            && matches!(db.code().as_deref(), Some("22P05" | "22021"))
+        {
+            return Error::Invalid(
+                "text must not contain the NUL character (\\u0000), which PostgreSQL cannot store"
+                    .into(),
+            );
+        }
         Error::db(e)
     }
 }
@@ -381,6 +390,17 @@ impl Store {
         run: &NewRun,
         if_not_exists: IfNotExists,
     ) -> Result<Run> {
+        Ok(self.create_run_replacing(owner, run, if_not_exists).await?.0)
+    }
+
+    /// [`Store::create_run`], also saying which pending runs its `interrupt` or `rollback`
+    /// strategy ended (interrupted) or deleted, so their end can be announced.
+    pub async fn create_run_replacing(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+    ) -> Result<(Run, Vec<RunId>)> {
         dispatch!(self.create_run(owner, run, if_not_exists))
     }
 

@@ -216,7 +216,7 @@ impl PgStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
-    ) -> Result<Run> {
+    ) -> Result<(Run, Vec<RunId>)> {
         let id = run.thread_id;
         let mut tx = self.pool.begin().await?;
         if if_not_exists == IfNotExists::Create {
@@ -240,21 +240,24 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await?;
         let at = now();
+        let mut replaced: Vec<RunId> = Vec::new();
         if active > 0 {
             match run.multitask_strategy {
                 MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
                 MultitaskStrategy::Enqueue => {}
                 MultitaskStrategy::Interrupt => {
-                    sqlx::query("update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending'")
-                        .bind(at)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                    replaced = sqlx::query_scalar(
+                        "update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending' returning run_id",
+                    )
+                    .bind(at)
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 }
                 MultitaskStrategy::Rollback => {
-                    sqlx::query("delete from runs where thread_id = $1 and status = 'pending'")
+                    replaced = sqlx::query_scalar("delete from runs where thread_id = $1 and status = 'pending' returning run_id")
                         .bind(id)
-                        .execute(&mut *tx)
+                        .fetch_all(&mut *tx)
                         .await?;
                 }
             }
@@ -282,7 +285,7 @@ impl PgStore {
             .await?;
         let created = run_row(&row)?;
         tx.commit().await?;
-        Ok(created)
+        Ok((created, replaced))
     }
 
     pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
@@ -522,6 +525,17 @@ impl PgStore {
         event: &NewEvent,
     ) -> Result<(Run, Event)> {
         let mut tx = self.pool.begin().await?;
+        // A run ends once: a second end (another node's recovery got there first) is refused.
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        let current: Option<String> =
+            sqlx::query_scalar("select status from runs where run_id = $1 and owner_id = $2")
+                .bind(run)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.as_deref() != Some("running") {
+            return Err(Error::Conflict(format!("run {run} is not running: it has already ended")));
+        }
         let finished = set_run_status_in(&mut tx, owner, thread, run, status, error).await?;
         let mut events = append_in(&mut tx, owner, thread, std::slice::from_ref(event)).await?;
         tx.commit().await?;

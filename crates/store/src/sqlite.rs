@@ -273,7 +273,7 @@ impl SqliteStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
-    ) -> Result<Run> {
+    ) -> Result<(Run, Vec<RunId>)> {
         let run = run.clone();
         let input = run.input.as_ref().map(serde_json::to_string).transpose()?;
         let kwargs = serde_json::to_string(&run.kwargs)?;
@@ -292,16 +292,18 @@ impl SqliteStore {
                 .prepare_cached("select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')")?
                 .query_row([id], |r| r.get(0))?;
             let at = micros(now());
+            let mut replaced: Vec<RunId> = Vec::new();
             if active > 0 {
                 match run.multitask_strategy {
                     MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
                     MultitaskStrategy::Enqueue => {}
                     MultitaskStrategy::Interrupt => {
-                        c.prepare_cached("update runs set status = 'interrupted', updated_at = ?1 where thread_id = ?2 and status = 'pending'")?
-                            .execute(params![at, id])?;
+                        let sql = "update runs set status = 'interrupted', updated_at = ?1 where thread_id = ?2 and status = 'pending' returning run_id";
+                        replaced = all(c, sql, params![at, id], |r| r.get(0))?;
                     }
                     MultitaskStrategy::Rollback => {
-                        c.prepare_cached("delete from runs where thread_id = ?1 and status = 'pending'")?.execute([id])?;
+                        let sql = "delete from runs where thread_id = ?1 and status = 'pending' returning run_id";
+                        replaced = all(c, sql, [id], |r| r.get(0))?;
                     }
                 }
             }
@@ -315,7 +317,7 @@ impl SqliteStore {
             thread.metadata.extend(run.thread_metadata);
             c.prepare_cached("update threads set status = 'busy', metadata = ?1, updated_at = ?2 where thread_id = ?3")?
                 .execute(params![serde_json::to_string(&thread.metadata)?, at, id])?;
-            Ok(created)
+            Ok((created, replaced))
         })
         .await
     }
@@ -520,6 +522,16 @@ impl SqliteStore {
         let error = error.map(str::to_owned);
         let event = encode_events(std::slice::from_ref(event))?;
         self.write(move |c| {
+            // A run ends once: a second end (another node's recovery got there first) is refused.
+            let current: Option<String> = c
+                .prepare_cached("select status from runs where run_id = ?1 and owner_id = ?2")?
+                .query_row(params![run, owner], |r| r.get(0))
+                .optional()?;
+            if current.as_deref() != Some("running") {
+                return Err(Error::Conflict(format!(
+                    "run {run} is not running: it has already ended"
+                )));
+            }
             let finished = set_run_status_in(c, owner, thread, run, status, error.as_deref())?;
             let mut events = append_in(c, owner, thread, event)?;
             let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;

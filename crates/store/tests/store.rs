@@ -809,6 +809,15 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
         store.commit_step(owner, id, run.run_id, &events, Some(fail), &Metadata::new()).await;
     assert!(matches!(result, Err(Error::Invalid(_))));
     assert_eq!(store.events_after(owner, id, None, 0, 100).await.unwrap().len(), 3);
+    let done = event(EventKind::AgentCompleted, 9);
+    assert!(
+        matches!(
+            store.finish_run(owner, id, run.run_id, RunStatus::Success, None, &done).await,
+            Err(Error::Conflict(_))
+        ),
+        "a pending run cannot end as if it ran"
+    );
+    store.claim_runs(1).await.unwrap();
     let (ended, last) = store
         .finish_run(
             owner,
@@ -825,6 +834,10 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
         (RunStatus::Success, 4, EventKind::AgentCompleted)
     );
     assert_eq!(store.get_thread(owner, id).await.unwrap().status, ThreadStatus::Idle);
+    let again =
+        store.finish_run(owner, id, run.run_id, RunStatus::Error, Some("late"), &done).await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "a run ends once");
+    assert_eq!(store.get_run(owner, id, run.run_id).await.unwrap().status, RunStatus::Success);
     let bob = store.ensure_user("bob").await.unwrap().user_id;
     assert_not_found(store.commit_step(bob, id, run.run_id, &events, None, &Metadata::new()).await);
 }

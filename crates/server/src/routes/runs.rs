@@ -259,15 +259,22 @@ async fn validate(
 /// replaces).
 async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> ApiResult<Run> {
     tracing::Span::current().record("run_id", tracing::field::display(v.new_run.run_id));
-    let run = state.store.create_run(context.user, &v.new_run, v.if_not_exists).await?;
-    match run.multitask_strategy {
-        MultitaskStrategy::Interrupt => {
-            state.executor.cancel_thread(run.thread_id, run.run_id, CancelAction::Interrupt)
+    let (run, replaced) =
+        state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await?;
+    let action = match run.multitask_strategy {
+        MultitaskStrategy::Interrupt => Some(CancelAction::Interrupt),
+        MultitaskStrategy::Rollback => Some(CancelAction::Rollback),
+        _ => None,
+    };
+    if let Some(action) = action {
+        state.executor.cancel_thread(run.thread_id, run.run_id, action);
+        for old in replaced {
+            if let Err(e) =
+                state.executor.announce_cancelled(context.user, run.thread_id, old, action).await
+            {
+                tracing::warn!(error = %e, run_id = %old, "could not announce a replaced run's end");
+            }
         }
-        MultitaskStrategy::Rollback => {
-            state.executor.cancel_thread(run.thread_id, run.run_id, CancelAction::Rollback)
-        }
-        _ => {}
     }
     state.executor.wake();
     Ok(run)
@@ -798,7 +805,20 @@ async fn join_thread_stream(
         );
         let mut framers: std::collections::HashMap<Option<RunId>, Framer> =
             std::collections::HashMap::new();
-        while let Some(Ok(event)) = events.recv().await {
+        loop {
+            let next = tokio::select! {
+                e = events.recv() => e,
+                () = tx.closed() => return,
+            };
+            let event = match next {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    let data = json!({ "error": "StoreError", "message": e.to_string() });
+                    let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
+                    return;
+                }
+                None => return,
+            };
             let run_id = event.run_id.unwrap_or_else(RunId::new);
             let framer = framers
                 .entry(event.run_id)

@@ -187,6 +187,9 @@ async fn search_threads(
     unsupported("extract", &body.extract)?;
     let select = body.select.unwrap_or_default();
     check_select(&select, THREAD_FIELDS).map_err(ApiError::invalid)?;
+    if body.ids.as_ref().is_some_and(|ids| ids.len() > 1000) {
+        return Err(ApiError::invalid("ids: expected at most 1000 thread ids"));
+    }
     let page = ThreadPage {
         limit: super::limit(body.limit, 10)?,
         offset: super::offset(body.offset)?,
