@@ -143,9 +143,9 @@ async fn synthetic(input: &Value, sink: &mut Sink) -> Result<(), Stop> {
         if !delay.is_zero() {
             sink.flush().await?;
             sink.pause(delay).await?;
-        } else if sink.buffered() >= crate::runs::BATCH {
+        } else {
             // Bounded memory: a long run's events go out as they are made.
-            sink.flush().await?;
+            sink.flush_if_full().await?;
         }
     }
     if mode == "tokens" {

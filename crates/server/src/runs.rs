@@ -25,7 +25,7 @@ use crate::wire::apply_update;
 /// other nodes, runs freed by a crash).
 const POLL: Duration = Duration::from_millis(500);
 /// Events a sink appends in one transaction at most.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = 256;
 
 /// What `cancel` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +268,7 @@ impl Executor {
             buffer: Vec::new(),
             cancel: cancel_rx,
             deadline: tokio::time::Instant::now() + self.inner.config.run_timeout,
+            batch: 64,
             timeout: self.inner.config.run_timeout,
         };
         // The time limit is checked by the sink, like a cancel, so a run is never dropped in
@@ -383,6 +384,8 @@ pub struct Sink {
     cancel: watch::Receiver<Option<CancelAction>>,
     /// When the run's time is up.
     deadline: tokio::time::Instant,
+    /// The size of the next flush (see `flush_if_full`).
+    batch: usize,
     timeout: Duration,
 }
 
@@ -398,9 +401,15 @@ impl Sink {
         Ok(())
     }
 
-    /// How many events wait for the next flush.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
+    /// Flushes when enough events wait: 64 at first, so the first events reach the client at
+    /// once, then twice as many each time up to [`BATCH`], so a long stream is appended in
+    /// large transactions.
+    pub async fn flush_if_full(&mut self) -> Result<(), Stop> {
+        if self.buffer.len() < self.batch {
+            return Ok(());
+        }
+        self.batch = (self.batch * 2).min(BATCH);
+        self.flush().await
     }
 
     /// Buffers an event; it is appended with the next flush.
