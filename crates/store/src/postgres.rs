@@ -223,22 +223,18 @@ impl PgStore {
             insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
         }
         // The row lock serializes run creation per thread, so the strategy sees every run.
-        let thread_owner: Option<UserId> =
-            sqlx::query_scalar("select owner_id from threads where thread_id = $1 for update")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match thread_owner {
-            Some(o) if o == owner => {}
-            Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
-            _ => return Err(Error::not_found("thread", id)),
-        }
-        let active: i64 = sqlx::query_scalar(
-            "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
+        let thread: Option<(UserId, i64)> = sqlx::query_as(
+            "select owner_id, (select count(*) from runs where thread_id = $1 and status in ('pending', 'running'))
+             from threads where thread_id = $1 for update",
         )
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let active = match thread {
+            Some((o, active)) if o == owner => active,
+            Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
+            _ => return Err(Error::not_found("thread", id)),
+        };
         let at = now();
         let mut replaced: Vec<RunId> = Vec::new();
         if active > 0 {
@@ -262,7 +258,9 @@ impl PgStore {
                 }
             }
         }
-        let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
+        // One round trip: the run, and the thread busy with its metadata stamped.
+        let sql = concat!("with t as (update threads set status = 'busy', metadata = metadata || $10, updated_at = $9 where thread_id = $2)
+             insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
              values ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, null, $9, $9)
              returning ", run_cols!());
         let row = sqlx::query(sql)
@@ -275,13 +273,8 @@ impl PgStore {
             .bind(Json(&run.metadata))
             .bind(run.multitask_strategy.as_str())
             .bind(at)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("update threads set status = 'busy', metadata = metadata || $1, updated_at = $2 where thread_id = $3")
             .bind(Json(&run.thread_metadata))
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
         let created = run_row(&row)?;
         tx.commit().await?;
@@ -492,23 +485,21 @@ impl PgStore {
         metadata: &Metadata,
     ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
         let mut tx = self.pool.begin().await?;
-        let mut out = if events.is_empty() {
-            Vec::new()
-        } else {
-            append_in(&mut tx, owner, thread, events).await?
-        };
-        let checkpoint = match update {
-            None => None,
+        let (checkpoint, out) = match update {
+            None if events.is_empty() => (None, Vec::new()),
+            None => (None, append_in(&mut tx, owner, thread, events).await?),
             Some(update) => {
+                // The state first, then every event of the step (the values event last) in
+                // one append: two round trips inside the transaction.
                 let checkpoint =
                     update_state_in(&mut tx, owner, thread, Some(run), update, metadata).await?;
-                let values = NewEvent {
+                let mut all = events.to_vec();
+                all.push(NewEvent {
                     run_id: Some(run),
                     kind: EventKind::Values,
                     data: checkpoint.values.clone(),
-                };
-                out.extend(append_in(&mut tx, owner, thread, std::slice::from_ref(&values)).await?);
-                Some(checkpoint)
+                });
+                (Some(checkpoint), append_in(&mut tx, owner, thread, &all).await?)
             }
         };
         tx.commit().await?;
@@ -525,18 +516,40 @@ impl PgStore {
         event: &NewEvent,
     ) -> Result<(Run, Event)> {
         let mut tx = self.pool.begin().await?;
-        // A run ends once: a second end (another node's recovery got there first) is refused.
+        // A run ends once: only a running run is ended (another node's recovery may have got
+        // there first). The thread's row lock orders this with run creation.
         lock_owned_thread(&mut tx, owner, thread).await?;
-        let current: Option<String> =
-            sqlx::query_scalar("select status from runs where run_id = $1 and owner_id = $2")
-                .bind(run)
-                .bind(owner)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if current.as_deref() != Some("running") {
-            return Err(Error::Conflict(format!("run {run} is not running: it has already ended")));
-        }
-        let finished = set_run_status_in(&mut tx, owner, thread, run, status, error).await?;
+        let sql = concat!(
+            "update runs set status = $1, error = $2, updated_at = $3
+             where run_id = $4 and thread_id = $5 and owner_id = $6 and status = 'running'
+             returning ",
+            run_cols!()
+        );
+        let row = sqlx::query(sql)
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now())
+            .bind(run)
+            .bind(thread)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                Error::Conflict(format!("run {run} is not running: it has already ended"))
+            })?;
+        let finished = run_row(&row)?;
+        // The thread's status follows, and the run's last event, in one round trip each.
+        sqlx::query(
+            "update threads set updated_at = $2, status = case
+                 when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy'
+                 else $3 end
+             where thread_id = $1",
+        )
+        .bind(thread)
+        .bind(finished.updated_at)
+        .bind(thread_status_after(status, 0).as_str())
+        .execute(&mut *tx)
+        .await?;
         let mut events = append_in(&mut tx, owner, thread, std::slice::from_ref(event)).await?;
         tx.commit().await?;
         let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;
@@ -729,22 +742,16 @@ async fn update_state_in(
     .ok_or_else(|| Error::not_found("thread", thread))?;
     let values = update(current).map_err(Error::Invalid)?;
     let at = now();
-    sqlx::query(
-            "update threads set state_values = $1, state_updated_at = $2, updated_at = $2 where thread_id = $3",
-        )
-        .bind(Json(&values))
-        .bind(at)
-        .bind(thread)
-        .execute(&mut *conn)
-        .await?;
+    // One round trip: the thread's new values and the checkpoint that records them.
     let sql = concat!(
-            "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-             values ($1, $2, $3,
-                     (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
-                     $4, $5, $6)
-             returning ",
-            checkpoint_cols!()
-        );
+        "with t as (update threads set state_values = $4, state_updated_at = $6, updated_at = $6 where thread_id = $2)
+         insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+         values ($1, $2, $3,
+                 (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
+                 $4, $5, $6)
+         returning ",
+        checkpoint_cols!()
+    );
     let row = sqlx::query(sql)
         .bind(CheckpointId::new())
         .bind(thread)
