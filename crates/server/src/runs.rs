@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ids::{RunId, ThreadId};
 use serde_json::{Map, Value, json};
-use store::{EventKind, NewEvent, Run, RunStatus, Store};
+use store::{EventKind, NewEvent, Run, RunEnd, RunStatus, StateUpdate, Store};
 use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tracing::Instrument;
 
@@ -289,11 +289,17 @@ impl Executor {
     async fn finish(&self, run: &Run, sink: &mut Sink, outcome: Result<Value, Stop>) -> Finished {
         let store = &self.inner.store;
         let (status, error, event) = match &outcome {
-            Ok(_) => (
-                RunStatus::Success,
-                None,
-                (EventKind::AgentCompleted, json!({ "status": "success" })),
-            ),
+            // `drive` ended the run itself, with its last step.
+            Ok(values) => {
+                tracing::info!(status = "success", "run ended");
+                let values = Some(values.clone());
+                return Finished {
+                    run_id: run.run_id,
+                    status: Some(RunStatus::Success),
+                    values,
+                    error: None,
+                };
+            }
             Err(Stop::Cancelled(CancelAction::Interrupt)) => (
                 RunStatus::Interrupted,
                 None,
@@ -329,18 +335,15 @@ impl Executor {
             Err(e) => tracing::error!(error = %e, "could not record the end of the run"),
         }
         tracing::info!(status = %status, "run ended");
-        let values = match outcome {
-            Ok(values) => Some(values),
-            Err(_) => {
-                store.get_thread(run.owner_id, run.thread_id).await.ok().and_then(|t| t.values)
-            }
-        };
+        let values =
+            store.get_thread(run.owner_id, run.thread_id).await.ok().and_then(|t| t.values);
         Finished { run_id: run.run_id, status: Some(status), values, error }
     }
 }
 
 /// Executes one run: applies its input to the thread's state, runs the agent, appends the
-/// agent's message. Returns the thread's values after the run.
+/// agent's message and ends the run `success` (in one transaction). Returns the thread's
+/// values after the run; on an error the run has not ended yet (`finish` ends it).
 async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
     let graph_id = run.kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo").to_owned();
     let agent = Agent::from_graph(&graph_id).ok_or_else(|| Stop::Failed {
@@ -371,7 +374,8 @@ async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
     let message = agent.run(&state, &input, sink).await?;
     let writes = json!({ agent.name(): { "messages": [message.clone()] } });
     let metadata = json!({ "source": "loop", "step": 1, "run_id": run.run_id, "writes": writes });
-    sink.update_state(json!({ "messages": [message] }), metadata).await
+    // The last step and the run's end, in one transaction.
+    sink.commit_final(json!({ "messages": [message] }), metadata).await
 }
 
 /// Where an agent's events go: appended in the store (numbered there), then published.
@@ -451,16 +455,42 @@ impl Sink {
         self.check()?;
         let metadata = metadata.as_object().cloned().unwrap_or_default();
         let apply = Box::new(move |current| apply_update(current, update));
+        self.commit(Some(apply), &metadata, None).await
+    }
+
+    /// The run's last step and its end (`success`) in one transaction.
+    async fn commit_final(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
+        self.check()?;
+        let metadata = metadata.as_object().cloned().unwrap_or_default();
+        let apply = Box::new(move |current| apply_update(current, update));
+        let event = NewEvent {
+            run_id: Some(self.run.run_id),
+            kind: EventKind::AgentCompleted,
+            data: json!({ "status": "success" }),
+        };
+        let end = RunEnd { status: RunStatus::Success, error: None, event };
+        self.commit(Some(apply), &metadata, Some(&end)).await
+    }
+
+    /// Commits the buffered events with a state update (and an end), publishes what was
+    /// committed, and returns the thread's new values.
+    async fn commit(
+        &mut self,
+        update: Option<StateUpdate>,
+        metadata: &Map<String, Value>,
+        end: Option<&RunEnd>,
+    ) -> Result<Value, Stop> {
         let events = std::mem::take(&mut self.buffer);
-        let (checkpoint, events) = self
+        let step = self
             .store
             .commit_step(
                 self.run.owner_id,
                 self.run.thread_id,
                 self.run.run_id,
                 &events,
-                Some(apply),
-                &metadata,
+                update,
+                metadata,
+                end,
             )
             .await
             .map_err(|e| match e {
@@ -469,8 +499,8 @@ impl Sink {
                 }
                 other => other.into(),
             })?;
-        self.hub.publish(&events);
-        checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
+        self.hub.publish(&step.events);
+        step.checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
             error: "StoreError".into(),
             message: "no checkpoint".into(),
         })

@@ -503,9 +503,11 @@ impl Store {
         dispatch!(self.update_state(owner, thread, run, update, metadata))
     }
 
-    /// One step of a run, in one transaction: appends `events`, then (with `update`) applies
-    /// the update as a checkpoint of the run and appends a `values` event with the new values.
-    /// Returns the checkpoint and every event appended, once committed.
+    /// One step of a run, in one transaction: appends `events`; with `update`, applies it as
+    /// a checkpoint of the run and appends a `values` event with the new values; with `end`,
+    /// ends the run (only a running run: a run ends once) and appends its last event. Returns
+    /// what it committed; publish the events after this returns.
+    #[allow(clippy::too_many_arguments, reason = "one transaction's parts, each optional")]
     pub async fn commit_step(
         &self,
         owner: UserId,
@@ -514,11 +516,13 @@ impl Store {
         events: &[NewEvent],
         update: Option<StateUpdate>,
         metadata: &Metadata,
-    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
-        dispatch!(self.commit_step(owner, thread, run, events, update, metadata))
+        end: Option<&RunEnd>,
+    ) -> Result<Step> {
+        dispatch!(self.commit_step(owner, thread, run, events, update, metadata, end))
     }
 
     /// Ends a run: its status (the thread's follows) and its last event, in one transaction.
+    /// A run that is not running is a conflict: it has ended already.
     pub async fn finish_run(
         &self,
         owner: UserId,
@@ -528,7 +532,13 @@ impl Store {
         error: Option<&str>,
         event: &NewEvent,
     ) -> Result<(Run, Event)> {
-        dispatch!(self.finish_run(owner, thread, run, status, error, event))
+        let end = RunEnd { status, error: error.map(str::to_owned), event: event.clone() };
+        let step =
+            self.commit_step(owner, thread, run, &[], None, &Metadata::new(), Some(&end)).await?;
+        match (step.ended, step.events.into_iter().last()) {
+            (Some(ended), Some(last)) => Ok((ended, last)),
+            _ => Err(Error::Invalid("the run's end was not recorded".into())),
+        }
     }
 
     /// One checkpoint of the caller's thread.

@@ -258,6 +258,25 @@ pub struct NewRun {
     pub thread_metadata: Metadata,
 }
 
+/// How a run ends, recorded in the transaction of its last step: its status (the thread's
+/// follows), an error message, and its last event.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub event: NewEvent,
+}
+
+/// What one step of a run committed.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub checkpoint: Option<Checkpoint>,
+    /// Every event appended, in order (publish them).
+    pub events: Vec<Event>,
+    /// The run as it ended, when the step ended it.
+    pub ended: Option<Run>,
+}
+
 /// What `create_run` answers when the thread is busy and the strategy is `reject`.
 pub const THREAD_BUSY: &str = "Thread is already running a task. Wait for it to finish or choose a different multitask strategy.";
 

@@ -475,6 +475,7 @@ impl PgStore {
         Ok(checkpoint)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
     pub async fn commit_step(
         &self,
         owner: UserId,
@@ -483,77 +484,42 @@ impl PgStore {
         events: &[NewEvent],
         update: Option<StateUpdate>,
         metadata: &Metadata,
-    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
+        end: Option<&RunEnd>,
+    ) -> Result<Step> {
         let mut tx = self.pool.begin().await?;
-        let (checkpoint, out) = match update {
-            None if events.is_empty() => (None, Vec::new()),
-            None => (None, append_in(&mut tx, owner, thread, events).await?),
+        let mut all = events.to_vec();
+        // The state first (its read takes the thread's row lock) ...
+        let checkpoint = match update {
+            None => None,
             Some(update) => {
-                // The state first, then every event of the step (the values event last) in
-                // one append: two round trips inside the transaction.
                 let checkpoint =
                     update_state_in(&mut tx, owner, thread, Some(run), update, metadata).await?;
-                let mut all = events.to_vec();
                 all.push(NewEvent {
                     run_id: Some(run),
                     kind: EventKind::Values,
                     data: checkpoint.values.clone(),
                 });
-                (Some(checkpoint), append_in(&mut tx, owner, thread, &all).await?)
+                Some(checkpoint)
             }
         };
+        // ... then the run's end ...
+        let ended = match end {
+            None => None,
+            Some(end) => {
+                let ended =
+                    end_run_in(&mut tx, owner, thread, run, end, checkpoint.is_none()).await?;
+                all.push(end.event.clone());
+                Some(ended)
+            }
+        };
+        // ... and every event of the step in one append, in order.
+        let events = if all.is_empty() {
+            Vec::new()
+        } else {
+            append_in(&mut tx, owner, thread, &all).await?
+        };
         tx.commit().await?;
-        Ok((checkpoint, out))
-    }
-
-    pub async fn finish_run(
-        &self,
-        owner: UserId,
-        thread: ThreadId,
-        run: RunId,
-        status: RunStatus,
-        error: Option<&str>,
-        event: &NewEvent,
-    ) -> Result<(Run, Event)> {
-        let mut tx = self.pool.begin().await?;
-        // A run ends once: only a running run is ended (another node's recovery may have got
-        // there first). The thread's row lock orders this with run creation.
-        lock_owned_thread(&mut tx, owner, thread).await?;
-        let sql = concat!(
-            "update runs set status = $1, error = $2, updated_at = $3
-             where run_id = $4 and thread_id = $5 and owner_id = $6 and status = 'running'
-             returning ",
-            run_cols!()
-        );
-        let row = sqlx::query(sql)
-            .bind(status.as_str())
-            .bind(error)
-            .bind(now())
-            .bind(run)
-            .bind(thread)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                Error::Conflict(format!("run {run} is not running: it has already ended"))
-            })?;
-        let finished = run_row(&row)?;
-        // The thread's status follows, and the run's last event, in one round trip each.
-        sqlx::query(
-            "update threads set updated_at = $2, status = case
-                 when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy'
-                 else $3 end
-             where thread_id = $1",
-        )
-        .bind(thread)
-        .bind(finished.updated_at)
-        .bind(thread_status_after(status, 0).as_str())
-        .execute(&mut *tx)
-        .await?;
-        let mut events = append_in(&mut tx, owner, thread, std::slice::from_ref(event)).await?;
-        tx.commit().await?;
-        let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;
-        Ok((finished, last))
+        Ok(Step { checkpoint, events, ended })
     }
 
     pub async fn get_checkpoint(
@@ -855,6 +821,52 @@ async fn append_in(
             created_at,
         })
         .collect())
+}
+
+/// Ends a running run (a run ends once) and sets its thread's status, in the caller's
+/// transaction; `lock` takes the thread's row lock first (unless the caller holds it).
+async fn end_run_in(
+    conn: &mut PgConnection,
+    owner: UserId,
+    thread: ThreadId,
+    run: RunId,
+    end: &RunEnd,
+    lock: bool,
+) -> Result<Run> {
+    if lock {
+        lock_owned_thread(conn, owner, thread).await?;
+    }
+    let sql = concat!(
+        "update runs set status = $1, error = $2, updated_at = $3
+         where run_id = $4 and thread_id = $5 and owner_id = $6 and status = 'running'
+         returning ",
+        run_cols!()
+    );
+    let row = sqlx::query(sql)
+        .bind(end.status.as_str())
+        .bind(&end.error)
+        .bind(now())
+        .bind(run)
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| {
+            Error::Conflict(format!("run {run} is not running: it has already ended"))
+        })?;
+    let ended = run_row(&row)?;
+    sqlx::query(
+        "update threads set updated_at = $2, status = case
+             when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy'
+             else $3 end
+         where thread_id = $1",
+    )
+    .bind(thread)
+    .bind(ended.updated_at)
+    .bind(thread_status_after(end.status, 0).as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(ended)
 }
 
 async fn lock_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {

@@ -483,6 +483,7 @@ impl SqliteStore {
         self.write(move |c| update_state_in(c, owner, thread, run, update, &metadata_text)).await
     }
 
+    #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
     pub async fn commit_step(
         &self,
         owner: UserId,
@@ -491,51 +492,53 @@ impl SqliteStore {
         events: &[NewEvent],
         update: Option<StateUpdate>,
         metadata: &Metadata,
-    ) -> Result<(Option<Checkpoint>, Vec<Event>)> {
+        end: Option<&RunEnd>,
+    ) -> Result<Step> {
         let events = encode_events(events)?;
         let metadata_text = serde_json::to_string(metadata)?;
+        let end = end
+            .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
+            .transpose()?;
         self.write(move |c| {
             let mut out =
                 if events.is_empty() { Vec::new() } else { append_in(c, owner, thread, events)? };
-            let Some(update) = update else { return Ok((None, out)) };
-            let checkpoint = update_state_in(c, owner, thread, Some(run), update, &metadata_text)?;
-            let values = NewEvent {
-                run_id: Some(run),
-                kind: EventKind::Values,
-                data: checkpoint.values.clone(),
+            let checkpoint = match update {
+                None => None,
+                Some(update) => {
+                    let checkpoint =
+                        update_state_in(c, owner, thread, Some(run), update, &metadata_text)?;
+                    let values = NewEvent {
+                        run_id: Some(run),
+                        kind: EventKind::Values,
+                        data: checkpoint.values.clone(),
+                    };
+                    out.extend(append_in(c, owner, thread, encode_events(&[values])?)?);
+                    Some(checkpoint)
+                }
             };
-            out.extend(append_in(c, owner, thread, encode_events(&[values])?)?);
-            Ok((Some(checkpoint), out))
-        })
-        .await
-    }
-
-    pub async fn finish_run(
-        &self,
-        owner: UserId,
-        thread: ThreadId,
-        run: RunId,
-        status: RunStatus,
-        error: Option<&str>,
-        event: &NewEvent,
-    ) -> Result<(Run, Event)> {
-        let error = error.map(str::to_owned);
-        let event = encode_events(std::slice::from_ref(event))?;
-        self.write(move |c| {
-            // A run ends once: a second end (another node's recovery got there first) is refused.
-            let current: Option<String> = c
-                .prepare_cached("select status from runs where run_id = ?1 and owner_id = ?2")?
-                .query_row(params![run, owner], |r| r.get(0))
-                .optional()?;
-            if current.as_deref() != Some("running") {
-                return Err(Error::Conflict(format!(
-                    "run {run} is not running: it has already ended"
-                )));
-            }
-            let finished = set_run_status_in(c, owner, thread, run, status, error.as_deref())?;
-            let mut events = append_in(c, owner, thread, event)?;
-            let last = events.pop().ok_or_else(|| Error::Invalid("no event appended".into()))?;
-            Ok((finished, last))
+            let ended = match end {
+                None => None,
+                Some((end, last)) => {
+                    // A run ends once: a second end (another node's recovery got there first)
+                    // is refused.
+                    let current: Option<String> = c
+                        .prepare_cached(
+                            "select status from runs where run_id = ?1 and owner_id = ?2",
+                        )?
+                        .query_row(params![run, owner], |r| r.get(0))
+                        .optional()?;
+                    if current.as_deref() != Some("running") {
+                        return Err(Error::Conflict(format!(
+                            "run {run} is not running: it has already ended"
+                        )));
+                    }
+                    let ended =
+                        set_run_status_in(c, owner, thread, run, end.status, end.error.as_deref())?;
+                    out.extend(append_in(c, owner, thread, last)?);
+                    Some(ended)
+                }
+            };
+            Ok(Step { checkpoint, events: out, ended })
         })
         .await
     }

@@ -792,10 +792,11 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
     let run = store.create_run(owner, &new_run(id), IfNotExists::Create).await.unwrap();
     let events = [event(EventKind::AgentStarted, 1), event(EventKind::MessageDelta, 2)];
     let update = Box::new(|_: Option<serde_json::Value>| Ok(json!({"messages": ["a"]})));
-    let (checkpoint, appended) = store
-        .commit_step(owner, id, run.run_id, &events, Some(update), &Metadata::new())
+    let step = store
+        .commit_step(owner, id, run.run_id, &events, Some(update), &Metadata::new(), None)
         .await
         .unwrap();
+    let (checkpoint, appended) = (step.checkpoint, step.events);
     assert_eq!(checkpoint.unwrap().run_id, Some(run.run_id));
     let kinds: Vec<_> = appended.iter().map(|e| (e.seq, e.kind)).collect();
     assert_eq!(
@@ -806,7 +807,7 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
     // A failing update takes its events with it.
     let fail = Box::new(|_: Option<serde_json::Value>| Err("no".to_owned()));
     let result =
-        store.commit_step(owner, id, run.run_id, &events, Some(fail), &Metadata::new()).await;
+        store.commit_step(owner, id, run.run_id, &events, Some(fail), &Metadata::new(), None).await;
     assert!(matches!(result, Err(Error::Invalid(_))));
     assert_eq!(store.events_after(owner, id, None, 0, 100).await.unwrap().len(), 3);
     let done = event(EventKind::AgentCompleted, 9);
@@ -839,5 +840,7 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
     assert!(matches!(again, Err(Error::Conflict(_))), "a run ends once");
     assert_eq!(store.get_run(owner, id, run.run_id).await.unwrap().status, RunStatus::Success);
     let bob = store.ensure_user("bob").await.unwrap().user_id;
-    assert_not_found(store.commit_step(bob, id, run.run_id, &events, None, &Metadata::new()).await);
+    assert_not_found(
+        store.commit_step(bob, id, run.run_id, &events, None, &Metadata::new(), None).await,
+    );
 }
