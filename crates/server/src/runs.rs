@@ -149,11 +149,22 @@ impl Executor {
         action: CancelAction,
     ) -> store::Result<()> {
         let rollback = action == CancelAction::Rollback;
-        if !self.inner.store.cancel_pending_run(owner, run.thread_id, run.run_id, rollback).await? {
-            self.cancel(run.run_id, action);
+        if self.inner.store.cancel_pending_run(owner, run.thread_id, run.run_id, rollback).await? {
+            self.announce_cancelled(owner, run.thread_id, run.run_id, action).await?;
+            // A stateless run's thread goes with it, even when it never started.
+            if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
+                self.inner.store.delete_thread(owner, run.thread_id).await?;
+            }
             return Ok(());
         }
-        self.announce_cancelled(owner, run.thread_id, run.run_id, action).await
+        // Not pending: stop it if it is still running (an ended run needs nothing, and leaves
+        // no early-cancel entry behind).
+        match self.inner.store.get_run(owner, run.thread_id, run.run_id).await {
+            Ok(current) if current.status == RunStatus::Running => self.cancel(run.run_id, action),
+            Ok(_) | Err(store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Tells a pending run's streams and waiters that it was cancelled before it started
