@@ -456,7 +456,7 @@ impl PgStore {
         error: Option<&str>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let run = set_run_status_in(&mut tx, owner, thread, id, status, error).await?;
+        let run = set_run_status_in(&mut tx, owner, thread, id, status, error, true, false).await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -506,8 +506,11 @@ impl PgStore {
         let ended = match end {
             None => None,
             Some(end) => {
+                // The state update above took the thread's lock already, if there was one.
+                let (lock, error) = (checkpoint.is_none(), end.error.as_deref());
                 let ended =
-                    end_run_in(&mut tx, owner, thread, run, end, checkpoint.is_none()).await?;
+                    set_run_status_in(&mut tx, owner, thread, run, end.status, error, lock, true)
+                        .await?;
                 all.push(end.event.clone());
                 Some(ended)
             }
@@ -731,45 +734,6 @@ async fn update_state_in(
     Ok(checkpoint)
 }
 
-/// Moves a run to `status`; the thread's status follows. In the caller's transaction.
-async fn set_run_status_in(
-    conn: &mut PgConnection,
-    owner: UserId,
-    thread: ThreadId,
-    id: RunId,
-    status: RunStatus,
-    error: Option<&str>,
-) -> Result<Run> {
-    lock_owned_thread(conn, owner, thread).await?;
-    let at = now();
-    let sql = concat!("update runs set status = $1, error = $2, updated_at = $3 where run_id = $4 and thread_id = $5 and owner_id = $6
-             returning ", run_cols!());
-    let row = sqlx::query(sql)
-        .bind(status.as_str())
-        .bind(error)
-        .bind(at)
-        .bind(id)
-        .bind(thread)
-        .bind(owner)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| Error::not_found("run", id))?;
-    let active: i64 = sqlx::query_scalar(
-        "select count(*) from runs where thread_id = $1 and status in ('pending', 'running')",
-    )
-    .bind(thread)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("update threads set status = $1, updated_at = $2 where thread_id = $3")
-        .bind(thread_status_after(status, active).as_str())
-        .bind(at)
-        .bind(thread)
-        .execute(&mut *conn)
-        .await?;
-    let run = run_row(&row)?;
-    Ok(run)
-}
-
 /// Appends events numbered from the thread's `last_seq`. One statement, so one implicit
 /// transaction when run alone: the thread's row lock (taken by the update) orders concurrent
 /// appenders, and a failed insert rolls the counter back.
@@ -823,38 +787,45 @@ async fn append_in(
         .collect())
 }
 
-/// Ends a running run (a run ends once) and sets its thread's status, in the caller's
-/// transaction; `lock` takes the thread's row lock first (unless the caller holds it).
-async fn end_run_in(
+/// Moves a run to `status` and sets its thread's status to match, in the caller's
+/// transaction (after taking the thread's row lock, unless `lock` is false because the caller
+/// holds it). With `only_running`, only a running run moves: a run ends once, and a second
+/// end is a conflict.
+#[allow(clippy::too_many_arguments, reason = "one statement's parameters")]
+async fn set_run_status_in(
     conn: &mut PgConnection,
     owner: UserId,
     thread: ThreadId,
     run: RunId,
-    end: &RunEnd,
+    status: RunStatus,
+    error: Option<&str>,
     lock: bool,
+    only_running: bool,
 ) -> Result<Run> {
     if lock {
         lock_owned_thread(conn, owner, thread).await?;
     }
     let sql = concat!(
         "update runs set status = $1, error = $2, updated_at = $3
-         where run_id = $4 and thread_id = $5 and owner_id = $6 and status = 'running'
+         where run_id = $4 and thread_id = $5 and owner_id = $6 and (not $7 or status = 'running')
          returning ",
         run_cols!()
     );
     let row = sqlx::query(sql)
-        .bind(end.status.as_str())
-        .bind(&end.error)
+        .bind(status.as_str())
+        .bind(error)
         .bind(now())
         .bind(run)
         .bind(thread)
         .bind(owner)
+        .bind(only_running)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| {
-            Error::Conflict(format!("run {run} is not running: it has already ended"))
+        .ok_or_else(|| match only_running {
+            true => Error::Conflict(format!("run {run} is not running: it has already ended")),
+            false => Error::not_found("run", run),
         })?;
-    let ended = run_row(&row)?;
+    let updated = run_row(&row)?;
     sqlx::query(
         "update threads set updated_at = $2, status = case
              when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy'
@@ -862,11 +833,11 @@ async fn end_run_in(
          where thread_id = $1",
     )
     .bind(thread)
-    .bind(ended.updated_at)
-    .bind(thread_status_after(end.status, 0).as_str())
+    .bind(updated.updated_at)
+    .bind(thread_status_after(status, 0).as_str())
     .execute(&mut *conn)
     .await?;
-    Ok(ended)
+    Ok(updated)
 }
 
 async fn lock_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
