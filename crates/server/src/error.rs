@@ -55,6 +55,14 @@ impl ApiError {
         ApiError::Invalid { code: "invalid_request", detail: detail.into() }
     }
 
+    /// 422 for a value Spindle cannot honour yet: refused, never silently dropped.
+    pub fn unsupported(what: impl std::fmt::Display) -> Self {
+        ApiError::Invalid {
+            code: "unsupported",
+            detail: format!("{what} is not supported by this server yet"),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

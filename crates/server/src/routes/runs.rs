@@ -131,10 +131,7 @@ struct Validated {
 }
 
 fn unsupported(field: &str) -> ApiError {
-    ApiError::Invalid {
-        code: "unsupported",
-        detail: format!("{field} is not supported by this server yet"),
-    }
+    ApiError::unsupported(field)
 }
 
 fn is_set(value: &Option<Value>) -> bool {
@@ -555,15 +552,8 @@ async fn join_stream(
     request_headers: HeaderMap,
 ) -> ApiResult<Response> {
     // The SDKs repeat `stream_mode` for a list and send it empty for "the run's own".
-    let values = |key: &str| -> Vec<String> {
-        query.iter().filter(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.clone()).collect()
-    };
-    let requested = values("stream_mode");
-    let modes = if requested.is_empty() {
-        run_modes(&run)
-    } else {
-        parse_modes(Some(OneOrMany::Many(requested)))?
-    };
+    let values = |key: &str| query_values(&query, key);
+    let modes = query_modes(&query)?.unwrap_or_else(|| run_modes(&run));
     let last = request_headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -580,6 +570,20 @@ async fn join_stream(
         OnDisconnect::Continue
     };
     Ok(sse(&state, context.user, run, modes, cursor, on_disconnect, None))
+}
+
+/// The non-empty values of a query key, in order (the SDKs repeat a key for a list).
+fn query_values(query: &[(String, String)], key: &str) -> Vec<String> {
+    query.iter().filter(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.clone()).collect()
+}
+
+/// The `stream_mode`s a join asks for; `None` when it asks for none (an empty value included).
+fn query_modes(query: &[(String, String)]) -> ApiResult<Option<Vec<StreamMode>>> {
+    let requested = query_values(query, "stream_mode");
+    if requested.is_empty() {
+        return Ok(None);
+    }
+    parse_modes(Some(OneOrMany::Many(requested))).map(Some)
 }
 
 fn run_modes(run: &Run) -> Vec<StreamMode> {
@@ -776,16 +780,7 @@ async fn join_thread_stream(
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     request_headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let requested: Vec<String> = query
-        .iter()
-        .filter(|(k, v)| k == "stream_mode" && !v.is_empty())
-        .map(|(_, v)| v.clone())
-        .collect();
-    let modes = if requested.is_empty() {
-        vec![StreamMode::Values]
-    } else {
-        parse_modes(Some(OneOrMany::Many(requested)))?
-    };
+    let modes = query_modes(&query)?.unwrap_or_else(|| vec![StreamMode::Values]);
     let last = request_headers.get("last-event-id").and_then(|v| v.to_str().ok());
     // Without a cursor, from now on; with one, after it.
     let cursor = match last {

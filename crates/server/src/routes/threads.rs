@@ -59,10 +59,7 @@ pub struct CreateThread {
 fn unsupported(field: &str, value: &Option<Value>) -> ApiResult<()> {
     match value {
         None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(ApiError::Invalid {
-            code: "unsupported",
-            detail: format!("{field} is not supported by this server yet"),
-        }),
+        Some(_) => Err(ApiError::unsupported(field)),
     }
 }
 
