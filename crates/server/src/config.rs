@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (migrates the database first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys (for `serve --auth keys`).
@@ -73,6 +73,47 @@ pub struct ServeArgs {
     /// Origins allowed by CORS, comma-separated, or `*` for any.
     #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
+    #[command(flatten)]
+    pub ws: WsArgs,
+}
+
+/// The WebSocket channel (`GET /ws`; docs/websocket.md).
+#[derive(Debug, Args)]
+pub struct WsArgs {
+    /// Seconds between the server's pings; a connection silent for a whole interval after a
+    /// ping is closed (4009).
+    #[arg(long, env = "SPINDLE_WS_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_ping_interval: u64,
+    /// Largest frame a client may send, in bytes (larger: a `too_large` error).
+    #[arg(long, env = "SPINDLE_WS_MAX_MESSAGE", default_value_t = 64 * 1024)]
+    pub ws_max_message: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SPINDLE_WS_MAX_OUTBOUND", default_value_t = 1024 * 1024)]
+    pub ws_max_outbound: usize,
+    /// WebSocket connections one user may hold open (more: closed with 4029).
+    #[arg(long, env = "SPINDLE_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub ws_max_connections_per_user: usize,
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "SPINDLE_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+    /// Seconds a connection without credentials in its handshake has to send `auth`.
+    #[arg(long, env = "SPINDLE_WS_AUTH_TIMEOUT", default_value_t = 10)]
+    pub ws_auth_timeout: u64,
+}
+
+impl WsArgs {
+    pub fn config(&self) -> crate::ws::WsConfig {
+        use std::time::Duration;
+        crate::ws::WsConfig {
+            ping_interval: Duration::from_secs(self.ws_ping_interval),
+            max_message: self.ws_max_message,
+            max_outbound: self.ws_max_outbound,
+            max_connections_per_user: self.ws_max_connections_per_user,
+            max_subscriptions: self.ws_max_subscriptions,
+            auth_timeout: Duration::from_secs(self.ws_auth_timeout),
+            ..crate::ws::WsConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -27,9 +27,10 @@ pub struct RequestContext {
     pub subject: String,
 }
 
-/// Routes anyone may call: liveness, version, health and the API description.
+/// Routes anyone may call: liveness, version, health and the API description; and `/ws`,
+/// which authenticates itself (a browser may send its credential in the first frame).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/ok" | "/info" | "/healthz" | "/openapi.json")
+    matches!(path, "/ok" | "/info" | "/healthz" | "/openapi.json" | "/ws")
 }
 
 /// The client's `x-request-id` if it is one of our ids' canonical form; otherwise a new one

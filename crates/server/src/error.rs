@@ -78,7 +78,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "malformed_json",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -92,11 +92,9 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let request_id = current_request_id();
+    /// The status, code and detail a client is told (the cause of a 5xx is logged instead).
+    pub fn into_parts(self, request_id: RequestId) -> (StatusCode, &'static str, String) {
         let status = self.status();
         let code = self.code();
         let detail = match self {
@@ -117,6 +115,14 @@ impl IntoResponse for ApiError {
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Invalid { detail: d, .. } => d,
         };
+        (status, code, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id();
+        let (status, code, detail) = self.into_parts(request_id);
         let body = json!({ "detail": detail, "code": code, "request_id": request_id });
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => run_serve(args).await,
+            Command::Serve(args) => run_serve(*args).await,
             Command::Migrate(args) => run_migrate(args).await,
             Command::Keys(command) => run_keys(command).await,
         }
@@ -70,7 +70,7 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
                 .collect::<Result<_, _>>()?,
         ),
     };
-    Ok(HttpConfig { body_limit: args.body_limit, cors_origins })
+    Ok(HttpConfig { body_limit: args.body_limit, cors_origins, ws: args.ws.config() })
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), String> {

@@ -186,7 +186,7 @@ impl Executor {
             data: json!({ "action": action_name, "run_id": run }),
         };
         let events = self.inner.store.append_events(owner, thread, &[event]).await?;
-        self.inner.hub.publish(&events);
+        self.inner.hub.publish(owner, &events);
         let status = if rollback { None } else { Some(RunStatus::Interrupted) };
         let values = self.inner.store.get_thread(owner, thread).await.ok().and_then(|t| t.values);
         let _ = self.inner.finished.send(Finished { run_id: run, status, values, error: None });
@@ -216,7 +216,7 @@ impl Executor {
             };
             let events =
                 self.inner.store.append_events(run.owner_id, run.thread_id, &[event]).await?;
-            self.inner.hub.publish(&events);
+            self.inner.hub.publish(run.owner_id, &events);
             tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart");
         }
         Ok(runs.len())
@@ -342,7 +342,7 @@ impl Executor {
             .finish_run(run.owner_id, run.thread_id, run.run_id, status, message, &last)
             .await
         {
-            Ok((_, event)) => self.inner.hub.publish(std::slice::from_ref(&event)),
+            Ok((_, event)) => self.inner.hub.publish(run.owner_id, std::slice::from_ref(&event)),
             Err(e) => tracing::error!(error = %e, "could not record the end of the run"),
         }
         tracing::info!(status = %status, "run ended");
@@ -440,7 +440,7 @@ impl Sink {
             let batch = std::mem::replace(&mut self.buffer, rest);
             let events =
                 self.store.append_events(self.run.owner_id, self.run.thread_id, &batch).await?;
-            self.hub.publish(&events);
+            self.hub.publish(self.run.owner_id, &events);
         }
         Ok(())
     }
@@ -510,7 +510,7 @@ impl Sink {
                 }
                 other => other.into(),
             })?;
-        self.hub.publish(&step.events);
+        self.hub.publish(self.run.owner_id, &step.events);
         step.checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
             error: "StoreError".into(),
             message: "no checkpoint".into(),
@@ -521,7 +521,7 @@ impl Sink {
     async fn publish_unowned(&mut self, kind: EventKind, data: Value) {
         let event = NewEvent { run_id: None, kind, data };
         match self.store.append_events(self.run.owner_id, self.run.thread_id, &[event]).await {
-            Ok(events) => self.hub.publish(&events),
+            Ok(events) => self.hub.publish(self.run.owner_id, &events),
             Err(e) => tracing::warn!(error = %e, "could not append the rollback event"),
         }
     }

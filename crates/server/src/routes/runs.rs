@@ -277,6 +277,25 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     Ok(run)
 }
 
+/// Starts a run for the WebSocket channel exactly as `POST /threads/{thread_id}/runs` does;
+/// `new_thread` creates the thread with the run (the channel's `run` without a thread id).
+pub async fn start(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    new_thread: bool,
+    body: RunCreate,
+) -> ApiResult<Run> {
+    let mut v = validate(state, context, thread, body, false).await?;
+    if v.on_disconnect == OnDisconnect::Cancel {
+        return Err(unsupported("on_disconnect `cancel` over the WebSocket channel"));
+    }
+    if new_thread {
+        v.if_not_exists = IfNotExists::Create;
+    }
+    create(state, context, &v).await
+}
+
 /// Creates a run in the background; answers with the run.
 async fn background(
     state: &AppState,
