@@ -52,6 +52,8 @@ impl Hub {
 
     /// Publishes events that the store has committed (persist, then publish).
     pub fn publish(&self, events: &[Event]) {
+        // Every committed event passes here (persist, then publish): count it once.
+        crate::metrics::events_appended(events.len());
         let Some(first) = events.first() else { return };
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let Some(sender) = channels.get(&first.thread_id) else { return };
