@@ -36,7 +36,7 @@ pub enum Exposure {
     Public,
     /// Only authenticated callers (an API key or JWT, as for the API).
     Auth,
-    /// Not on the main listener (404).
+    /// Not on the main listener (an unknown route there).
     Off,
 }
 

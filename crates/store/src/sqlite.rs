@@ -699,11 +699,15 @@ impl SqliteStore {
     pub async fn admin_stats(&self) -> Result<Stats> {
         self.read(move |c| {
             let count = |sql: &str| -> Result<i64> { Ok(c.query_row(sql, [], |r| r.get(0))?) };
-            let threads_busy = count("select count(*) from threads where status = 'busy'")?;
+            // Named indexes: without statistics SQLite would rather scan a covering index of
+            // every run.
+            let threads_busy =
+                count("select count(*) from threads indexed by threads_busy where status = 'busy'")?;
             let threads_busy_without_run = count(STATS_BUSY_WITHOUT_RUN)?;
-            let runs_pending = count("select count(*) from runs where status = 'pending'")?;
+            let runs_pending =
+                count("select count(*) from runs indexed by runs_pending where status = 'pending'")?;
             let (runs_running, oldest): (i64, Option<i64>) = c.query_row(
-                "select count(*), min(updated_at) from runs where status = 'running'",
+                "select count(*), min(updated_at) from runs indexed by runs_running where status = 'running'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
