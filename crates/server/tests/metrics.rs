@@ -199,6 +199,10 @@ async fn traffic_shows_in_the_counters(backend: Backend) {
         .call(Method::POST, &format!("/threads/{t}/runs"), Some(json!({"assistant_id": "echo"})))
         .await;
     assert_eq!(foreign_run.status, StatusCode::NOT_FOUND);
+    // With `if_not_exists=create`, another user's id is a conflict, and counted as not_owner.
+    let create = json!({"assistant_id": "echo", "if_not_exists": "create"});
+    let taken = bob.call(Method::POST, &format!("/threads/{t}/runs"), Some(create)).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.body);
     alice.call(Method::GET, "/threads/not-a-thread", None).await.error(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_id",
@@ -245,7 +249,7 @@ async fn traffic_shows_in_the_counters(backend: Backend) {
     d("spindle_runs_finished_total", &[("status", "success")], runs);
     d("spindle_sessions_opened_total", &[("transport", "http")], f64::from(sessions.get()));
     d("spindle_sessions_opened_total", &[("transport", "ws")], 0.0);
-    d("spindle_thread_lookup_failures_total", &[("reason", "not_owner")], 2.0);
+    d("spindle_thread_lookup_failures_total", &[("reason", "not_owner")], 3.0);
     d("spindle_thread_lookup_failures_total", &[("reason", "not_found")], 1.0);
     d("spindle_thread_lookup_failures_total", &[("reason", "malformed_id")], 1.0);
     d("spindle_id_rejections_total", &[("kind", "thread")], 2.0);

@@ -322,6 +322,7 @@ async fn thread_failure(
                 && t.owner_id != context.user
             {
                 metrics::thread_lookup_failed(LookupFailure::NotOwner);
+                tracing::info!(reason = "not_owner", "thread id taken by another user");
             }
         }
         _ => {}
