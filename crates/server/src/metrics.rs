@@ -12,6 +12,14 @@
 //!
 //! Labels never carry an id: routes are axum's route templates (`/threads/{thread_id}`), and
 //! a request that matched no route is `unmatched`.
+//!
+//! The WebSocket channel (`ws.rs`) reports through the same functions: `session_opened(Ws)`
+//! once a connection is authenticated, `ws_connection_opened` / `ws_connection_closed` around
+//! a connection's life, `ws_slow_consumer_closed` when it closes with 4008,
+//! `event_delivered(Ws, event.created_at)` per event frame, `id_parse_failed` for a malformed
+//! id in a frame (and `thread_lookup_failed(MalformedId)` for a thread id), and
+//! `context::owned_thread` to load a subscribed thread so that `not_found` and `not_owner`
+//! are counted as for HTTP.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -225,10 +233,12 @@ pub fn event_delivered(transport: Transport, created_at: DateTime<Utc>) {
     histogram!("spindle_event_delivery_seconds", "transport" => transport.as_str()).record(seconds);
 }
 
+/// A WebSocket connection was opened (pair with [`ws_connection_closed`]).
 pub fn ws_connection_opened() {
     gauge!("spindle_ws_connections").increment(1.0);
 }
 
+/// A WebSocket connection was closed.
 pub fn ws_connection_closed() {
     gauge!("spindle_ws_connections").decrement(1.0);
 }
