@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use store::DatabaseUrl;
 
 use crate::auth::{AuthMode, JwtConfig};
+use crate::metrics::Exposure;
 
 /// Spindle: an Agent Protocol server for multi-user AI-agent conversations.
 #[derive(Debug, Parser)]
@@ -73,6 +74,16 @@ pub struct ServeArgs {
     /// Origins allowed by CORS, comma-separated, or `*` for any.
     #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
+    /// `/metrics` (Prometheus text) on the main listener: public (anyone who reaches the
+    /// port; no ids or users are in any series), auth (API credentials, as for every route), or
+    /// off. Default: public, or off when --metrics-listen is given.
+    #[arg(long, env = "SPINDLE_METRICS", value_enum)]
+    pub metrics: Option<Exposure>,
+    /// Also serve `/metrics`, and nothing else, without authentication on this address
+    /// (e.g. 127.0.0.1:9464, a port only Prometheus reaches); port 0 picks a free port (printed
+    /// on the line after the main address).
+    #[arg(long, env = "SPINDLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub ws: WsArgs,
 }

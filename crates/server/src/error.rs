@@ -202,6 +202,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
             return ApiError::BadRequest(format!("malformed JSON body: {syntax}"));
         }
+        if let Some(kind) = rejected_id(&inner.to_string()) {
+            crate::metrics::id_rejected(crate::metrics::id_kind(kind));
+        }
         let detail = if path == "." {
             format!("invalid request body: {inner}")
         } else {
@@ -209,6 +212,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         };
         ApiError::Invalid { code: "invalid_body", detail }
     })
+}
+
+/// The kind of id a deserialization error refused, read from the message the ids crate
+/// writes (`invalid thread_id `...`: ...`): serde keeps only the text of a field's error.
+fn rejected_id(message: &str) -> Option<ids::IdKind> {
+    let rest = message.strip_prefix("invalid ")?;
+    ids::IdKind::ALL
+        .into_iter()
+        .find(|kind| rest.strip_prefix(kind.field()).is_some_and(|after| after.starts_with(" `")))
 }
 
 /// Query parameters, with rejections in our error shape (422).

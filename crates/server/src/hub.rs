@@ -74,6 +74,8 @@ impl Hub {
     /// Publishes events of one thread of `owner` that the store has committed (persist, then
     /// publish).
     pub fn publish(&self, owner: UserId, events: &[Event]) {
+        // Every committed event passes here (persist, then publish): count it once.
+        crate::metrics::events_appended(events.len());
         let Some(first) = events.first() else { return };
         let thread = {
             let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());

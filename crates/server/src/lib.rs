@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod routes;
 pub mod runs;
 pub mod stream;
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -42,11 +43,18 @@ pub struct HttpConfig {
     pub cors_origins: Option<Vec<HeaderValue>>,
     /// The WebSocket channel's limits and heartbeat.
     pub ws: ws::WsConfig,
+    /// Whether `/metrics` is on this router, and who may read it.
+    pub metrics: metrics::Exposure,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { body_limit: 10 * 1024 * 1024, cors_origins: None, ws: ws::WsConfig::default() }
+        HttpConfig {
+            body_limit: 10 * 1024 * 1024,
+            cors_origins: None,
+            metrics: metrics::Exposure::Public,
+            ws: ws::WsConfig::default(),
+        }
     }
 }
 
@@ -75,6 +83,7 @@ impl AppState {
         http: HttpConfig,
         executor: ExecutorConfig,
     ) -> store::Result<AppState> {
+        metrics::install();
         for (_, graph_id, description) in Agent::ALL {
             let spec = SystemAssistant {
                 graph_id: graph_id.into(),
@@ -102,13 +111,21 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: the routes, `/openapi.json`, JSON errors for unknown routes and
-/// methods, the request context on everything, the body limit and CORS.
+/// The whole HTTP surface: the routes, `/openapi.json`, `/metrics` (unless configured off),
+/// JSON errors for unknown routes and methods, the request context on everything, the body
+/// limit and CORS.
 pub fn app(state: AppState) -> Router {
     let (routes, openapi) = routes::router();
     let openapi = Arc::new(openapi);
+    let mut routes =
+        routes.route("/openapi.json", get(move || std::future::ready(Json(openapi.clone()))));
+    if state.http.metrics != metrics::Exposure::Off {
+        routes = routes.route(
+            metrics::PATH,
+            get(|State(state): State<AppState>| metrics::handler(State(state.store))),
+        );
+    }
     routes
-        .route("/openapi.json", get(move || std::future::ready(Json(openapi.clone()))))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

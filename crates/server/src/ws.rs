@@ -38,6 +38,7 @@ use crate::auth::{AuthMode, Caller};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::hub::UserLive;
+use crate::metrics::{self, LookupFailure, Transport};
 use crate::routes::runs::RunCreate;
 use crate::runs::CancelAction;
 use crate::wire::RunOut;
@@ -163,6 +164,7 @@ struct Slot {
 impl Slot {
     fn open(connections: Arc<Connections>) -> Slot {
         connections.open.send_modify(|n| *n += 1);
+        metrics::ws_connection_opened();
         Slot { connections, user: None }
     }
 
@@ -192,6 +194,7 @@ impl Drop for Slot {
             }
         }
         self.connections.open.send_modify(|n| *n -= 1);
+        metrics::ws_connection_closed();
     }
 }
 
@@ -283,6 +286,7 @@ async fn connection(state: AppState, socket: WebSocket, caller: Option<Caller>) 
         Ok(caller) => {
             Span::current().record("user_id", display(caller.user));
             if slot.claim(caller.user) {
+                metrics::session_opened(Transport::Ws);
                 tracing::info!("websocket connected");
                 let mut conn = Conn::new(state, caller, out.clone());
                 conn.send(json!({
@@ -566,6 +570,10 @@ impl From<store::Error> for Failure {
 
 impl From<ids::ParseIdError> for Failure {
     fn from(e: ids::ParseIdError) -> Failure {
+        metrics::id_parse_failed(&e);
+        if e.kind == ids::IdKind::Thread {
+            metrics::thread_lookup_failed(LookupFailure::MalformedId);
+        }
         Failure::new("invalid_id", e.to_string())
     }
 }
@@ -649,6 +657,7 @@ impl Conn {
 
     fn slow_consumer(&mut self) {
         tracing::warn!(limit = self.out.limit, "closing a slow consumer");
+        metrics::ws_slow_consumer_closed();
         self.closing = Some((
             close::SLOW_CONSUMER,
             "slow consumer: the outbound queue is full; reconnect and resume with after_seq".into(),
@@ -824,7 +833,7 @@ impl Conn {
         if m.after_seq.is_some_and(|n| n < 0) {
             return Err(Failure::new("invalid_message", "after_seq: expected 0 or more"));
         }
-        let current = self.state.store.get_thread(self.user, thread).await?;
+        let current = crate::context::owned_thread(&self.state.store, self.user, thread).await?;
         let after = m.after_seq.unwrap_or(current.last_seq);
         let events =
             self.state.hub.events(self.state.store.clone(), self.user, thread, None, after, None);
@@ -1002,6 +1011,7 @@ impl Conn {
         *last = event.seq;
         let text = event_frame(event);
         self.send_text(text);
+        metrics::event_delivered(Transport::Ws, event.created_at);
     }
 }
 
