@@ -30,8 +30,9 @@ pub struct Explained {
 /// Explains `input`, looks it up in the database when there is one, and prints it all.
 pub async fn run(input: &str, database: &DatabaseArgs) -> Result<ExitCode, String> {
     let explained = explain(input);
-    let mut out = explained.lines.join("\n");
-    out.push('\n');
+    // The text's explanation first: it stands even if the database cannot be reached.
+    println!("{}", explained.lines.join("\n"));
+    let mut out = String::new();
     if let Some(id) = explained.id.or(explained.canonical) {
         let url = database.url().map_err(|e| e.to_string())?;
         match crate::doctor::open_existing(&url, database).await? {

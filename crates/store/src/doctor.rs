@@ -329,7 +329,7 @@ pub(crate) fn seq_findings(
             Finding::new(
                 Check::SeqDuplicate,
                 format!(
-                    "{} events share a seq with another ({breaks_text}{more})",
+                    "{} event(s) share a seq with another ({breaks_text}{more})",
                     rows - distinct
                 ),
             )

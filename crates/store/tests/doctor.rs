@@ -45,6 +45,7 @@ both_backends!(
     rows_pointing_at_missing_runs_or_threads_are_reported_not_fixed,
     invalid_ids_are_reported,
     inspect_finds_each_kind_of_id,
+    doctor_beside_a_busy_store_sees_a_consistent_database,
 );
 
 /// Runs raw SQL on the test database around the store, foreign keys off: SQLite by pragma,
@@ -455,4 +456,80 @@ async fn inspect_finds_each_kind_of_id(db: &TestDb) {
     assert_eq!(look(key.key_id.to_string()).await.api_key, Some(key));
     assert_eq!(look(message.to_string()).await.message_threads, [(thread, owner)]);
     assert!(look(ThreadId::new().to_string()).await.is_empty());
+}
+
+/// The doctor reads one snapshot, so runs being created, claimed and ended while it scans
+/// (and while it repairs) never look broken to it, and its repairs break nothing.
+async fn doctor_beside_a_busy_store_sees_a_consistent_database(db: &TestDb) {
+    let store = &db.store;
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    finished_thread_any(&store, owner).await;
+                }
+            })
+        })
+        .collect();
+    let mut scans = 0;
+    while workers.iter().any(|w| !w.is_finished()) || scans < 3 {
+        let report = doctor(store, true).await;
+        assert_eq!(report.findings, [], "scan {scans}");
+        assert_eq!(report.repairs, []);
+        scans += 1;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let report = doctor(store, false).await;
+    assert_eq!((report.findings.len(), report.counts.runs, report.counts.events), (0, 60, 240));
+}
+
+/// [`finished_thread`] that tolerates sharing the claim queue with other workers: it claims
+/// until its own run is running.
+async fn finished_thread_any(store: &Store, owner: UserId) {
+    let thread = ThreadId::new();
+    let run = store.create_run(owner, &new_run(thread), IfNotExists::Create).await.unwrap();
+    // Other workers' claims may take this run; whoever claims a run ends it below, so claim
+    // until this one is running.
+    loop {
+        for claimed in store.claim_runs(10).await.unwrap() {
+            end(store, owner, claimed.thread_id, claimed.run_id).await;
+        }
+        if store.get_run(owner, thread, run.run_id).await.unwrap().status != RunStatus::Pending {
+            return;
+        }
+    }
+}
+
+async fn end(store: &Store, owner: UserId, thread: ThreadId, run: RunId) {
+    let update = Box::new(|_: Option<serde_json::Value>| Ok(json!({"messages": []})));
+    let events = [event(Some(run), 1), event(Some(run), 2)];
+    let end = RunEnd { status: RunStatus::Success, error: None, event: event(Some(run), 3) };
+    store
+        .commit_step(owner, thread, run, &events, Some(update), &Metadata::new(), Some(&end))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_duplicate_seqs_are_reported() {
+    // Only PostgreSQL lets a test drop the primary key that forbids them.
+    let Some(db) = TestDb::new(store::Backend::Postgres).await else { return };
+    let owner = db.store.ensure_user("alice").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    db.store.create_thread(owner, thread, &Metadata::new()).await.unwrap();
+    db.store.append_events(owner, thread, &[event(None, 1), event(None, 2)]).await.unwrap();
+    let t = lit(&db, thread.as_bytes());
+    let sql = format!(
+        "alter table events drop constraint events_pkey;
+         insert into events (thread_id, seq, kind, data, created_at) values ({t}, 2, 'custom', '{{}}', now());"
+    );
+    raw_both(&db, &sql).await;
+    let report = doctor(&db.store, true).await;
+    assert_eq!(found(&report.findings), [(Check::SeqDuplicate, Some(thread))]);
+    assert_eq!(report.findings[0].detail, "1 event(s) share a seq with another (2 twice)");
+    assert!(!report.healthy());
 }
