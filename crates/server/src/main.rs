@@ -16,7 +16,12 @@ use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if matches!(cli.command, Command::Doctor(_) | Command::Id(_)) {
+        // The doctor's scans read whole tables by design: sqlx's slow-statement warnings
+        // would only be noise on its stderr.
+        cli.log.log.push_str(",sqlx::query=error");
+    }
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

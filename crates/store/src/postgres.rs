@@ -1112,11 +1112,9 @@ async fn doctor_scan(
     }
 
     let rows = sqlx::query(
-        "select thread_id, owner_id, status, active from (
-             select t.thread_id, t.owner_id, t.status,
-                    (select count(*) from runs r where r.thread_id = t.thread_id and r.status in ('pending', 'running')) as active
-             from threads t where t.status <> 'busy') x
-         where active > 0 order by thread_id limit $1",
+        "select t.thread_id, t.owner_id, t.status, count(*) from runs r join threads t on t.thread_id = r.thread_id
+         where r.status in ('pending', 'running') and t.status <> 'busy'
+         group by t.thread_id, t.owner_id, t.status order by t.thread_id limit $1",
     )
     .bind(limit)
     .fetch_all(&mut *c)

@@ -1304,9 +1304,9 @@ fn doctor_scan(c: &Connection, stale_before: i64) -> Result<(DoctorCounts, Vec<F
             .owner(id_opt::<UserId>(r, 1)?))
     })?);
 
-    let sql = "select thread_id, owner_id, status,
-                      (select count(*) from runs r where r.thread_id = t.thread_id and r.status in ('pending', 'running')) as active
-               from threads t where status <> 'busy' and active > 0 order by thread_id limit ?1";
+    let sql = "select t.thread_id, t.owner_id, t.status, count(*) from runs r join threads t on t.thread_id = r.thread_id
+               where r.status in ('pending', 'running') and t.status <> 'busy'
+               group by t.thread_id order by t.thread_id limit ?1";
     out.extend(all(c, sql, [limit], |r| {
         let (status, active): (String, i64) = (r.get(2)?, r.get(3)?);
         Ok(Finding::new(
