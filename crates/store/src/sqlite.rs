@@ -1509,11 +1509,15 @@ fn invalid_ids(c: &Connection, limit: i64, out: &mut Vec<Finding>) -> Result<()>
         );
         out.extend(all(c, &sql, [limit], |r| {
             let row = match table {
-                "events" => format!(
-                    "the event {} of thread {}",
-                    r.get::<_, i64>(1)?,
-                    id_text::<ThreadId>(r, 0)?
-                ),
+                // The finding names a well-formed thread; a malformed one is named here.
+                "events" => match id_opt::<ThreadId>(r, 0)? {
+                    Some(_) => format!("the event {}", r.get::<_, i64>(1)?),
+                    None => format!(
+                        "the event {} of thread {}",
+                        r.get::<_, i64>(1)?,
+                        id_text::<ThreadId>(r, 0)?
+                    ),
+                },
                 _ => format!("the row with rowid {}", r.get::<_, i64>(0)?),
             };
             let value = match r.get_ref(2)? {

@@ -400,10 +400,9 @@ async fn invalid_ids_are_reported(db: &TestDb) {
                 invalid[0].starts_with("checkpoints.parent_checkpoint_id of the row with rowid ")
             );
             assert!(invalid[0].ends_with(" is the nil UUID"));
-            assert_eq!(
-                invalid[1],
-                format!("events.run_id of the event 1 of thread {thread} is a 2-byte BLOB x'0102'")
-            );
+            assert_eq!(invalid[1], "events.run_id of the event 1 is a 2-byte BLOB x'0102'");
+            let finding = report.findings.iter().find(|f| f.detail == invalid[1]).unwrap();
+            assert_eq!(finding.thread_id, Some(thread));
         }
         DatabaseUrl::Postgres(_) => {
             assert_eq!(invalid.len(), 1, "{invalid:?}");
