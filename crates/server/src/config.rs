@@ -28,6 +28,47 @@ pub enum Command {
     /// Create, list and revoke API keys (for `serve --auth keys`).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check the database for broken invariants and print a report; `--fix` repairs what is
+    /// safe. Read-only without `--fix`; safe while a server runs. Exit 0 when no problem
+    /// (warnings aside) remains, 1 otherwise.
+    Doctor(DoctorArgs),
+    /// Explain ids: `spindle id inspect ID`.
+    #[command(subcommand)]
+    Id(IdCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Repair what is safe: end stale running runs `error` (with a run_error event), set busy
+    /// threads' statuses from their runs, raise a last_seq that is behind. Never deletes rows
+    /// or fills seq gaps. Each repair is one transaction that re-checks its condition.
+    #[arg(long)]
+    pub fix: bool,
+    /// Seconds a running run may go without a sign of life (its start, or an event of its own)
+    /// before it counts as stale. Runs have no executor heartbeat yet, so keep this above the
+    /// server's --run-timeout (600 s by default).
+    #[arg(long, env = "SPINDLE_DOCTOR_STALE_AFTER", default_value_t = 720, value_name = "SECS")]
+    pub stale_after: u64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdCommand {
+    /// Say what an id is: its UUID version, its creation time (UUIDv7), and what it names in
+    /// the database (thread, run, assistant, checkpoint, user, API key, message). For a string
+    /// that is not an id, what it looks like and why it is rejected. Exit 0 for a valid id,
+    /// found or not; 1 for anything else.
+    Inspect {
+        /// The id, or the id-like string, to explain.
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

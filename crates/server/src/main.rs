@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use axum::http::HeaderValue;
 use clap::Parser;
 use server::auth::{self, Auth, AuthMode};
-use server::config::{Cli, Command, DatabaseArgs, KeysCommand, LogArgs, LogFormat, ServeArgs};
+use server::config::{
+    Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
+};
 use server::metrics::Exposure;
 use server::runs::ExecutorConfig;
 use server::{AppState, HttpConfig, serve, shutdown_signal};
@@ -15,21 +17,32 @@ use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if matches!(cli.command, Command::Doctor(_) | Command::Id(_)) {
+        // The doctor's scans read whole tables by design: sqlx's slow-statement warnings
+        // would only be noise on its stderr.
+        cli.log.log.push_str(",sqlx::query=error");
+    }
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let done = match cli.command {
             Command::Serve(args) => run_serve(*args).await,
             Command::Migrate(args) => run_migrate(args).await,
             Command::Keys(command) => run_keys(command).await,
-        }
+            // These two answer with their exit code: 1 is "problems found" / "not an id".
+            Command::Doctor(args) => return server::doctor::run(&args).await,
+            Command::Id(IdCommand::Inspect { id, database }) => {
+                return server::inspect::run(&id, &database).await;
+            }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => fail(message),
     }
 }

@@ -718,7 +718,11 @@ fn wait(
             match state.store.get_run(owner, run.thread_id, run.run_id).await {
                 Ok(r) if !r.status.is_active() => break final_body(&state, owner, &r).await,
                 Ok(_) => {}
-                Err(store::Error::NotFound { .. }) => break json!({}),
+                // Gone: a stateless run whose thread was deleted when it ended (its end is
+                // waiting in `finished`), or a rolled-back run.
+                Err(store::Error::NotFound { .. }) => {
+                    break ended_body(ended_before(&mut finished, run.run_id)).unwrap_or(json!({}));
+                }
                 Err(e) => {
                     break json!({ "__error__": { "error": "StoreError", "message": e.to_string() } });
                 }
@@ -741,13 +745,8 @@ fn wait(
                     }
                 }
             };
-            if let Some(f) = ended {
-                break match (f.error, f.values) {
-                    (Some((error, message)), _) => {
-                        json!({ "__error__": { "error": error, "message": message } })
-                    }
-                    (None, values) => values.unwrap_or_else(|| json!({})),
-                };
+            if let Some(body) = ended_body(ended) {
+                break body;
             }
         };
         let _ = tx.send(Bytes::from(result.to_string())).await;
@@ -760,6 +759,28 @@ fn wait(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The end of `run` if it was already announced to `finished` (without waiting).
+fn ended_before(finished: &mut broadcast::Receiver<Finished>, run: RunId) -> Option<Finished> {
+    loop {
+        match finished.try_recv() {
+            Ok(f) if f.run_id == run => return Some(f),
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The answer for a run's announced end.
+fn ended_body(ended: Option<Finished>) -> Option<Value> {
+    let f = ended?;
+    Some(match (f.error, f.values) {
+        (Some((error, message)), _) => {
+            json!({ "__error__": { "error": error, "message": message } })
+        }
+        (None, values) => values.unwrap_or_else(|| json!({})),
+    })
 }
 
 /// The answer for a run that has ended, read from the store.
