@@ -7,6 +7,7 @@
 //! never loses an event.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use ids::{RunId, ThreadId, UserId};
@@ -18,57 +19,75 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 /// Events read from the log per query while catching up.
 const PAGE: u32 = 500;
 
-/// Fan-out of committed events to the subscribers of each thread. Cheap to clone.
+/// Broadcast channels by key (a thread, or a user); a channel is removed once nobody listens
+/// (so ids nobody publishes to, such as a missing thread's, cost nothing once their
+/// subscribers leave).
+#[derive(Debug)]
+struct Channels<K>(Mutex<HashMap<K, broadcast::Sender<Arc<Event>>>>);
+
+impl<K> Default for Channels<K> {
+    fn default() -> Self {
+        Channels(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash + Copy> Channels<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, broadcast::Sender<Arc<Event>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribe(&self, key: K) -> broadcast::Receiver<Arc<Event>> {
+        self.lock().entry(key).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
+    }
+
+    fn forget_if_unused(&self, key: K) {
+        let mut channels = self.lock();
+        if channels.get(&key).is_some_and(|s| s.receiver_count() == 0) {
+            channels.remove(&key);
+        }
+    }
+
+    /// The sender of `key`'s channel if anyone listens.
+    fn sender(&self, key: K) -> Option<broadcast::Sender<Arc<Event>>> {
+        let mut channels = self.lock();
+        match channels.get(&key) {
+            Some(sender) if sender.receiver_count() == 0 => {
+                channels.remove(&key);
+                None
+            }
+            sender => sender.cloned(),
+        }
+    }
+}
+
+/// Fan-out of committed events to the subscribers of each thread, and of each user's threads
+/// (`subscribe_user` on the WebSocket, including threads created later). Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Hub {
-    channels: Arc<Mutex<HashMap<ThreadId, broadcast::Sender<Arc<Event>>>>>,
-    /// Every event of each user's threads, for connections that follow a whole user
-    /// (`subscribe_user` on the WebSocket), including threads created later.
-    users: Arc<Mutex<HashMap<UserId, broadcast::Sender<Arc<Event>>>>>,
+    threads: Arc<Channels<ThreadId>>,
+    users: Arc<Channels<UserId>>,
 }
 
 impl Hub {
     /// A live subscription to a thread. Take it before creating a run whose every event must
     /// be seen, even if the thread is deleted right after the run (stateless runs).
     pub fn subscribe(&self, thread: ThreadId) -> Live {
-        Live { rx: Some(self.receiver(thread)), hub: self.clone(), thread }
+        Live {
+            rx: Some(self.threads.subscribe(thread)),
+            hub: self.clone(),
+            key: Key::Thread(thread),
+        }
     }
 
     /// A live subscription to every thread of `owner`. Events arrive in commit order per
     /// thread; a receiver that lags is told so (it must re-read from the log).
-    pub fn subscribe_user(&self, owner: UserId) -> UserLive {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = users
-            .entry(owner)
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .subscribe();
-        UserLive { rx: Some(rx), hub: self.clone(), owner }
-    }
-
-    fn forget_user_if_unused(&self, owner: UserId) {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if users.get(&owner).is_some_and(|s| s.receiver_count() == 0) {
-            users.remove(&owner);
-        }
-    }
-
-    /// Removes a thread's channel once nobody listens (so ids nobody publishes to, such as a
-    /// missing thread's, cost nothing once their subscribers leave).
-    fn forget_if_unused(&self, thread: ThreadId) {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if channels.get(&thread).is_some_and(|s| s.receiver_count() == 0) {
-            channels.remove(&thread);
-        }
+    pub fn subscribe_user(&self, owner: UserId) -> Live {
+        Live { rx: Some(self.users.subscribe(owner)), hub: self.clone(), key: Key::User(owner) }
     }
 
     /// How many threads have a live channel (for tests and metrics).
     pub fn channels(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn receiver(&self, thread: ThreadId) -> broadcast::Receiver<Arc<Event>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.entry(thread).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
+        self.threads.lock().len()
     }
 
     /// Publishes events of one thread of `owner` that the store has committed (persist, then
@@ -77,17 +96,8 @@ impl Hub {
         // Every committed event passes here (persist, then publish): count it once.
         crate::metrics::events_appended(events.len());
         let Some(first) = events.first() else { return };
-        let thread = {
-            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-            match channels.get(&first.thread_id) {
-                Some(sender) if sender.receiver_count() == 0 => {
-                    channels.remove(&first.thread_id);
-                    None
-                }
-                sender => sender.cloned(),
-            }
-        };
-        let user = self.users.lock().unwrap_or_else(|e| e.into_inner()).get(&owner).cloned();
+        let thread = self.threads.sender(first.thread_id);
+        let user = self.users.sender(owner);
         if thread.is_none() && user.is_none() {
             return;
         }
@@ -180,17 +190,24 @@ impl Hub {
     }
 }
 
-/// A live subscription to a thread (see [`Hub::subscribe`]). Dropping the last one of a
-/// thread removes the thread's channel.
+/// What a [`Live`] subscription follows.
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    Thread(ThreadId),
+    User(UserId),
+}
+
+/// A live subscription to a thread or a user (see [`Hub::subscribe`],
+/// [`Hub::subscribe_user`]). Dropping the last one of a channel removes the channel.
 #[derive(Debug)]
 pub struct Live {
     rx: Option<broadcast::Receiver<Arc<Event>>>,
     hub: Hub,
-    thread: ThreadId,
+    key: Key,
 }
 
 impl Live {
-    async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
@@ -201,31 +218,10 @@ impl Live {
 impl Drop for Live {
     fn drop(&mut self) {
         drop(self.rx.take());
-        self.hub.forget_if_unused(self.thread);
-    }
-}
-
-/// A live subscription to every thread of a user (see [`Hub::subscribe_user`]).
-#[derive(Debug)]
-pub struct UserLive {
-    rx: Option<broadcast::Receiver<Arc<Event>>>,
-    hub: Hub,
-    owner: UserId,
-}
-
-impl UserLive {
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
-        match &mut self.rx {
-            Some(rx) => rx.recv().await,
-            None => Err(broadcast::error::RecvError::Closed),
+        match self.key {
+            Key::Thread(thread) => self.hub.threads.forget_if_unused(thread),
+            Key::User(user) => self.hub.users.forget_if_unused(user),
         }
-    }
-}
-
-impl Drop for UserLive {
-    fn drop(&mut self) {
-        drop(self.rx.take());
-        self.hub.forget_user_if_unused(self.owner);
     }
 }
 

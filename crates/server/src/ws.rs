@@ -37,7 +37,7 @@ use crate::AppState;
 use crate::auth::{AuthMode, Caller};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
-use crate::hub::UserLive;
+use crate::hub::Live;
 use crate::metrics::{self, LookupFailure, Transport};
 use crate::routes::runs::RunCreate;
 use crate::runs::CancelAction;
@@ -587,7 +587,7 @@ struct Conn {
     /// Per-thread subscriptions: the log, then live.
     subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Event>, store::Error>>>,
     /// The user's live channel, after `subscribe_user`.
-    user_live: Option<UserLive>,
+    user_live: Option<Live>,
     /// The seq of the last event delivered per thread (no duplicates across subscriptions).
     delivered: HashMap<ThreadId, i64>,
     /// Frames answered with an error in a row.
@@ -1019,7 +1019,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-async fn recv_user(live: &mut Option<UserLive>) -> Result<Arc<Event>, broadcast::error::RecvError> {
+async fn recv_user(live: &mut Option<Live>) -> Result<Arc<Event>, broadcast::error::RecvError> {
     match live {
         Some(live) => live.recv().await,
         None => std::future::pending().await,
