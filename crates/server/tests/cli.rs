@@ -2,31 +2,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+
+use store::testing::TempDir;
 
 fn spindle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
     cmd.env_remove("SPINDLE_DATABASE_URL").env_remove("SPINDLE_LISTEN").env("SPINDLE_LOG", "warn");
     cmd
-}
-
-/// A temporary folder removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("spindle-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A running server, stopped by pid when dropped.

@@ -1,37 +1,17 @@
 //! `spindle id inspect` and `spindle doctor` as an operator runs them: the binary, its output
 //! and its exit code, on SQLite and PostgreSQL.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use ids::{AssistantId, MessageId, RunId, ThreadId};
 use serde_json::json;
-use store::testing::TestDb;
+use store::testing::{TempDir, TestDb};
 use store::{IfNotExists, Metadata, MultitaskStrategy, NewRun, Store, SystemAssistant};
 
 fn spindle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
     cmd.env_remove("SPINDLE_DATABASE_URL").env("SPINDLE_LOG", "error");
     cmd
-}
-
-/// A temporary folder (with no database in it) removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("spindle-inspect-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `spindle ARGS` in `dir`; its exit code and stdout. Exit 1 is an answer here, not a
@@ -168,30 +148,7 @@ fn new_run(thread: ThreadId) -> NewRun {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = store::testing::TestDb::new(store::Backend::Sqlite).await.unwrap();
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = store::testing::TestDb::new(store::Backend::Postgres).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+store::on_both_backends!(
     inspect_names_each_kind_of_id_in_the_database,
     doctor_reports_fixes_and_exits_by_health
 );

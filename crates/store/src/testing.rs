@@ -148,3 +148,48 @@ mod tests {
         );
     }
 }
+
+/// A temporary folder of a test's own, removed on drop (for tests that run the binary in it).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique_name(&format!("spindle-{name}-")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs each named test body, `async fn name(db: &TestDb)`, on a fresh database of each
+/// backend: `mod sqlite { fn name() }` and `mod postgres { fn name() }`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::testing::TestDb::new($crate::Backend::Sqlite).await.unwrap();
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::testing::TestDb::new($crate::Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}

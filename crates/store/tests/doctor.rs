@@ -14,30 +14,7 @@ use store::{
     RunStatus, Store, SystemAssistant, ThreadStatus,
 };
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = store::testing::TestDb::new(store::Backend::Sqlite).await.unwrap();
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = store::testing::TestDb::new(store::Backend::Postgres).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+store::on_both_backends!(
     a_database_used_normally_is_healthy,
     thread_statuses_that_disagree_with_runs_are_fixed,
     stale_running_runs_end_in_error_with_an_event,
