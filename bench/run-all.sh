@@ -5,17 +5,19 @@
 # target/bench-results/.
 #
 #   bench/run-all.sh                       # every target, every workload
-#   bench/run-all.sh sqlite concurrent     # one row of BENCHMARKS.md: TARGET WORKLOAD
+#   bench/run-all.sh all concurrent        # one row of BENCHMARKS.md: the 3 servers, 1 workload
+#   bench/run-all.sh sqlite concurrent     # one cell: TARGET WORKLOAD
 #   TARGETS="sqlite postgres" WORKLOADS="race stream" bench/run-all.sh
 #
-# TARGET: sqlite | postgres | langgraph. WORKLOAD: sequential | concurrent | stream | race |
+# TARGET: all | sqlite | postgres | langgraph (quoted lists work too). WORKLOAD: sequential | concurrent | stream | race |
 # sessions | websocket. Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) for
 # `postgres`, and python3 (a virtualenv is made by bench/peers/langgraph/setup.sh) for
 # `langgraph`. Bounded: every workload stops by itself (seconds to a minute each).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-targets="${1:-${TARGETS:-sqlite postgres langgraph}}"
+targets="${1:-${TARGETS:-all}}"
+if [ "$targets" = all ]; then targets="sqlite postgres langgraph"; fi
 workloads="${2:-${WORKLOADS:-sequential concurrent stream race sessions websocket}}"
 port="${PORT:-2031}"
 base="http://127.0.0.1:$port"

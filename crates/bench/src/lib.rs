@@ -21,12 +21,14 @@
 //! `--server-pid` is given (the process and its descendants), and always the client's own CPU,
 //! so a client-bound result shows as one.
 //!
-//! **HTTP client: hyper 1 + hyper-util's pooled client**, not reqwest. Measured on this
-//! machine against `spindle serve` (SQLite, release), 20,000 sequential `GET /ok` each: hyper-util
-//! used 19 µs of client CPU per request and reqwest 0.12 (which wraps the same hyper client
-//! and adds its own layers: redirect policy, header map copies, a boxed body) 24 µs;
-//! the difference grows with concurrency because every client task shares the 2 cores with the
-//! server. hyper-util is also already in the workspace's lock file. See BENCHMARKS.md.
+//! **HTTP client: hyper 1 + hyper-util's pooled client**, not reqwest, because it costs the
+//! client less CPU per request, and on 2 shared cores every client microsecond is taken from
+//! the server. Measured on this machine against `spindle serve` (SQLite, release build), the
+//! same requests through both (`bench/tools/httpcmp`, two rounds each, loadavg ~7 from other
+//! builds): `GET /ok` with 1 client 36–38 µs of client CPU per request with hyper-util vs
+//! 50–56 µs with reqwest 0.12; with 16 clients 24–35 vs 38–43 µs; `POST /threads` with 16
+//! clients 32–42 vs 46 µs. reqwest wraps the same hyper client and adds its own layers
+//! (redirect policy, header copies, boxed bodies); hyper-util was already in the lock file.
 //! **WebSocket: tokio-tungstenite.** **Percentiles: a sorted `Vec`** (exact; the sample counts
 //! here are at most a few million).
 

@@ -132,12 +132,14 @@ impl WsConn {
         }
     }
 
-    /// Sends a frame with a `ref` and returns the reply carrying that `ref` (events that
-    /// arrive before it are handed to `on_other`).
+    /// Sends a frame with a `ref` and returns the reply of type `expect` carrying that `ref`
+    /// (an `error` with it fails; other frames, e.g. the `subscribed` a `run` frame sends
+    /// first, or events, are handed to `on_other`).
     pub async fn request(
         &mut self,
         mut frame: Value,
         reference: &str,
+        expect: &str,
         mut on_other: impl FnMut(Value),
     ) -> Result<Value, WsError> {
         frame["ref"] = Value::from(reference);
@@ -148,7 +150,9 @@ impl WsConn {
                 if reply["type"] == "error" {
                     return Err(WsError::Protocol(reply.to_string()));
                 }
-                return Ok(reply);
+                if reply["type"] == expect {
+                    return Ok(reply);
+                }
             }
             on_other(reply);
         }

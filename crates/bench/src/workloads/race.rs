@@ -169,7 +169,9 @@ pub async fn measure(target: &Target, clients: usize, strategy: &str) -> Outcome
     match outcome.threads_found {
         Some(1) => {}
         Some(n) if n > 1 => {
-            failures.push(format!("duplicate thread: {n} threads with id {thread_id}"))
+            let detail = outcome.evidence.iter().find(|e| e.starts_with("POST /threads/search"));
+            let detail = detail.map_or(String::new(), |d| format!(": {d}"));
+            failures.push(format!("duplicate thread: {n} threads with id {thread_id}{detail}"))
         }
         other => {
             failures.push(format!("thread search found {other:?} threads with id {thread_id}"))
@@ -209,20 +211,38 @@ async fn inspect(target: &Target, outcome: &mut Outcome) {
         Err(_) => None,
     };
     let search = json!({"ids": [id], "limit": 1000});
-    outcome.threads_found =
-        match target.post("/threads/search", &search).await.and_then(|r| r.json()) {
-            Ok(Value::Array(threads)) => {
-                Some(threads.iter().filter(|t| t["thread_id"] == id.as_str()).count())
+    outcome.threads_found = match target
+        .post("/threads/search", &search)
+        .await
+        .and_then(|r| r.json())
+    {
+        Ok(Value::Array(threads)) => {
+            let same: Vec<&Value> =
+                threads.iter().filter(|t| t["thread_id"] == id.as_str()).collect();
+            if same.len() > 1 {
+                let rows: Vec<String> = same
+                    .iter()
+                    .take(5)
+                    .map(|t| format!("created_at {} status {}", t["created_at"], t["status"]))
+                    .collect();
+                let more = if same.len() > 5 { "; ..." } else { "" };
+                outcome.evidence.push(format!(
+                        "POST /threads/search {{\"ids\": [\"{id}\"]}} returned {} threads with that id: {}{more}",
+                        same.len(),
+                        rows.join("; "),
+                    ));
             }
-            Ok(other) => {
-                outcome.evidence.push(format!("search: not a list: {other}"));
-                None
-            }
-            Err(failure) => {
-                outcome.evidence.push(format!("search: {failure}"));
-                None
-            }
-        };
+            Some(same.len())
+        }
+        Ok(other) => {
+            outcome.evidence.push(format!("search: not a list: {other}"));
+            None
+        }
+        Err(failure) => {
+            outcome.evidence.push(format!("search: {failure}"));
+            None
+        }
+    };
     match target.get(&format!("/threads/{id}/runs?limit=1000")).await.and_then(|r| r.json()) {
         Ok(Value::Array(runs)) => {
             outcome.runs_recorded = Some(runs.len());

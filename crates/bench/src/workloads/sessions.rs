@@ -112,7 +112,7 @@ async fn one_session(
         return Err(("state", "bad-reply".into(), format!("{messages} messages, 2 expected")));
     }
     if let Some(mut c) = conn {
-        c.request(json!({"type": "ping"}), "ping", |_| {}).await.map_err(|e| {
+        c.request(json!({"type": "ping"}), "ping", "pong", |_| {}).await.map_err(|e| {
             let (k, t) = ws_err(e);
             ("ws-ping", k, t)
         })?;
@@ -218,10 +218,16 @@ pub async fn cases(target: &Target, options: &Options, server_pid: Option<u32>) 
         Err(why) => format!("HTTP only (WebSocket {why})"),
     };
     let summary = format!(
-        "{} sessions/s ({} ok, {} failed, {} users, {channel}), {}, failures {}",
+        "{} sessions/s ({} ok, {} failed{}, {} users, {channel}), {}, failures {}",
         thousands(outcome.sessions_per_s),
         outcome.sessions_ok,
         outcome.sessions_failed,
+        if outcome.sessions_ok + outcome.sessions_failed < options.sessions {
+            let left = options.sessions - outcome.sessions_ok - outcome.sessions_failed;
+            format!(", {left} not started: time bound")
+        } else {
+            String::new()
+        },
         outcome.users,
         outcome.latency.short(),
         show(&outcome.failures_by_step),

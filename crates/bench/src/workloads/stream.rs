@@ -159,7 +159,8 @@ pub async fn ws_once(conn: &mut WsConn, events: u64, n: usize) -> Result<OneStre
     let mut first = None;
     let mut custom = 0u64;
     let mut early = Vec::new();
-    let reply = conn.request(frame, &format!("stream-{n}"), |other| early.push(other)).await?;
+    let reply =
+        conn.request(frame, &format!("stream-{n}"), "run", |other| early.push(other)).await?;
     let run_id = reply["run"]["run_id"].clone();
     let mut ended = false;
     let mut observe = |frame: &Value, first: &mut Option<Duration>| {

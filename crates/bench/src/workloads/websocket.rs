@@ -122,7 +122,7 @@ pub async fn idle(target: &Target, options: &Options, server_pid: Option<u32>) -
     let mut pings_answered = 0;
     for conn in conns.iter_mut().step_by(step) {
         pings_sent += 1;
-        let ping = conn.request(json!({"type": "ping"}), "idle-ping", |_| {});
+        let ping = conn.request(json!({"type": "ping"}), "idle-ping", "pong", |_| {});
         if let Ok(Ok(pong)) = tokio::time::timeout(Duration::from_secs(10), ping).await
             && pong["type"] == "pong"
         {
@@ -200,7 +200,7 @@ pub async fn fanout(target: &Target, options: &Options) -> Result<FanoutOutcome,
     for (i, mut conn) in conns.drain(..).enumerate() {
         let thread = threads[i % threads.len()].clone();
         let frame = json!({"type": "subscribe", "thread_id": thread});
-        match conn.request(frame, "sub", |_| {}).await {
+        match conn.request(frame, "sub", "subscribed", |_| {}).await {
             Ok(_) => subscribed.push((conn, thread)),
             Err(e) => evidence.add_key(format!("subscribe:{}", e.key()), e.to_string()),
         }
