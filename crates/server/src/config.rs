@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use store::DatabaseUrl;
 
 use crate::auth::{AuthMode, JwtConfig};
+use crate::metrics::Exposure;
 
 /// Spindle: an Agent Protocol server for multi-user AI-agent conversations.
 #[derive(Debug, Parser)]
@@ -21,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (migrates the database first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys (for `serve --auth keys`).
@@ -73,6 +74,57 @@ pub struct ServeArgs {
     /// Origins allowed by CORS, comma-separated, or `*` for any.
     #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
+    /// `/metrics` (Prometheus text) on the main listener: public (anyone who reaches the
+    /// port; no ids or users are in any series), auth (API credentials, as for every route), or
+    /// off. Default: public, or off when --metrics-listen is given.
+    #[arg(long, env = "SPINDLE_METRICS", value_enum)]
+    pub metrics: Option<Exposure>,
+    /// Also serve `/metrics`, and nothing else, without authentication on this address
+    /// (e.g. 127.0.0.1:9464, a port only Prometheus reaches); port 0 picks a free port (printed
+    /// on the line after the main address).
+    #[arg(long, env = "SPINDLE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub ws: WsArgs,
+}
+
+/// The WebSocket channel (`GET /ws`; docs/websocket.md).
+#[derive(Debug, Args)]
+pub struct WsArgs {
+    /// Seconds between the server's pings; a connection silent for a whole interval after a
+    /// ping is closed (4009).
+    #[arg(long, env = "SPINDLE_WS_PING_INTERVAL", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_ping_interval: u64,
+    /// Largest frame a client may send, in bytes (larger: a `too_large` error).
+    #[arg(long, env = "SPINDLE_WS_MAX_MESSAGE", default_value_t = 64 * 1024)]
+    pub ws_max_message: usize,
+    /// Bytes queued for one connection before it is closed as a slow consumer (4008).
+    #[arg(long, env = "SPINDLE_WS_MAX_OUTBOUND", default_value_t = 1024 * 1024)]
+    pub ws_max_outbound: usize,
+    /// WebSocket connections one user may hold open (more: closed with 4029).
+    #[arg(long, env = "SPINDLE_WS_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub ws_max_connections_per_user: usize,
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "SPINDLE_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+    /// Seconds a connection without credentials in its handshake has to send `auth`.
+    #[arg(long, env = "SPINDLE_WS_AUTH_TIMEOUT", default_value_t = 10)]
+    pub ws_auth_timeout: u64,
+}
+
+impl WsArgs {
+    pub fn config(&self) -> crate::ws::WsConfig {
+        use std::time::Duration;
+        crate::ws::WsConfig {
+            ping_interval: Duration::from_secs(self.ws_ping_interval),
+            max_message: self.ws_max_message,
+            max_outbound: self.ws_max_outbound,
+            max_connections_per_user: self.ws_max_connections_per_user,
+            max_subscriptions: self.ws_max_subscriptions,
+            auth_timeout: Duration::from_secs(self.ws_auth_timeout),
+            ..crate::ws::WsConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]

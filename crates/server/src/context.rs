@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -16,8 +16,9 @@ use store::Thread;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
 
-use crate::AppState;
 use crate::error::{ApiError, REQUEST_ID};
+use crate::metrics::{self, LookupFailure, Transport};
+use crate::{AppState, HttpConfig};
 
 /// What every handler knows about its request.
 #[derive(Clone, Debug)]
@@ -27,9 +28,12 @@ pub struct RequestContext {
     pub subject: String,
 }
 
-/// Routes anyone may call: liveness, version, health and the API description.
-fn is_public(path: &str) -> bool {
-    matches!(path, "/ok" | "/info" | "/healthz" | "/openapi.json")
+/// Routes anyone may call: liveness, version, health and the API description, `/metrics`
+/// when it is configured public, and `/ws`, which authenticates itself (a browser may send
+/// its credential in the first frame).
+fn is_public(path: &str, http: &HttpConfig) -> bool {
+    matches!(path, "/ok" | "/info" | "/healthz" | "/openapi.json" | "/ws")
+        || (path == metrics::PATH && http.metrics == metrics::Exposure::Public)
 }
 
 /// The client's `x-request-id` if it is one of our ids' canonical form; otherwise a new one
@@ -46,11 +50,18 @@ fn request_id(headers: &HeaderMap) -> (RequestId, Option<String>) {
 /// The request-context middleware; see the module documentation.
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (request_id, replaced) = request_id(req.headers());
+    // The route template, never the raw path, labels the metrics (no id in a label).
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %req.method(),
+        method = %method,
         path = %req.uri().path(),
+        route = %route,
         user_id = Empty,
         thread_id = Empty,
         run_id = Empty,
@@ -69,10 +80,13 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
             Err(e) => return body_error(&e).into_response(),
         };
         let mut req = Request::from_parts(parts, axum::body::Body::from(bytes));
-        if !is_public(req.uri().path()) {
+        if !is_public(req.uri().path(), &state.http) {
             match state.auth.authenticate(&state.store, req.headers()).await {
                 Ok(caller) => {
                     tracing::Span::current().record("user_id", display(caller.user));
+                    if req.uri().path() != metrics::PATH {
+                        metrics::session_opened(Transport::Http);
+                    }
                     let context =
                         RequestContext { request_id, user: caller.user, subject: caller.subject };
                     req.extensions_mut().insert(context);
@@ -86,13 +100,10 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
         response.headers_mut().insert("x-request-id", value);
     }
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        )
-    });
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::http_request(method.as_str(), &route, status, elapsed);
+    span.in_scope(|| tracing::info!(status, micros = elapsed.as_micros() as u64, "request"));
     response
 }
 
@@ -134,9 +145,12 @@ where
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
         .ok_or_else(|| ApiError::Internal(format!("route has no {name} parameter")))?;
-    raw.parse().map_err(|e: ids::ParseIdError| ApiError::Invalid {
-        code: "invalid_id",
-        detail: e.to_string(),
+    raw.parse().map_err(|e: ids::ParseIdError| {
+        metrics::id_parse_failed(&e);
+        if e.kind == ids::IdKind::Thread {
+            metrics::thread_lookup_failed(LookupFailure::MalformedId);
+        }
+        ApiError::Invalid { code: "invalid_id", detail: e.to_string() }
     })
 }
 
@@ -152,6 +166,37 @@ impl FromRequestParts<AppState> for OwnedThread {
         let context = RequestContext::from_request_parts(parts, state).await?;
         let id: ThreadId = path_id(parts, "thread_id").await?;
         tracing::Span::current().record("thread_id", display(id));
-        Ok(OwnedThread(state.store.get_thread(context.user, id).await?))
+        Ok(OwnedThread(owned_thread(&state.store, context.user, id).await?))
     }
+}
+
+/// The caller's thread `id`. When it is not found, says why in the metrics and the log
+/// (missing, or another user's), then fails exactly as the store does: the client sees the
+/// same 404 either way.
+pub async fn owned_thread(
+    store: &store::Store,
+    user: UserId,
+    id: ThreadId,
+) -> Result<Thread, store::Error> {
+    let result = store.get_thread(user, id).await;
+    if let Err(store::Error::NotFound { .. }) = &result {
+        thread_not_found(store, user, id).await;
+    }
+    result
+}
+
+/// Records a thread the store reported missing for `user`: another user's thread
+/// (`not_owner`) or no thread at all (`not_found`). Call it on that failure path only: it
+/// reads the thread without an owner.
+pub async fn thread_not_found(store: &store::Store, user: UserId, id: ThreadId) {
+    let reason = match store.admin_find_thread(id).await {
+        Ok(Some(thread)) if thread.owner_id != user => LookupFailure::NotOwner,
+        Ok(_) => LookupFailure::NotFound,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not classify a thread lookup failure");
+            LookupFailure::NotFound
+        }
+    };
+    metrics::thread_lookup_failed(reason);
+    tracing::info!(reason = reason.as_str(), "thread not found for this user");
 }

@@ -78,7 +78,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "malformed_json",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -92,11 +92,9 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let request_id = current_request_id();
+    /// The status, code and detail a client is told (the cause of a 5xx is logged instead).
+    pub fn into_parts(self, request_id: RequestId) -> (StatusCode, &'static str, String) {
         let status = self.status();
         let code = self.code();
         let detail = match self {
@@ -117,6 +115,14 @@ impl IntoResponse for ApiError {
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Invalid { detail: d, .. } => d,
         };
+        (status, code, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = current_request_id();
+        let (status, code, detail) = self.into_parts(request_id);
         let body = json!({ "detail": detail, "code": code, "request_id": request_id });
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -196,6 +202,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
             return ApiError::BadRequest(format!("malformed JSON body: {syntax}"));
         }
+        if let Some(kind) = rejected_id(&inner.to_string()) {
+            crate::metrics::id_rejected(crate::metrics::id_kind(kind));
+        }
         let detail = if path == "." {
             format!("invalid request body: {inner}")
         } else {
@@ -203,6 +212,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         };
         ApiError::Invalid { code: "invalid_body", detail }
     })
+}
+
+/// The kind of id a deserialization error refused, read from the message the ids crate
+/// writes (`invalid thread_id `...`: ...`): serde keeps only the text of a field's error.
+fn rejected_id(message: &str) -> Option<ids::IdKind> {
+    let rest = message.strip_prefix("invalid ")?;
+    ids::IdKind::ALL
+        .into_iter()
+        .find(|kind| rest.strip_prefix(kind.field()).is_some_and(|after| after.starts_with(" `")))
 }
 
 /// Query parameters, with rejections in our error shape (422).

@@ -22,6 +22,9 @@ const PAGE: u32 = 500;
 #[derive(Clone, Debug, Default)]
 pub struct Hub {
     channels: Arc<Mutex<HashMap<ThreadId, broadcast::Sender<Arc<Event>>>>>,
+    /// Every event of each user's threads, for connections that follow a whole user
+    /// (`subscribe_user` on the WebSocket), including threads created later.
+    users: Arc<Mutex<HashMap<UserId, broadcast::Sender<Arc<Event>>>>>,
 }
 
 impl Hub {
@@ -29,6 +32,24 @@ impl Hub {
     /// be seen, even if the thread is deleted right after the run (stateless runs).
     pub fn subscribe(&self, thread: ThreadId) -> Live {
         Live { rx: Some(self.receiver(thread)), hub: self.clone(), thread }
+    }
+
+    /// A live subscription to every thread of `owner`. Events arrive in commit order per
+    /// thread; a receiver that lags is told so (it must re-read from the log).
+    pub fn subscribe_user(&self, owner: UserId) -> UserLive {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = users
+            .entry(owner)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe();
+        UserLive { rx: Some(rx), hub: self.clone(), owner }
+    }
+
+    fn forget_user_if_unused(&self, owner: UserId) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if users.get(&owner).is_some_and(|s| s.receiver_count() == 0) {
+            users.remove(&owner);
+        }
     }
 
     /// Removes a thread's channel once nobody listens (so ids nobody publishes to, such as a
@@ -50,18 +71,35 @@ impl Hub {
         channels.entry(thread).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
     }
 
-    /// Publishes events that the store has committed (persist, then publish).
-    pub fn publish(&self, events: &[Event]) {
+    /// Publishes events of one thread of `owner` that the store has committed (persist, then
+    /// publish).
+    pub fn publish(&self, owner: UserId, events: &[Event]) {
+        // Every committed event passes here (persist, then publish): count it once.
+        crate::metrics::events_appended(events.len());
         let Some(first) = events.first() else { return };
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sender) = channels.get(&first.thread_id) else { return };
-        if sender.receiver_count() == 0 {
-            channels.remove(&first.thread_id);
+        let thread = {
+            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            match channels.get(&first.thread_id) {
+                Some(sender) if sender.receiver_count() == 0 => {
+                    channels.remove(&first.thread_id);
+                    None
+                }
+                sender => sender.cloned(),
+            }
+        };
+        let user = self.users.lock().unwrap_or_else(|e| e.into_inner()).get(&owner).cloned();
+        if thread.is_none() && user.is_none() {
             return;
         }
         for event in events {
+            let event = Arc::new(event.clone());
             // An error means every receiver has gone; the next publish removes the channel.
-            let _ = sender.send(Arc::new(event.clone()));
+            if let Some(sender) = &thread {
+                let _ = sender.send(event.clone());
+            }
+            if let Some(sender) = &user {
+                let _ = sender.send(event);
+            }
         }
     }
 
@@ -164,6 +202,30 @@ impl Drop for Live {
     fn drop(&mut self) {
         drop(self.rx.take());
         self.hub.forget_if_unused(self.thread);
+    }
+}
+
+/// A live subscription to every thread of a user (see [`Hub::subscribe_user`]).
+#[derive(Debug)]
+pub struct UserLive {
+    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    hub: Hub,
+    owner: UserId,
+}
+
+impl UserLive {
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for UserLive {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.hub.forget_user_if_unused(self.owner);
     }
 }
 

@@ -8,15 +8,18 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod routes;
 pub mod runs;
 pub mod stream;
 pub mod wire;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -38,11 +41,20 @@ pub struct HttpConfig {
     pub body_limit: usize,
     /// Origins allowed by CORS; `None` allows any origin.
     pub cors_origins: Option<Vec<HeaderValue>>,
+    /// The WebSocket channel's limits and heartbeat.
+    pub ws: ws::WsConfig,
+    /// Whether `/metrics` is on this router, and who may read it.
+    pub metrics: metrics::Exposure,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { body_limit: 10 * 1024 * 1024, cors_origins: None }
+        HttpConfig {
+            body_limit: 10 * 1024 * 1024,
+            cors_origins: None,
+            metrics: metrics::Exposure::Public,
+            ws: ws::WsConfig::default(),
+        }
     }
 }
 
@@ -54,6 +66,8 @@ pub struct AppState {
     pub http: Arc<HttpConfig>,
     pub hub: Hub,
     pub executor: Executor,
+    /// The open WebSocket connections.
+    pub ws: Arc<ws::Connections>,
 }
 
 impl AppState {
@@ -69,6 +83,7 @@ impl AppState {
         http: HttpConfig,
         executor: ExecutorConfig,
     ) -> store::Result<AppState> {
+        metrics::install();
         for (_, graph_id, description) in Agent::ALL {
             let spec = SystemAssistant {
                 graph_id: graph_id.into(),
@@ -78,7 +93,8 @@ impl AppState {
         }
         let hub = Hub::default();
         let executor = Executor::new(store.clone(), hub.clone(), executor);
-        Ok(AppState { store, auth, http: Arc::new(http), hub, executor })
+        let ws = Arc::new(ws::Connections::new(http.ws.clone()));
+        Ok(AppState { store, auth, http: Arc::new(http), hub, executor, ws })
     }
 
     /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.
@@ -95,13 +111,22 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface: the routes, `/openapi.json`, JSON errors for unknown routes and
-/// methods, the request context on everything, the body limit and CORS.
+/// The whole HTTP surface: the routes, `/openapi.json`, `/metrics` (unless configured off),
+/// JSON errors for unknown routes and methods, the request context on everything, the body
+/// limit and CORS.
 pub fn app(state: AppState) -> Router {
     let (routes, openapi) = routes::router();
     let openapi = Arc::new(openapi);
+    let mut routes =
+        routes.route("/openapi.json", get(move || std::future::ready(Json(openapi.clone()))));
+    if state.http.metrics != metrics::Exposure::Off {
+        routes = routes.route(
+            metrics::PATH,
+            get(|State(state): State<AppState>| metrics::handler(State(state.store))),
+        );
+    }
     routes
-        .route("/openapi.json", get(move || std::future::ready(Json(openapi.clone()))))
+        .route("/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.http.body_limit))
@@ -153,7 +178,16 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    // Upgraded connections outlive the HTTP server's graceful shutdown: tell them to close
+    // (1001) when it starts, and give them a moment to say so to their clients.
+    let connections = state.ws.clone();
+    let closing = connections.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.shut_down();
+    };
     let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), connections.all_closed()).await;
     let _ = stop.send(true);
     result
 }

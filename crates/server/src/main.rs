@@ -8,6 +8,7 @@ use axum::http::HeaderValue;
 use clap::Parser;
 use server::auth::{self, Auth, AuthMode};
 use server::config::{Cli, Command, DatabaseArgs, KeysCommand, LogArgs, LogFormat, ServeArgs};
+use server::metrics::Exposure;
 use server::runs::ExecutorConfig;
 use server::{AppState, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => run_serve(args).await,
+            Command::Serve(args) => run_serve(*args).await,
             Command::Migrate(args) => run_migrate(args).await,
             Command::Keys(command) => run_keys(command).await,
         }
@@ -70,7 +71,12 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
                 .collect::<Result<_, _>>()?,
         ),
     };
-    Ok(HttpConfig { body_limit: args.body_limit, cors_origins })
+    let metrics = args.metrics.unwrap_or(if args.metrics_listen.is_some() {
+        Exposure::Off
+    } else {
+        Exposure::Public
+    });
+    Ok(HttpConfig { body_limit: args.body_limit, cors_origins, metrics, ws: args.ws.config() })
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), String> {
@@ -96,8 +102,24 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, auth = ?args.auth.auth, "spindle listening");
-    // One plain line on stdout, so scripts and tests that pass port 0 can find the port.
-    println!("spindle listening on http://{addr}");
+    // One plain line on stdout, so scripts and tests that pass port 0 can find the port (and
+    // the metrics address on the next line, written with it, before anyone stops reading).
+    let mut lines = format!("spindle listening on http://{addr}\n");
+    if let Some(metrics_addr) = args.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
+        let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        lines.push_str(&format!("spindle metrics on http://{metrics_addr}/metrics\n"));
+        let router = server::metrics::router(state.store.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, router).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    print!("{lines}");
     serve(listener, state, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
 }
 

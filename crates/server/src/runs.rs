@@ -19,11 +19,14 @@ use tracing::Instrument;
 
 use crate::agents::Agent;
 use crate::hub::Hub;
+use crate::metrics;
 use crate::wire::apply_update;
 
 /// How often the executor looks for claimable runs when nothing woke it (runs created on
 /// other nodes, runs freed by a crash).
 const POLL: Duration = Duration::from_millis(500);
+/// The `status` label of `spindle_runs_finished_total` for a run undone by a rollback.
+const ROLLED_BACK: &str = "rolled_back";
 /// Events a sink appends in one transaction at most.
 pub const BATCH: usize = 256;
 
@@ -186,8 +189,9 @@ impl Executor {
             data: json!({ "action": action_name, "run_id": run }),
         };
         let events = self.inner.store.append_events(owner, thread, &[event]).await?;
-        self.inner.hub.publish(&events);
+        self.inner.hub.publish(owner, &events);
         let status = if rollback { None } else { Some(RunStatus::Interrupted) };
+        metrics::run_finished(status.map_or(ROLLED_BACK, RunStatus::as_str));
         let values = self.inner.store.get_thread(owner, thread).await.ok().and_then(|t| t.values);
         let _ = self.inner.finished.send(Finished { run_id: run, status, values, error: None });
         self.wake();
@@ -216,7 +220,8 @@ impl Executor {
             };
             let events =
                 self.inner.store.append_events(run.owner_id, run.thread_id, &[event]).await?;
-            self.inner.hub.publish(&events);
+            self.inner.hub.publish(run.owner_id, &events);
+            metrics::run_finished(RunStatus::Error.as_str());
             tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart");
         }
         Ok(runs.len())
@@ -302,6 +307,7 @@ impl Executor {
         let (status, error, event) = match &outcome {
             // `drive` ended the run itself, with its last step.
             Ok(values) => {
+                metrics::run_finished(RunStatus::Success.as_str());
                 tracing::info!(status = "success", "run ended");
                 let values = Some(values.clone());
                 return Finished {
@@ -324,6 +330,8 @@ impl Executor {
                 let data = json!({ "action": "rollback", "run_id": run.run_id });
                 // Kept with the interrupt's data shape, so streams of the run see their end.
                 sink.publish_unowned(EventKind::RunCancelled, data).await;
+                metrics::run_finished(ROLLED_BACK);
+                tracing::info!(status = ROLLED_BACK, "run ended");
                 return Finished { run_id: run.run_id, status: None, values: None, error: None };
             }
             Err(Stop::Failed { error, message }) => {
@@ -342,7 +350,10 @@ impl Executor {
             .finish_run(run.owner_id, run.thread_id, run.run_id, status, message, &last)
             .await
         {
-            Ok((_, event)) => self.inner.hub.publish(std::slice::from_ref(&event)),
+            Ok((_, event)) => {
+                self.inner.hub.publish(run.owner_id, std::slice::from_ref(&event));
+                metrics::run_finished(status.as_str());
+            }
             Err(e) => tracing::error!(error = %e, "could not record the end of the run"),
         }
         tracing::info!(status = %status, "run ended");
@@ -440,7 +451,7 @@ impl Sink {
             let batch = std::mem::replace(&mut self.buffer, rest);
             let events =
                 self.store.append_events(self.run.owner_id, self.run.thread_id, &batch).await?;
-            self.hub.publish(&events);
+            self.hub.publish(self.run.owner_id, &events);
         }
         Ok(())
     }
@@ -510,7 +521,7 @@ impl Sink {
                 }
                 other => other.into(),
             })?;
-        self.hub.publish(&step.events);
+        self.hub.publish(self.run.owner_id, &step.events);
         step.checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
             error: "StoreError".into(),
             message: "no checkpoint".into(),
@@ -521,7 +532,7 @@ impl Sink {
     async fn publish_unowned(&mut self, kind: EventKind, data: Value) {
         let event = NewEvent { run_id: None, kind, data };
         match self.store.append_events(self.run.owner_id, self.run.thread_id, &[event]).await {
-            Ok(events) => self.hub.publish(&events),
+            Ok(events) => self.hub.publish(self.run.owner_id, &events),
             Err(e) => tracing::warn!(error = %e, "could not append the rollback event"),
         }
     }

@@ -632,11 +632,21 @@ impl Store {
         dispatch!(self.admin_find_thread(id))
     }
 
+    /// Busy threads, active runs and the oldest running run, for `/metrics` (every scrape:
+    /// each count is read from a partial index).
+    pub async fn admin_stats(&self) -> Result<Stats> {
+        dispatch!(self.admin_stats())
+    }
+
     /// How many threads have this id (0 or 1 while the primary key holds), for race checks.
     pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {
         dispatch!(self.admin_count_threads(id))
     }
 }
+
+/// Busy threads with no active run (both backends; `runs_thread_status` answers the probe).
+pub(crate) const STATS_BUSY_WITHOUT_RUN: &str = "select count(*) from threads t where t.status = 'busy'
+     and not exists (select 1 from runs r where r.thread_id = t.thread_id and r.status in ('pending', 'running'))";
 
 pub(crate) fn thread_conflict(id: ThreadId) -> Error {
     Error::Conflict(format!("thread {id} already exists"))

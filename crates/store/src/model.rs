@@ -242,6 +242,18 @@ pub struct Run {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Counts an operator watches (`/metrics`), database-wide.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub threads_busy: i64,
+    /// Busy threads with no pending or running run (a broken invariant).
+    pub threads_busy_without_run: i64,
+    pub runs_pending: i64,
+    pub runs_running: i64,
+    /// When the oldest running run was claimed.
+    pub oldest_running_since: Option<DateTime<Utc>>,
+}
+
 /// A run to create. The run id is minted by the caller (from the ids crate) so it can be
 /// logged before the insert.
 #[derive(Clone, Debug)]

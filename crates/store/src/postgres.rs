@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -14,7 +15,9 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::model::*;
-use crate::{Error, Result, StoreOptions, json_object, redact_url, thread_conflict};
+use crate::{
+    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, redact_url, thread_conflict,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -680,6 +683,24 @@ impl PgStore {
 
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         find_thread(&self.pool, id).await
+    }
+
+    pub async fn admin_stats(&self) -> Result<Stats> {
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool);
+        let threads_busy = count("select count(*) from threads where status = 'busy'").await?;
+        let threads_busy_without_run = count(STATS_BUSY_WITHOUT_RUN).await?;
+        let runs_pending = count("select count(*) from runs where status = 'pending'").await?;
+        let (runs_running, oldest_running_since): (i64, Option<DateTime<Utc>>) =
+            sqlx::query_as("select count(*), min(updated_at) from runs where status = 'running'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Stats {
+            threads_busy,
+            threads_busy_without_run,
+            runs_pending,
+            runs_running,
+            oldest_running_since,
+        })
     }
 
     pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {

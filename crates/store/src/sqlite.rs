@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::*;
-use crate::{Error, Result, StoreOptions, json_object, thread_conflict};
+use crate::{Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, thread_conflict};
 
 /// How many queued writes one transaction takes at most.
 const MAX_BATCH: usize = 256;
@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "api keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
     (3, "run events", include_str!("../migrations/sqlite/0003_run_events.sql")),
     (4, "run queue", include_str!("../migrations/sqlite/0004_run_queue.sql")),
+    (5, "ops indexes", include_str!("../migrations/sqlite/0005_ops_indexes.sql")),
 ];
 
 #[derive(Clone)]
@@ -693,6 +694,32 @@ impl SqliteStore {
 
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         self.read(move |c| find_thread(c, id)).await
+    }
+
+    pub async fn admin_stats(&self) -> Result<Stats> {
+        self.read(move |c| {
+            let count = |sql: &str| -> Result<i64> { Ok(c.query_row(sql, [], |r| r.get(0))?) };
+            // Named indexes: without statistics SQLite would rather scan a covering index of
+            // every run.
+            let threads_busy =
+                count("select count(*) from threads indexed by threads_busy where status = 'busy'")?;
+            let threads_busy_without_run = count(STATS_BUSY_WITHOUT_RUN)?;
+            let runs_pending =
+                count("select count(*) from runs indexed by runs_pending where status = 'pending'")?;
+            let (runs_running, oldest): (i64, Option<i64>) = c.query_row(
+                "select count(*), min(updated_at) from runs indexed by runs_running where status = 'running'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Stats {
+                threads_busy,
+                threads_busy_without_run,
+                runs_pending,
+                runs_running,
+                oldest_running_since: oldest.map(micros_to_time),
+            })
+        })
+        .await
     }
 
     pub async fn admin_count_threads(&self, id: ThreadId) -> Result<i64> {

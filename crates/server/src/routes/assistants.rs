@@ -35,7 +35,10 @@ pub async fn resolve(
         Err(_) if !id_or_graph.is_empty() && id_or_graph.len() <= 256 => {
             AssistantId::for_graph(id_or_graph)
         }
-        Err(e) => return Err(ApiError::Invalid { code: "invalid_id", detail: e.to_string() }),
+        Err(e) => {
+            crate::metrics::id_parse_failed(&e);
+            return Err(ApiError::Invalid { code: "invalid_id", detail: e.to_string() });
+        }
     };
     state.store.get_assistant(context.user, id).await.map_err(|e| match e {
         store::Error::NotFound { .. } => {

@@ -3,7 +3,7 @@
 //! route cannot be served without being documented.
 
 mod assistants;
-mod runs;
+pub(crate) mod runs;
 mod service;
 mod state;
 mod threads;

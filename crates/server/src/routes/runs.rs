@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus};
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,6 +26,7 @@ use crate::agents::Agent;
 use crate::context::{OwnedThread, RequestContext, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::hub::Live;
+use crate::metrics::{self, LookupFailure, Transport};
 use crate::runs::{CancelAction, Finished};
 use crate::stream::{Cursor, Framer, StreamMode, is_terminal};
 use crate::wire::RunOut;
@@ -128,6 +130,8 @@ struct Validated {
     if_not_exists: IfNotExists,
     modes: Vec<StreamMode>,
     on_disconnect: OnDisconnect,
+    /// A run on a new temporary thread (`/runs...`).
+    stateless: bool,
 }
 
 fn unsupported(field: &str) -> ApiError {
@@ -249,15 +253,38 @@ async fn validate(
         (true, _) | (false, IfNotExistsField::Create) => IfNotExists::Create,
         (false, IfNotExistsField::Reject) => IfNotExists::Reject,
     };
-    Ok(Validated { new_run, if_not_exists, modes, on_disconnect })
+    Ok(Validated { new_run, if_not_exists, modes, on_disconnect, stateless })
 }
 
 /// Creates the run and tells the executor (and, for `interrupt`/`rollback`, the runs it
 /// replaces).
 async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> ApiResult<Run> {
-    tracing::Span::current().record("run_id", tracing::field::display(v.new_run.run_id));
+    let span = tracing::Span::current();
+    span.record("run_id", tracing::field::display(v.new_run.run_id));
+    span.record("thread_id", tracing::field::display(v.new_run.thread_id));
+    let thread = v.new_run.thread_id;
+    // Whether this creates the thread (for the metrics): a stateless run's always; with
+    // `if_not_exists=create`, when the caller has no such thread yet (asked on that path only).
+    let new_thread = match v.if_not_exists {
+        IfNotExists::Create if v.stateless => true,
+        IfNotExists::Create => matches!(
+            state.store.get_thread(context.user, thread).await,
+            Err(store::Error::NotFound { .. })
+        ),
+        IfNotExists::Reject => false,
+    };
     let (run, replaced) =
-        state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await?;
+        match state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await {
+            Ok(created) => created,
+            Err(e) => {
+                thread_failure(state, context, v, &e).await;
+                return Err(e.into());
+            }
+        };
+    if new_thread {
+        metrics::thread_created();
+    }
+    metrics::run_created();
     let action = match run.multitask_strategy {
         MultitaskStrategy::Interrupt => Some(CancelAction::Interrupt),
         MultitaskStrategy::Rollback => Some(CancelAction::Rollback),
@@ -275,6 +302,50 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     }
     state.executor.wake();
     Ok(run)
+}
+
+/// Starts a run for the WebSocket channel exactly as `POST /threads/{thread_id}/runs` does;
+/// `new_thread` creates the thread with the run (the channel's `run` without a thread id).
+pub async fn start(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    new_thread: bool,
+    body: RunCreate,
+) -> ApiResult<Run> {
+    let mut v = validate(state, context, thread, body, false).await?;
+    if v.on_disconnect == OnDisconnect::Cancel {
+        return Err(unsupported("on_disconnect `cancel` over the WebSocket channel"));
+    }
+    if new_thread {
+        v.if_not_exists = IfNotExists::Create;
+    }
+    create(state, context, &v).await
+}
+
+/// Counts a run refused because its thread is missing or another user's (the client's answer
+/// is unchanged: 404, or 409 for `if_not_exists=create` on another user's id).
+async fn thread_failure(
+    state: &AppState,
+    context: &RequestContext,
+    v: &Validated,
+    e: &store::Error,
+) {
+    let thread = v.new_run.thread_id;
+    match e {
+        store::Error::NotFound { .. } => {
+            crate::context::thread_not_found(&state.store, context.user, thread).await;
+        }
+        store::Error::Conflict(_) if v.if_not_exists == IfNotExists::Create => {
+            if let Ok(Some(t)) = state.store.admin_find_thread(thread).await
+                && t.owner_id != context.user
+            {
+                metrics::thread_lookup_failed(LookupFailure::NotOwner);
+                tracing::info!(reason = "not_owner", "thread id taken by another user");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Creates a run in the background; answers with the run.
@@ -680,7 +751,7 @@ fn wait(
             }
         };
         let _ = tx.send(Bytes::from(result.to_string())).await;
-    });
+    }.in_current_span());
     let body = Body::from_stream(stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     }));
@@ -729,7 +800,7 @@ fn sse(
                 tracing::warn!(error = %e, "could not cancel the run");
             }
         }
-    });
+    }.in_current_span());
     let mut response = (response_headers, Body::from_stream(sse_body(rx))).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -789,50 +860,61 @@ async fn join_thread_stream(
     };
     let (tx, rx) = mpsc::channel::<String>(256);
     let (state, owner, thread_id) = (state.clone(), context.user, thread.thread_id);
-    tokio::spawn(async move {
-        let mut events = state.hub.events(
-            state.store.clone(),
-            owner,
-            thread_id,
-            None,
-            0.max(cursor.seq - 1),
-            None,
-        );
-        let mut framers: std::collections::HashMap<Option<RunId>, Framer> =
-            std::collections::HashMap::new();
-        loop {
-            let next = tokio::select! {
-                e = events.recv() => e,
-                () = tx.closed() => return,
-            };
-            let event = match next {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    let data = json!({ "error": "StoreError", "message": e.to_string() });
-                    let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
-                    return;
+    tokio::spawn(
+        async move {
+            let mut events = state.hub.events(
+                state.store.clone(),
+                owner,
+                thread_id,
+                None,
+                0.max(cursor.seq - 1),
+                None,
+            );
+            let mut framers: std::collections::HashMap<Option<RunId>, Framer> =
+                std::collections::HashMap::new();
+            loop {
+                let next = tokio::select! {
+                    e = events.recv() => e,
+                    () = tx.closed() => return,
+                };
+                let event = match next {
+                    Some(Ok(event)) => event,
+                    Some(Err(e)) => {
+                        let data = json!({ "error": "StoreError", "message": e.to_string() });
+                        let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
+                        return;
+                    }
+                    None => return,
+                };
+                let run_id = event.run_id.unwrap_or_else(RunId::new);
+                let framer = framers
+                    .entry(event.run_id)
+                    .or_insert_with(|| Framer::new(modes.clone(), run_id, thread_id));
+                let mut sent = false;
+                for (k, frame) in framer.frames(&event).into_iter().enumerate() {
+                    if frame.event == "end" || !Framer::after(cursor, event.seq, k as u32) {
+                        continue;
+                    }
+                    let data = if frame.data.is_null() {
+                        "null".to_owned()
+                    } else {
+                        frame.data.to_string()
+                    };
+                    if tx.send(sse_frame(&frame.event, &data, Some(&frame.id))).await.is_err() {
+                        return;
+                    }
+                    sent = true;
                 }
-                None => return,
-            };
-            let run_id = event.run_id.unwrap_or_else(RunId::new);
-            let framer = framers
-                .entry(event.run_id)
-                .or_insert_with(|| Framer::new(modes.clone(), run_id, thread_id));
-            for (k, frame) in framer.frames(&event).into_iter().enumerate() {
-                if frame.event == "end" || !Framer::after(cursor, event.seq, k as u32) {
-                    continue;
+                if sent {
+                    metrics::event_delivered(Transport::Sse, event.created_at);
                 }
-                let data =
-                    if frame.data.is_null() { "null".to_owned() } else { frame.data.to_string() };
-                if tx.send(sse_frame(&frame.event, &data, Some(&frame.id))).await.is_err() {
-                    return;
+                if is_terminal(&event) {
+                    framers.remove(&event.run_id);
                 }
-            }
-            if is_terminal(&event) {
-                framers.remove(&event.run_id);
             }
         }
-    });
+        .in_current_span(),
+    );
     let mut response = Body::from_stream(sse_body(rx)).into_response();
     response
         .headers_mut()
@@ -883,6 +965,7 @@ async fn follow(
             }
             None => return true,
         };
+        let mut sent = false;
         for (k, frame) in framer.frames(&event).into_iter().enumerate() {
             if !Framer::after(cursor, event.seq, k as u32) {
                 continue;
@@ -892,6 +975,12 @@ async fn follow(
             if tx.send(sse_frame(&frame.event, &data, Some(&frame.id))).await.is_err() {
                 return false;
             }
+            sent = true;
+        }
+        // Handed to the response body, which writes it to the socket next (the channel holds
+        // frames only while the socket is slower than the run).
+        if sent {
+            metrics::event_delivered(Transport::Sse, event.created_at);
         }
         if is_terminal(&event) {
             return true;

@@ -45,9 +45,9 @@ fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Option<Checkpo
             "{field}: expected a checkpoint id or an object with `checkpoint_id`"
         ))
     })?;
-    id.parse().map(Some).map_err(|e: ids::ParseIdError| ApiError::Invalid {
-        code: "invalid_id",
-        detail: format!("{field}: {e}"),
+    id.parse().map(Some).map_err(|e: ids::ParseIdError| {
+        crate::metrics::id_parse_failed(&e);
+        ApiError::Invalid { code: "invalid_id", detail: format!("{field}: {e}") }
     })
 }
 

@@ -78,12 +78,16 @@ async fn create_thread(
     if let Some(graph_id) = body.graph_id {
         metadata.insert("graph_id".into(), graph_id.into());
     }
-    let thread = match body.if_exists.unwrap_or_default() {
-        IfExists::Raise => state.store.create_thread(context.user, id, &metadata).await?,
+    tracing::Span::current().record("thread_id", tracing::field::display(id));
+    let (thread, created) = match body.if_exists.unwrap_or_default() {
+        IfExists::Raise => (state.store.create_thread(context.user, id, &metadata).await?, true),
         IfExists::DoNothing => {
-            state.store.get_or_create_thread(context.user, id, &metadata).await?.0
+            state.store.get_or_create_thread(context.user, id, &metadata).await?
         }
     };
+    if created {
+        crate::metrics::thread_created();
+    }
     Ok(Json(thread.into()))
 }
 

@@ -48,6 +48,11 @@ impl TestApp {
         &self.state.store
     }
 
+    /// The test's database (for tests that break it on purpose).
+    pub fn db(&self) -> &TestDb {
+        &self._db
+    }
+
     /// A new API key for `user`.
     pub async fn key(&self, user: &str) -> String {
         let key = auth::generate_key().unwrap();
