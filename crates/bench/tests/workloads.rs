@@ -1,10 +1,11 @@
 //! The bench's workloads through its library API against Spindle started in this process on
 //! port 0, on SQLite and on PostgreSQL: sequential, a short concurrent, the SSE stream and
-//! the race, asserting the correctness results (one thread, every run, every message, no 5xx).
+//! the race, asserting the correctness results (one thread, every run, every message, no 5xx);
+//! and, briefly, the WebSocket workloads (stream over `/ws`, sessions, idle, fan-out).
 
 use std::time::Duration;
 
-use bench::workloads::{concurrent, race, sequential, stream};
+use bench::workloads::{concurrent, race, sequential, sessions, stream, websocket};
 use bench::{Auth, Target};
 use server::auth::{Auth as ServerAuth, AuthMode, JwtConfig};
 use server::{AppState, HttpConfig};
@@ -50,6 +51,38 @@ async fn workloads(backend: Backend) {
     assert!(outcome.failures.is_empty(), "{outcome:?}");
     assert_eq!(outcome.runs.len(), 2);
     assert!(outcome.runs.iter().all(|r| r.events == 200));
+
+    let ws =
+        stream::measure_ws(&target, &stream::Options { events: 200, repeat: 2, websocket: true })
+            .await
+            .expect("Spindle has /ws");
+    assert!(ws.failures.is_empty(), "{ws:?}");
+    assert!(ws.runs.iter().all(|r| r.events == 200) && ws.runs.len() == 2, "{ws:?}");
+
+    let options = sessions::Options {
+        sessions: 30,
+        concurrency: 6,
+        max_time: Duration::from_secs(60),
+        ..sessions::Options::default()
+    };
+    let outcome = sessions::measure(&target, &options).await;
+    assert_eq!(outcome.websocket, Ok(()));
+    assert_eq!(outcome.sessions_ok, 30, "{outcome:?}");
+    assert!(outcome.identity_failures.is_empty(), "{outcome:?}");
+
+    let options = websocket::Options {
+        idle: 20,
+        fanout: 10,
+        events: 100,
+        max_time: Duration::from_secs(60),
+        ..websocket::Options::default()
+    };
+    let idle = websocket::idle(&target, &options, None).await;
+    assert_eq!((idle.opened, idle.pings_answered), (20, idle.pings_sent), "{idle:?}");
+    let fanout = websocket::fanout(&target, &options).await.unwrap();
+    assert_eq!(fanout.subscribed, 10, "{fanout:?}");
+    assert_eq!(fanout.connections_incomplete, 0, "{fanout:?}");
+    assert!(fanout.delivered >= fanout.expected_at_least, "{fanout:?}");
 
     let enqueue = race::measure(&target, 20, "enqueue").await;
     assert!(enqueue.ok(), "{enqueue:#?}");
