@@ -279,7 +279,7 @@ async fn connection(state: AppState, socket: WebSocket, caller: Option<Caller>) 
     let (out, writer) = Outbound::start(sink, &config);
     let caller = match caller {
         Some(caller) => Ok(caller),
-        None => first_frame_auth(&state, &mut stream, &out, config.auth_timeout).await,
+        None => Box::pin(first_frame_auth(&state, &mut stream, &out, config.auth_timeout)).await,
     };
     let closing = match caller {
         Err(closing) => closing,
@@ -682,7 +682,9 @@ impl Conn {
                     match frame {
                         None | Some(Ok(Message::Close(_))) => return None,
                         Some(Err(e)) => return too_big(&e),
-                        Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+                        // Boxed: an idle connection's task keeps only the size of its waiting
+                        // state, not that of the largest command.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text)).await,
                         Some(Ok(Message::Binary(_))) => {
                             let failure = Failure::new(
                                 "unsupported_frame",
@@ -697,7 +699,7 @@ impl Conn {
                     self.on_thread_event(thread, item);
                 }
                 item = recv_user(&mut self.user_live), if self.user_live.is_some() => {
-                    self.on_user_event(item).await;
+                    Box::pin(self.on_user_event(item)).await;
                 }
                 _ = heartbeat.tick() => {
                     if !heard {
