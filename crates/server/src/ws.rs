@@ -440,10 +440,7 @@ impl Outbound {
         r#ref: Option<&Value>,
         request_id: RequestId,
     ) -> Result<(), Overflow> {
-        let frame = json!({
-            "type": "error", "code": code, "detail": detail, "ref": r#ref, "request_id": request_id,
-        });
-        self.text(frame.to_string())
+        self.text(error_frame(code, detail, r#ref, request_id).to_string())
     }
 
     /// Ends the connection. A slow consumer's close frame goes before everything still queued
@@ -837,18 +834,32 @@ impl Conn {
         }
         let current = crate::context::owned_thread(&self.state.store, self.user, thread).await?;
         let after = m.after_seq.unwrap_or(current.last_seq);
-        let events =
-            self.state.hub.events(self.state.store.clone(), self.user, thread, None, after, None);
+        self.follow(thread, after, None, m.after_seq.is_some(), r#ref);
+        Ok(())
+    }
+
+    /// Subscribes to `thread`'s events after `after` (replacing any subscription to it) and
+    /// says so; `early`, a live subscription taken before a run was created, loses nothing of
+    /// that run.
+    fn follow(
+        &mut self,
+        thread: ThreadId,
+        after: i64,
+        early: Option<Live>,
+        recovered: bool,
+        r#ref: Option<&Value>,
+    ) {
+        let store = self.state.store.clone();
+        let events = self.state.hub.events(store, self.user, thread, None, after, early);
         self.subs.insert(thread, ReceiverStream::new(events));
         self.delivered.insert(thread, after);
         self.send(json!({
             "type": "subscribed",
             "thread_id": thread,
             "from_seq": after + 1,
-            "recovered": m.after_seq.is_some(),
+            "recovered": recovered,
             "ref": r#ref,
         }));
-        Ok(())
     }
 
     fn unsubscribe(&mut self, m: Unsubscribe, r#ref: Option<&Value>) -> Result<(), Failure> {
@@ -907,17 +918,7 @@ impl Conn {
             crate::routes::runs::start(&self.state, &context, thread, new_thread, m.body).await?;
         Span::current().record("run_id", display(run.run_id));
         if let Some((live, before)) = early {
-            let store = self.state.store.clone();
-            let events = self.state.hub.events(store, self.user, thread, None, before, Some(live));
-            self.subs.insert(thread, ReceiverStream::new(events));
-            self.delivered.insert(thread, before);
-            self.send(json!({
-                "type": "subscribed",
-                "thread_id": thread,
-                "from_seq": before + 1,
-                "recovered": false,
-                "ref": r#ref,
-            }));
+            self.follow(thread, before, Some(live), false, r#ref);
         }
         self.send(json!({"type": "run", "run": RunOut::from(run), "ref": r#ref}));
         Ok(())
@@ -959,11 +960,8 @@ impl Conn {
                 self.subs.remove(&thread);
                 self.delivered.remove(&thread);
                 let failure = Failure::from(e);
-                let request_id = RequestId::new();
-                let frame = json!({
-                    "type": "error", "code": failure.code, "detail": failure.detail,
-                    "thread_id": thread, "ref": null, "request_id": request_id,
-                });
+                let mut frame = error_frame(failure.code, &failure.detail, None, RequestId::new());
+                frame["thread_id"] = json!(thread);
                 self.send(frame);
             }
         }
@@ -1026,6 +1024,11 @@ async fn recv_user(live: &mut Option<Live>) -> Result<Arc<Event>, broadcast::err
         Some(live) => live.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// An `error` frame.
+fn error_frame(code: &str, detail: &str, r#ref: Option<&Value>, request_id: RequestId) -> Value {
+    json!({ "type": "error", "code": code, "detail": detail, "ref": r#ref, "request_id": request_id })
 }
 
 /// The `event` frame of an event.
