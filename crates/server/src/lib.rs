@@ -2,6 +2,12 @@
 //! routes and `serve`, so tests drive exactly what the `spindle` binary runs. `main.rs` only
 //! parses the command line.
 
+/// The process's allocator. Measured here under the runs benchmark, glibc's malloc and free
+/// took a quarter of all CPU time (arena locks contended between the SQLite writer thread and
+/// the tokio workers); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod agents;
 pub mod auth;
 pub mod config;
@@ -17,6 +23,7 @@ pub mod stream;
 pub mod wire;
 pub mod ws;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +33,8 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
-use store::{Store, SystemAssistant};
+use ids::AssistantId;
+use store::{Assistant, Store, SystemAssistant};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -70,6 +78,9 @@ pub struct AppState {
     pub executor: Executor,
     /// The open WebSocket connections.
     pub ws: Arc<ws::Connections>,
+    /// The built-in agents' assistants, which never change while serving: a run names one,
+    /// so they are read here rather than from the store on every run.
+    pub system_assistants: Arc<HashMap<AssistantId, Assistant>>,
 }
 
 impl AppState {
@@ -86,17 +97,20 @@ impl AppState {
         executor: ExecutorConfig,
     ) -> store::Result<AppState> {
         metrics::install();
+        let mut system_assistants = HashMap::new();
         for (_, graph_id, description) in Agent::ALL {
             let spec = SystemAssistant {
                 graph_id: graph_id.into(),
                 description: Some(description.into()),
             };
-            store.upsert_system_assistant(&spec).await?;
+            let assistant = store.upsert_system_assistant(&spec).await?;
+            system_assistants.insert(assistant.assistant_id, assistant);
         }
+        let system_assistants = Arc::new(system_assistants);
         let hub = Hub::default();
         let executor = Executor::new(store.clone(), hub.clone(), executor);
         let ws = Arc::new(ws::Connections::new(http.ws.clone()));
-        Ok(AppState { store, auth, http: Arc::new(http), hub, executor, ws })
+        Ok(AppState { store, auth, http: Arc::new(http), hub, executor, ws, system_assistants })
     }
 
     /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ids::{RunId, ThreadId};
 use serde_json::{Map, Value, json};
 use store::{EventKind, NewEvent, Run, RunEnd, RunStatus, StateUpdate, Store};
-use tokio::sync::{Notify, Semaphore, broadcast, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::Instrument;
 
 use crate::agents::Agent;
@@ -49,6 +49,48 @@ pub enum Stop {
 impl From<store::Error> for Stop {
     fn from(e: store::Error) -> Self {
         Stop::Failed { error: "StoreError".into(), message: e.to_string() }
+    }
+}
+
+/// A waiter for one run's end, from [`Executor::watch_end`]; dropping it unregisters it.
+#[derive(Debug)]
+pub struct EndWatch {
+    executor: Executor,
+    run: RunId,
+    rx: Option<oneshot::Receiver<Finished>>,
+}
+
+impl EndWatch {
+    /// Waits for the end; `None` once if it cannot come any more (the executor is gone), and
+    /// never returns after that.
+    pub async fn ended(&mut self) -> Option<Finished> {
+        let Some(rx) = self.rx.as_mut() else { return std::future::pending().await };
+        let ended = rx.await.ok();
+        self.rx = None;
+        ended
+    }
+
+    /// The end, if it was announced already (without waiting).
+    pub fn try_ended(&mut self) -> Option<Finished> {
+        let ended = self.rx.as_mut()?.try_recv().ok();
+        if ended.is_some() {
+            self.rx = None;
+        }
+        ended
+    }
+}
+
+impl Drop for EndWatch {
+    fn drop(&mut self) {
+        if self.rx.take().is_some() {
+            let mut ends = self.executor.ends();
+            if let Some(waiters) = ends.get_mut(&self.run) {
+                waiters.retain(|w| !w.is_closed());
+                if waiters.is_empty() {
+                    ends.remove(&self.run);
+                }
+            }
+        }
     }
 }
 
@@ -91,7 +133,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Runs executing here, with the channel that cancels them.
     running: Mutex<Running>,
-    finished: broadcast::Sender<Finished>,
+    /// Who waits for which run's end (see [`Executor::watch_end`]).
+    ends: Mutex<HashMap<RunId, Vec<oneshot::Sender<Finished>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +154,7 @@ impl Executor {
             wake: Notify::new(),
             permits,
             running: Mutex::default(),
-            finished: broadcast::channel(1024).0,
+            ends: Mutex::default(),
         };
         Executor { inner: Arc::new(inner) }
     }
@@ -121,9 +164,24 @@ impl Executor {
         self.inner.wake.notify_one();
     }
 
-    /// Ends of runs, as they happen. Subscribe before creating a run to be sure to see its end.
-    pub fn finished(&self) -> broadcast::Receiver<Finished> {
-        self.inner.finished.subscribe()
+    /// The end of `run`, when it ends on this node. Watch before creating a run to be sure to
+    /// see its end. Only the run's own waiters are woken (not every waiter at every run's end).
+    pub fn watch_end(&self, run: RunId) -> EndWatch {
+        let (tx, rx) = oneshot::channel();
+        self.ends().entry(run).or_default().push(tx);
+        EndWatch { executor: self.clone(), run, rx: Some(rx) }
+    }
+
+    fn ends(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Vec<oneshot::Sender<Finished>>>> {
+        self.inner.ends.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the run's waiters how it ended.
+    fn announce(&self, finished: Finished) {
+        let waiters = self.ends().remove(&finished.run_id).unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(finished.clone());
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -193,7 +251,7 @@ impl Executor {
         let status = if rollback { None } else { Some(RunStatus::Interrupted) };
         metrics::run_finished(status.map_or(ROLLED_BACK, RunStatus::as_str));
         let values = self.inner.store.get_thread(owner, thread).await.ok().and_then(|t| t.values);
-        let _ = self.inner.finished.send(Finished { run_id: run, status, values, error: None });
+        self.announce(Finished { run_id: run, status, values, error: None });
         self.wake();
         Ok(())
     }
@@ -246,12 +304,7 @@ impl Executor {
             let idle = claimed.is_empty();
             for run in claimed {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { return };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.execute(run).await;
-                    drop(permit);
-                    this.wake();
-                });
+                self.spawn_claimed(run, permit);
             }
             if idle {
                 tokio::select! {
@@ -261,6 +314,22 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// A place to execute one more run now, if this node has one free.
+    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Executes a run claimed for this node (by `claim_runs`, or created claimed by
+    /// `create_run_claiming`) in the place reserved for it.
+    pub fn spawn_claimed(&self, run: Run, permit: OwnedSemaphorePermit) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.execute(run).await;
+            drop(permit);
+            this.wake();
+        });
     }
 
     async fn execute(&self, run: Run) {
@@ -292,7 +361,7 @@ impl Executor {
         let outcome = drive(&run, &mut sink).await;
         let finished = self.finish(&run, &mut sink, outcome).await;
         self.running().runs.remove(&run.run_id);
-        let _ = self.inner.finished.send(finished);
+        self.announce(finished);
         if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete")
             && let Err(e) = self.inner.store.delete_thread(run.owner_id, run.thread_id).await
         {

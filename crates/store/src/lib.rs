@@ -402,7 +402,20 @@ impl Store {
         run: &NewRun,
         if_not_exists: IfNotExists,
     ) -> Result<(Run, Vec<RunId>)> {
-        dispatch!(self.create_run(owner, run, if_not_exists))
+        dispatch!(self.create_run(owner, run, if_not_exists, false))
+    }
+
+    /// [`Store::create_run_replacing`] for a caller ready to execute the run now: when the
+    /// thread has no active run, the run is created `running` (claimed in the same
+    /// transaction, saving the claim's own), and the caller must execute it. Otherwise it is
+    /// created `pending`, to be claimed in turn.
+    pub async fn create_run_claiming(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+    ) -> Result<(Run, Vec<RunId>)> {
+        dispatch!(self.create_run(owner, run, if_not_exists, true))
     }
 
     pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {

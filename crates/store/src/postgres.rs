@@ -219,6 +219,7 @@ impl PgStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
+        claim: bool,
     ) -> Result<(Run, Vec<RunId>)> {
         let id = run.thread_id;
         let mut tx = self.pool.begin().await?;
@@ -261,10 +262,12 @@ impl PgStore {
                 }
             }
         }
+        // With no run before it, a run the caller will execute now starts claimed.
+        let status = if claim && active == 0 { "running" } else { "pending" };
         // One round trip: the run, and the thread busy with its metadata stamped.
         let sql = concat!("with t as (update threads set status = 'busy', metadata = metadata || $10, updated_at = $9 where thread_id = $2)
              insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
-             values ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, null, $9, $9)
+             values ($1, $2, $3, $4, $11, $5, $6, $7, $8, null, $9, $9)
              returning ", run_cols!());
         let row = sqlx::query(sql)
             .bind(run.run_id)
@@ -277,6 +280,7 @@ impl PgStore {
             .bind(run.multitask_strategy.as_str())
             .bind(at)
             .bind(Json(&run.thread_metadata))
+            .bind(status)
             .fetch_one(&mut *tx)
             .await?;
         let created = run_row(&row)?;

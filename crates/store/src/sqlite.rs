@@ -274,6 +274,7 @@ impl SqliteStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
+        claim: bool,
     ) -> Result<(Run, Vec<RunId>)> {
         let run = run.clone();
         let input = run.input.as_ref().map(serde_json::to_string).transpose()?;
@@ -308,11 +309,13 @@ impl SqliteStore {
                     }
                 }
             }
+            // With no run before it, a run the caller will execute now starts claimed.
+            let status = if claim && active == 0 { "running" } else { "pending" };
             let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
-                 values (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, null, ?9, ?9)
+                 values (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, null, ?9, ?9)
                  returning ", run_cols!());
             let created = c.prepare_cached(sql)?.query_row(
-                params![run.run_id, id, owner, run.assistant_id, input, kwargs, metadata, run.multitask_strategy.as_str(), at],
+                params![run.run_id, id, owner, run.assistant_id, input, kwargs, metadata, run.multitask_strategy.as_str(), at, status],
                 run_row,
             )?;
             thread.metadata.extend(run.thread_metadata);

@@ -40,6 +40,9 @@ pub async fn resolve(
             return Err(ApiError::Invalid { code: "invalid_id", detail: e.to_string() });
         }
     };
+    if let Some(assistant) = state.system_assistants.get(&id) {
+        return Ok(assistant.clone());
+    }
     state.store.get_assistant(context.user, id).await.map_err(|e| match e {
         store::Error::NotFound { .. } => {
             ApiError::NotFound(format!("assistant {id_or_graph} not found"))

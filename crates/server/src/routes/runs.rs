@@ -15,7 +15,7 @@ use ids::{RunId, ThreadId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -27,7 +27,7 @@ use crate::context::{OwnedThread, RequestContext, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::hub::Live;
 use crate::metrics::{self, LookupFailure, Transport};
-use crate::runs::{CancelAction, Finished};
+use crate::runs::{CancelAction, EndWatch, Finished};
 use crate::stream::{Cursor, Framer, StreamMode, is_terminal};
 use crate::wire::RunOut;
 
@@ -273,14 +273,20 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
         ),
         IfNotExists::Reject => false,
     };
-    let (run, replaced) =
-        match state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await {
-            Ok(created) => created,
-            Err(e) => {
-                thread_failure(state, context, v, &e).await;
-                return Err(e.into());
-            }
-        };
+    // With a free place on this node, the run is claimed as it is created and starts at once
+    // (if its thread has no run before it); otherwise the executor claims it in turn.
+    let place = state.executor.try_reserve();
+    let created = match place {
+        Some(_) => state.store.create_run_claiming(context.user, &v.new_run, v.if_not_exists).await,
+        None => state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await,
+    };
+    let (run, replaced) = match created {
+        Ok(created) => created,
+        Err(e) => {
+            thread_failure(state, context, v, &e).await;
+            return Err(e.into());
+        }
+    };
     if new_thread {
         metrics::thread_created();
     }
@@ -300,7 +306,12 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
             }
         }
     }
-    state.executor.wake();
+    match place {
+        Some(place) if run.status == RunStatus::Running => {
+            state.executor.spawn_claimed(run.clone(), place);
+        }
+        _ => state.executor.wake(),
+    }
     Ok(run)
 }
 
@@ -385,9 +396,9 @@ async fn waiting(
     stateless: bool,
 ) -> ApiResult<Response> {
     let v = validate(state, context, thread, body, stateless).await?;
-    let finished = state.executor.finished();
+    let end = state.executor.watch_end(v.new_run.run_id);
     let run = create(state, context, &v).await?;
-    Ok(wait(state, context.user, run, finished))
+    Ok(wait(state, context.user, run, end, true))
 }
 
 fn location(run: &Run) -> String {
@@ -556,12 +567,12 @@ async fn cancel_run(
             return Err(ApiError::invalid(format!("wait: expected 0 or 1, got `{other}`")));
         }
     };
-    let mut finished = state.executor.finished();
+    let mut end = state.executor.watch_end(run.run_id);
     if run.status.is_active() {
         state.executor.cancel_run(context.user, &run, action).await?;
     }
     if wait {
-        wait_until_ended(&state, context.user, &run, &mut finished).await?;
+        wait_until_ended(&state, context.user, &run, &mut end).await?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Ok(StatusCode::ACCEPTED.into_response())
@@ -572,7 +583,7 @@ async fn wait_until_ended(
     state: &AppState,
     owner: UserId,
     run: &Run,
-    finished: &mut broadcast::Receiver<Finished>,
+    end: &mut EndWatch,
 ) -> ApiResult<()> {
     loop {
         match state.store.get_run(owner, run.thread_id, run.run_id).await {
@@ -580,8 +591,10 @@ async fn wait_until_ended(
             Ok(_) | Err(store::Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        // Woken by any run's end; the store says whether it was this one.
-        let _ = tokio::time::timeout(Duration::from_millis(500), finished.recv()).await;
+        // Woken by the run's end here; polled for an end on another node.
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), end.ended()).await {
+            return Ok(());
+        }
     }
 }
 
@@ -594,8 +607,8 @@ async fn join_run(
     context: RequestContext,
     OwnedRun(run): OwnedRun,
 ) -> Response {
-    let finished = state.executor.finished();
-    wait(&state, context.user, run, finished)
+    let end = state.executor.watch_end(run.run_id);
+    wait(&state, context.user, run, end, false)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -702,47 +715,39 @@ async fn wait_stateless(
 }
 
 /// The body of `/wait` and `/join`: a newline every [`HEARTBEAT`] while the run is active, then
-/// the thread's values (or `{"__error__": ...}`).
-fn wait(
-    state: &AppState,
-    owner: UserId,
-    run: Run,
-    mut finished: broadcast::Receiver<Finished>,
-) -> Response {
+/// the thread's values (or `{"__error__": ...}`). `fresh`: `end` was watched before the run was
+/// created, so its end cannot have passed unseen and the store need not be asked first.
+fn wait(state: &AppState, owner: UserId, run: Run, mut end: EndWatch, fresh: bool) -> Response {
     let state = state.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let response_headers = headers(&run, false);
     tokio::spawn(async move {
+        let mut ask_store = !fresh;
         let result = loop {
-            // The run may have ended before this waiter subscribed: ask the store first.
-            match state.store.get_run(owner, run.thread_id, run.run_id).await {
-                Ok(r) if !r.status.is_active() => break final_body(&state, owner, &r).await,
-                Ok(_) => {}
-                // Gone: a stateless run whose thread was deleted when it ended (its end is
-                // waiting in `finished`), or a rolled-back run.
-                Err(store::Error::NotFound { .. }) => {
-                    break ended_body(ended_before(&mut finished, run.run_id)).unwrap_or(json!({}));
-                }
-                Err(e) => {
-                    break json!({ "__error__": { "error": "StoreError", "message": e.to_string() } });
+            // The run may have ended before this waiter watched it, or on another node: the
+            // store knows (at the start of a join, and after every heartbeat).
+            if ask_store {
+                match state.store.get_run(owner, run.thread_id, run.run_id).await {
+                    Ok(r) if !r.status.is_active() => break final_body(&state, owner, &r).await,
+                    Ok(_) => {}
+                    // Gone: a stateless run whose thread was deleted when it ended (its end is
+                    // waiting in `end`), or a rolled-back run.
+                    Err(store::Error::NotFound { .. }) => {
+                        break ended_body(end.try_ended()).unwrap_or(json!({}));
+                    }
+                    Err(e) => {
+                        break json!({ "__error__": { "error": "StoreError", "message": e.to_string() } });
+                    }
                 }
             }
-            let deadline = tokio::time::sleep(HEARTBEAT);
-            tokio::pin!(deadline);
-            let ended = loop {
-                tokio::select! {
-                    f = finished.recv() => match f {
-                        Ok(f) if f.run_id == run.run_id => break Some(f),
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break None,
-                        Err(broadcast::error::RecvError::Closed) => break None,
-                    },
-                    () = &mut deadline => {
-                        if tx.send(Bytes::from_static(b"\n")).await.is_err() {
-                            return;
-                        }
-                        break None;
+            ask_store = true;
+            let ended = tokio::select! {
+                f = end.ended() => f,
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
                     }
+                    None
                 }
             };
             if let Some(body) = ended_body(ended) {
@@ -759,17 +764,6 @@ fn wait(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
-}
-
-/// The end of `run` if it was already announced to `finished` (without waiting).
-fn ended_before(finished: &mut broadcast::Receiver<Finished>, run: RunId) -> Option<Finished> {
-    loop {
-        match finished.try_recv() {
-            Ok(f) if f.run_id == run => return Some(f),
-            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-            Err(_) => return None,
-        }
-    }
 }
 
 /// The answer for a run's announced end.
