@@ -8,6 +8,7 @@
 //! committed but unpublished.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,6 +131,9 @@ struct Inner {
     hub: Hub,
     config: ExecutorConfig,
     wake: Notify,
+    /// Whether a run may be waiting to be claimed. While false, a run's end does not make the
+    /// executor try to claim (a write for nothing); the poll still does.
+    maybe_pending: AtomicBool,
     permits: Arc<Semaphore>,
     /// Runs executing here, with the channel that cancels them.
     running: Mutex<Running>,
@@ -152,6 +156,7 @@ impl Executor {
             hub,
             config,
             wake: Notify::new(),
+            maybe_pending: AtomicBool::new(true),
             permits,
             running: Mutex::default(),
             ends: Mutex::default(),
@@ -159,9 +164,17 @@ impl Executor {
         Executor { inner: Arc::new(inner) }
     }
 
-    /// Something may be claimable: a run was created or one ended.
+    /// Something may be claimable: a run was created pending, or one was cancelled.
     pub fn wake(&self) {
+        self.inner.maybe_pending.store(true, Ordering::Release);
         self.inner.wake.notify_one();
+    }
+
+    /// A run ended here: its place is free for a pending run, if there is one.
+    fn place_freed(&self) {
+        if self.inner.maybe_pending.load(Ordering::Acquire) {
+            self.inner.wake.notify_one();
+        }
     }
 
     /// The end of `run`, when it ends on this node. Watch before creating a run to be sure to
@@ -290,17 +303,30 @@ impl Executor {
         tokio::pin!(shutdown);
         loop {
             let free = self.inner.permits.available_permits();
+            let limit = free.min(32);
             let claimed = if free == 0 {
                 Vec::new()
             } else {
-                match self.inner.store.claim_runs(free.min(32) as u32).await {
+                // Cleared before the claim, so a run created pending meanwhile sets it again.
+                self.inner.maybe_pending.store(false, Ordering::Release);
+                match self.inner.store.claim_runs(limit as u32).await {
                     Ok(runs) => runs,
                     Err(e) => {
                         tracing::error!(error = %e, "claiming runs failed");
+                        self.inner.maybe_pending.store(true, Ordering::Release);
                         Vec::new()
                     }
                 }
             };
+            // Fewer than asked: runs may still wait behind their threads' running runs.
+            if free > 0
+                && claimed.len() < limit
+                && !self.inner.store.any_pending_runs().await.unwrap_or(true)
+            {
+                // Nothing waits; a run created since then has set the flag again.
+            } else {
+                self.inner.maybe_pending.store(true, Ordering::Release);
+            }
             let idle = claimed.is_empty();
             for run in claimed {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { return };
@@ -328,7 +354,7 @@ impl Executor {
         tokio::spawn(async move {
             this.execute(run).await;
             drop(permit);
-            this.wake();
+            this.place_freed();
         });
     }
 

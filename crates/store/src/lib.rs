@@ -444,6 +444,12 @@ impl Store {
         Ok(runs)
     }
 
+    /// Whether any run waits to be claimed (on any node), so an executor with nothing to claim
+    /// need not try again at every run's end.
+    pub async fn any_pending_runs(&self) -> Result<bool> {
+        dispatch!(self.any_pending_runs())
+    }
+
     /// Cancels a run that has not started: ends it `interrupted` or, with `rollback`, deletes
     /// it. False if the run is not pending (it is running, or ended): then the executor
     /// running it must stop it.

@@ -300,6 +300,11 @@ impl PgStore {
         rows.iter().map(run_row).collect()
     }
 
+    pub async fn any_pending_runs(&self) -> Result<bool> {
+        let sql = "select exists (select 1 from runs where status = 'pending')";
+        Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
+    }
+
     pub async fn cancel_pending_run(
         &self,
         owner: UserId,

@@ -290,9 +290,7 @@ impl SqliteStore {
                 Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
                 _ => return Err(Error::not_found("thread", id)),
             };
-            let active: i64 = c
-                .prepare_cached("select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')")?
-                .query_row([id], |r| r.get(0))?;
+            let active = i64::from(thread_active(c, id)?);
             let at = micros(now());
             let mut replaced: Vec<RunId> = Vec::new();
             if active > 0 {
@@ -335,6 +333,14 @@ impl SqliteStore {
                 run_cols!()
             );
             all(c, sql, params![micros(now()), limit], run_row)
+        })
+        .await
+    }
+
+    pub async fn any_pending_runs(&self) -> Result<bool> {
+        self.read(|c| {
+            let sql = "select exists (select 1 from runs where status = 'pending')";
+            Ok(c.prepare_cached(sql)?.query_row([], |r| r.get(0))?)
         })
         .await
     }
@@ -484,7 +490,8 @@ impl SqliteStore {
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let metadata_text = serde_json::to_string(metadata)?;
-        self.write(move |c| update_state_in(c, owner, thread, run, update, &metadata_text)).await
+        self.write(move |c| Ok(update_state_in(c, owner, thread, run, update, &metadata_text)?.0))
+            .await
     }
 
     #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
@@ -504,45 +511,43 @@ impl SqliteStore {
             .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
             .transpose()?;
         self.write(move |c| {
-            let mut out =
-                if events.is_empty() { Vec::new() } else { append_in(c, owner, thread, events)? };
+            let mut all = events;
+            // The state first ...
             let checkpoint = match update {
                 None => None,
                 Some(update) => {
-                    let checkpoint =
+                    let (checkpoint, values_text) =
                         update_state_in(c, owner, thread, Some(run), update, &metadata_text)?;
                     let values = NewEvent {
                         run_id: Some(run),
                         kind: EventKind::Values,
                         data: checkpoint.values.clone(),
                     };
-                    out.extend(append_in(c, owner, thread, encode_events(&[values])?)?);
+                    all.push((values, values_text));
                     Some(checkpoint)
                 }
             };
+            // ... then the run's end ...
             let ended = match end {
                 None => None,
                 Some((end, last)) => {
                     // A run ends once: a second end (another node's recovery got there first)
                     // is refused.
-                    let current: Option<String> = c
-                        .prepare_cached(
-                            "select status from runs where run_id = ?1 and owner_id = ?2",
-                        )?
-                        .query_row(params![run, owner], |r| r.get(0))
-                        .optional()?;
-                    if current.as_deref() != Some("running") {
-                        return Err(Error::Conflict(format!(
-                            "run {run} is not running: it has already ended"
-                        )));
-                    }
                     let ended =
-                        set_run_status_in(c, owner, thread, run, end.status, end.error.as_deref())?;
-                    out.extend(append_in(c, owner, thread, last)?);
+                        end_run_in(c, owner, thread, run, end.status, end.error.as_deref())?
+                            .ok_or_else(|| {
+                                Error::Conflict(format!(
+                                    "run {run} is not running: it has already ended"
+                                ))
+                            })?;
+                    all.extend(last);
                     Some(ended)
                 }
             };
-            Ok(Step { checkpoint, events: out, ended })
+            // ... and every event of the step in one append, in order.
+            let events =
+                if all.is_empty() { Vec::new() } else { append_in(c, owner, thread, all)? };
+            Ok(Step { checkpoint, events, ended })
         })
         .await
     }
@@ -984,7 +989,8 @@ fn append_in(
     Ok(out)
 }
 
-/// Replaces the thread's values with `update(current)` and stores them as a checkpoint.
+/// Replaces the thread's values with `update(current)` and stores them as a checkpoint;
+/// returns it with its values as JSON text.
 fn update_state_in(
     c: &Connection,
     owner: UserId,
@@ -992,30 +998,78 @@ fn update_state_in(
     run: Option<RunId>,
     update: StateUpdate,
     metadata_text: &str,
-) -> Result<Checkpoint> {
+) -> Result<(Checkpoint, String)> {
     let current: Option<String> = c
         .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
         .query_row(params![thread, owner], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found("thread", thread))?;
     let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
-    let values_text = serde_json::to_string(&update(current).map_err(Error::Invalid)?)?;
-    let at = micros(now());
+    let values = update(current).map_err(Error::Invalid)?;
+    let values_text = serde_json::to_string(&values)?;
+    let created_at = now();
+    let at = micros(created_at);
     c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3")?
         .execute(params![values_text, at, thread])?;
     let parent: Option<CheckpointId> = c
         .prepare_cached("select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1")?
         .query_row([thread], |r| r.get(0))
         .optional()?;
-    let sql = concat!(
+    let checkpoint_id = CheckpointId::new();
+    c.prepare_cached(
         "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7) returning ",
-        checkpoint_cols!()
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![checkpoint_id, thread, run, parent, values_text, metadata_text, at])?;
+    // Built from what was written, not read back: the values need no second parse.
+    let metadata = json_object(serde_json::from_str(metadata_text)?);
+    let checkpoint = Checkpoint {
+        checkpoint_id,
+        thread_id: thread,
+        run_id: run,
+        parent_checkpoint_id: parent,
+        values,
+        metadata,
+        created_at,
+    };
+    Ok((checkpoint, values_text))
+}
+
+/// Whether the thread has a pending or running run (two index lookups; `status in (...)`
+/// would build a temporary index of the list on every execution).
+fn thread_active(c: &Connection, thread: ThreadId) -> Result<bool> {
+    let sql = "select exists (select 1 from runs where thread_id = ?1 and status = 'running')
+                   or exists (select 1 from runs where thread_id = ?1 and status = 'pending')";
+    Ok(c.prepare_cached(sql)?.query_row([thread], |r| r.get(0))?)
+}
+
+/// Moves a running run to its end status, and its thread's status to match; `None` if the run
+/// is not running.
+fn end_run_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    id: RunId,
+    status: RunStatus,
+    error: Option<&str>,
+) -> Result<Option<Run>> {
+    let at = micros(now());
+    let sql = concat!(
+        "update runs set status = ?1, error = ?2, updated_at = ?3
+         where run_id = ?4 and thread_id = ?5 and owner_id = ?6 and status = 'running' returning ",
+        run_cols!()
     );
-    Ok(c.prepare_cached(sql)?.query_row(
-        params![CheckpointId::new(), thread, run, parent, values_text, metadata_text, at],
-        checkpoint_row,
-    )?)
+    let Some(run) = c
+        .prepare_cached(sql)?
+        .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let active = i64::from(thread_active(c, thread)?);
+    c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
+        .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
+    Ok(Some(run))
 }
 
 /// Moves a run to `status`; the thread's status follows.
@@ -1037,11 +1091,7 @@ fn set_run_status_in(
         .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
         .optional()?
         .ok_or_else(|| Error::not_found("run", id))?;
-    let active: i64 = c
-        .prepare_cached(
-            "select count(*) from runs where thread_id = ?1 and status in ('pending', 'running')",
-        )?
-        .query_row([thread], |r| r.get(0))?;
+    let active = i64::from(thread_active(c, thread)?);
     c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
         .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
     Ok(run)
