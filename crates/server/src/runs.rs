@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ids::{RunId, ThreadId};
+use ids::{AssistantId, RunId, ThreadId};
 use serde_json::{Map, Value, json};
-use store::{EventKind, NewEvent, Run, RunEnd, RunStatus, StateUpdate, Store};
+use store::{EventKind, FirstStep, NewEvent, Run, RunEnd, RunStatus, StateUpdate, Store};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::Instrument;
 
@@ -330,7 +330,7 @@ impl Executor {
             let idle = claimed.is_empty();
             for run in claimed {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { return };
-                self.spawn_claimed(run, permit);
+                self.spawn_claimed(run, permit, None);
             }
             if idle {
                 tokio::select! {
@@ -349,16 +349,18 @@ impl Executor {
 
     /// Executes a run claimed for this node (by `claim_runs`, or created claimed by
     /// `create_run_claiming`) in the place reserved for it.
-    pub fn spawn_claimed(&self, run: Run, permit: OwnedSemaphorePermit) {
+    /// `started`: the thread's values after the run's first step, when that was committed with
+    /// the run.
+    pub fn spawn_claimed(&self, run: Run, permit: OwnedSemaphorePermit, started: Option<Value>) {
         let this = self.clone();
         tokio::spawn(async move {
-            this.execute(run).await;
+            this.execute(run, started).await;
             drop(permit);
             this.place_freed();
         });
     }
 
-    async fn execute(&self, run: Run) {
+    async fn execute(&self, run: Run, started: Option<Value>) {
         let (cancel_tx, cancel_rx) = watch::channel(None);
         {
             let mut running = self.running();
@@ -368,10 +370,15 @@ impl Executor {
             running.runs.insert(run.run_id, (run.thread_id, cancel_tx));
         }
         let span = tracing::info_span!("run", run_id = %run.run_id, thread_id = %run.thread_id, user_id = %run.owner_id);
-        self.execute_in(run, cancel_rx).instrument(span).await;
+        self.execute_in(run, cancel_rx, started).instrument(span).await;
     }
 
-    async fn execute_in(&self, run: Run, cancel_rx: watch::Receiver<Option<CancelAction>>) {
+    async fn execute_in(
+        &self,
+        run: Run,
+        cancel_rx: watch::Receiver<Option<CancelAction>>,
+        started: Option<Value>,
+    ) {
         let mut sink = Sink {
             store: self.inner.store.clone(),
             hub: self.inner.hub.clone(),
@@ -384,7 +391,7 @@ impl Executor {
         };
         // The time limit is checked by the sink, like a cancel, so a run is never dropped in
         // the middle of a write (which could commit an event nobody is told about).
-        let outcome = drive(&run, &mut sink).await;
+        let outcome = drive(&run, &mut sink, started).await;
         let finished = self.finish(&run, &mut sink, outcome).await;
         self.running().runs.remove(&run.run_id);
         self.announce(finished);
@@ -461,20 +468,49 @@ impl Executor {
 /// Executes one run: applies its input to the thread's state, runs the agent, appends the
 /// agent's message and ends the run `success` (in one transaction). Returns the thread's
 /// values after the run; on an error the run has not ended yet (`finish` ends it).
-async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
-    let graph_id = run.kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo").to_owned();
-    let agent = Agent::from_graph(&graph_id).ok_or_else(|| Stop::Failed {
+async fn drive(run: &Run, sink: &mut Sink, started: Option<Value>) -> Result<Value, Stop> {
+    let agent = agent_of(&run.kwargs)?;
+    let input = run.input.clone().unwrap_or(Value::Null);
+    // The first step may have been committed with the run already (`create_run_claiming`).
+    let state = match started {
+        Some(state) => state,
+        None => {
+            let first = first_step(run.run_id, run.assistant_id, &run.kwargs, run.input.as_ref())?;
+            sink.commit_first(first).await?
+        }
+    };
+    let message = agent.run(&state, &input, sink).await?;
+    let writes = json!({ agent.name(): { "messages": [message.clone()] } });
+    let metadata = json!({ "source": "loop", "step": 1, "run_id": run.run_id, "writes": writes });
+    // The last step and the run's end, in one transaction.
+    sink.commit_final(json!({ "messages": [message] }), metadata).await
+}
+
+/// The agent a run's `graph_id` names.
+fn agent_of(kwargs: &Value) -> Result<Agent, Stop> {
+    let graph_id = kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo");
+    Agent::from_graph(graph_id).ok_or_else(|| Stop::Failed {
         error: "ValueError".into(),
         message: format!("no agent named {graph_id}"),
-    })?;
-    // Buffered: committed with the input's checkpoint, in one transaction.
-    sink.push(
-        EventKind::AgentStarted,
-        json!({ "node": agent.name(), "assistant_id": run.assistant_id, "graph_id": graph_id }),
-    );
-    let input = run.input.clone().unwrap_or(Value::Null);
-    let state_input = match &input {
-        Value::Object(fields) => {
+    })
+}
+
+/// A run's first step: `agent_started`, and its input applied to the thread's state as a
+/// checkpoint (committed by the executor, or with the run by `create_run_claiming`).
+pub fn first_step(
+    run: RunId,
+    assistant: AssistantId,
+    kwargs: &Value,
+    input: Option<&Value>,
+) -> Result<FirstStep, Stop> {
+    let agent = agent_of(kwargs)?;
+    let started = NewEvent {
+        run_id: Some(run),
+        kind: EventKind::AgentStarted,
+        data: json!({ "node": agent.name(), "assistant_id": assistant, "graph_id": agent.name() }),
+    };
+    let state_input = match input {
+        Some(Value::Object(fields)) => {
             // The agent's own options (synthetic's n, mode, delay_ms) are not state.
             let state: Map<String, Value> = fields
                 .iter()
@@ -485,14 +521,12 @@ async fn drive(run: &Run, sink: &mut Sink) -> Result<Value, Stop> {
         }
         _ => Value::Null,
     };
-    let state = sink
-        .update_state(state_input, json!({ "source": "input", "step": -1, "run_id": run.run_id }))
-        .await?;
-    let message = agent.run(&state, &input, sink).await?;
-    let writes = json!({ agent.name(): { "messages": [message.clone()] } });
-    let metadata = json!({ "source": "loop", "step": 1, "run_id": run.run_id, "writes": writes });
-    // The last step and the run's end, in one transaction.
-    sink.commit_final(json!({ "messages": [message] }), metadata).await
+    let metadata = json!({ "source": "input", "step": -1, "run_id": run });
+    Ok(FirstStep {
+        events: vec![started],
+        update: Box::new(move |current| apply_update(current, state_input)),
+        metadata: metadata.as_object().cloned().unwrap_or_default(),
+    })
 }
 
 /// Where an agent's events go: appended in the store (numbered there), then published.
@@ -566,13 +600,13 @@ impl Sink {
         self.check()
     }
 
-    /// Applies an update to the thread's state as a checkpoint of this run, in one transaction
-    /// with the buffered events and the `values` event of the new state.
-    async fn update_state(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
+    /// Commits the run's first step (in one transaction with the buffered events and the
+    /// `values` event of the new state); returns the thread's new values.
+    async fn commit_first(&mut self, first: FirstStep) -> Result<Value, Stop> {
         self.check()?;
-        let metadata = metadata.as_object().cloned().unwrap_or_default();
-        let apply = Box::new(move |current| apply_update(current, update));
-        self.commit(Some(apply), &metadata, None).await
+        let FirstStep { events, update, metadata } = first;
+        self.buffer.extend(events);
+        self.commit(Some(update), &metadata, None).await
     }
 
     /// The run's last step and its end (`success`) in one transaction.

@@ -402,20 +402,24 @@ impl Store {
         run: &NewRun,
         if_not_exists: IfNotExists,
     ) -> Result<(Run, Vec<RunId>)> {
-        dispatch!(self.create_run(owner, run, if_not_exists, false))
+        dispatch!(self.create_run(owner, run, if_not_exists))
     }
 
     /// [`Store::create_run_replacing`] for a caller ready to execute the run now: when the
     /// thread has no active run, the run is created `running` (claimed in the same
-    /// transaction, saving the claim's own), and the caller must execute it. Otherwise it is
-    /// created `pending`, to be claimed in turn.
+    /// transaction, saving the claim's own) with its `first` step committed, and the caller
+    /// must publish the step's events and execute the run from there. Otherwise it is created
+    /// `pending`, to be claimed in turn (and no step is returned). If the first step's update
+    /// is refused (an invalid update, before anything is written), the run is still created
+    /// claimed but without the step: executing it meets the same refusal and ends the run.
     pub async fn create_run_claiming(
         &self,
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
-    ) -> Result<(Run, Vec<RunId>)> {
-        dispatch!(self.create_run(owner, run, if_not_exists, true))
+        first: FirstStep,
+    ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
+        dispatch!(self.create_run_claiming(owner, run, if_not_exists, first))
     }
 
     pub async fn get_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<Run> {

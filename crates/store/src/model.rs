@@ -270,6 +270,23 @@ pub struct NewRun {
     pub thread_metadata: Metadata,
 }
 
+/// A run's first step (its input applied to the thread's state, with the events before it),
+/// for [`crate::Store::create_run_claiming`] to commit with the run when it claims it.
+pub struct FirstStep {
+    pub events: Vec<NewEvent>,
+    pub update: StateUpdate,
+    pub metadata: Metadata,
+}
+
+impl std::fmt::Debug for FirstStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstStep")
+            .field("events", &self.events)
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a run ends, recorded in the transaction of its last step: its status (the thread's
 /// follows), an error message, and its last event.
 #[derive(Clone, Debug)]

@@ -219,73 +219,38 @@ impl PgStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
-        claim: bool,
     ) -> Result<(Run, Vec<RunId>)> {
-        let id = run.thread_id;
         let mut tx = self.pool.begin().await?;
-        if if_not_exists == IfNotExists::Create {
-            insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
-        }
-        // The row lock serializes run creation per thread, so the strategy sees every run.
-        let thread: Option<(UserId, i64)> = sqlx::query_as(
-            "select owner_id, (select count(*) from runs where thread_id = $1 and status in ('pending', 'running'))
-             from threads where thread_id = $1 for update",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let active = match thread {
-            Some((o, active)) if o == owner => active,
-            Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
-            _ => return Err(Error::not_found("thread", id)),
-        };
-        let at = now();
-        let mut replaced: Vec<RunId> = Vec::new();
-        if active > 0 {
-            match run.multitask_strategy {
-                MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
-                MultitaskStrategy::Enqueue => {}
-                MultitaskStrategy::Interrupt => {
-                    replaced = sqlx::query_scalar(
-                        "update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending' returning run_id",
-                    )
-                    .bind(at)
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                }
-                MultitaskStrategy::Rollback => {
-                    replaced = sqlx::query_scalar("delete from runs where thread_id = $1 and status = 'pending' returning run_id")
-                        .bind(id)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        // With no run before it, a run the caller will execute now starts claimed.
-        let status = if claim && active == 0 { "running" } else { "pending" };
-        // One round trip: the run, and the thread busy with its metadata stamped.
-        let sql = concat!("with t as (update threads set status = 'busy', metadata = metadata || $10, updated_at = $9 where thread_id = $2)
-             insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
-             values ($1, $2, $3, $4, $11, $5, $6, $7, $8, null, $9, $9)
-             returning ", run_cols!());
-        let row = sqlx::query(sql)
-            .bind(run.run_id)
-            .bind(id)
-            .bind(owner)
-            .bind(run.assistant_id)
-            .bind(run.input.as_ref().map(Json))
-            .bind(Json(&run.kwargs))
-            .bind(Json(&run.metadata))
-            .bind(run.multitask_strategy.as_str())
-            .bind(at)
-            .bind(Json(&run.thread_metadata))
-            .bind(status)
-            .fetch_one(&mut *tx)
-            .await?;
-        let created = run_row(&row)?;
+        let created = create_run_in(&mut tx, owner, run, if_not_exists, false).await?;
         tx.commit().await?;
-        Ok((created, replaced))
+        Ok(created)
+    }
+
+    pub async fn create_run_claiming(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+        first: FirstStep,
+    ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
+        let mut tx = self.pool.begin().await?;
+        let (created, replaced) = create_run_in(&mut tx, owner, run, if_not_exists, true).await?;
+        if created.status != RunStatus::Running {
+            tx.commit().await?;
+            return Ok((created, replaced, None));
+        }
+        let (thread, id) = (created.thread_id, created.run_id);
+        let FirstStep { events, update, metadata } = first;
+        let step =
+            commit_step_in(&mut tx, owner, thread, id, events, Some(update), &metadata, None).await;
+        let step = match step {
+            Ok(step) => Some(step),
+            // Refused before anything was written: the executor meets it again.
+            Err(Error::Invalid(_)) => None,
+            Err(e) => return Err(e),
+        };
+        tx.commit().await?;
+        Ok((created, replaced, step))
     }
 
     pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
@@ -499,42 +464,11 @@ impl PgStore {
         end: Option<&RunEnd>,
     ) -> Result<Step> {
         let mut tx = self.pool.begin().await?;
-        let mut all = events.to_vec();
-        // The state first (its read takes the thread's row lock) ...
-        let checkpoint = match update {
-            None => None,
-            Some(update) => {
-                let checkpoint =
-                    update_state_in(&mut tx, owner, thread, Some(run), update, metadata).await?;
-                all.push(NewEvent {
-                    run_id: Some(run),
-                    kind: EventKind::Values,
-                    data: checkpoint.values.clone(),
-                });
-                Some(checkpoint)
-            }
-        };
-        // ... then the run's end ...
-        let ended = match end {
-            None => None,
-            Some(end) => {
-                // The state update above took the thread's lock already, if there was one.
-                let (lock, error) = (checkpoint.is_none(), end.error.as_deref());
-                let ended =
-                    set_run_status_in(&mut tx, owner, thread, run, end.status, error, lock, true)
-                        .await?;
-                all.push(end.event.clone());
-                Some(ended)
-            }
-        };
-        // ... and every event of the step in one append, in order.
-        let events = if all.is_empty() {
-            Vec::new()
-        } else {
-            append_in(&mut tx, owner, thread, &all).await?
-        };
+        let step =
+            commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
+                .await?;
         tx.commit().await?;
-        Ok(Step { checkpoint, events, ended })
+        Ok(step)
     }
 
     pub async fn get_checkpoint(
@@ -718,6 +652,130 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?)
     }
+}
+
+/// One step of a run (see `Store::commit_step`), in the caller's transaction.
+#[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
+async fn commit_step_in(
+    tx: &mut PgConnection,
+    owner: UserId,
+    thread: ThreadId,
+    run: RunId,
+    events: Vec<NewEvent>,
+    update: Option<StateUpdate>,
+    metadata: &Metadata,
+    end: Option<&RunEnd>,
+) -> Result<Step> {
+    let mut all = events;
+    // The state first (its read takes the thread's row lock) ...
+    let checkpoint = match update {
+        None => None,
+        Some(update) => {
+            let checkpoint =
+                update_state_in(&mut *tx, owner, thread, Some(run), update, metadata).await?;
+            all.push(NewEvent {
+                run_id: Some(run),
+                kind: EventKind::Values,
+                data: checkpoint.values.clone(),
+            });
+            Some(checkpoint)
+        }
+    };
+    // ... then the run's end ...
+    let ended = match end {
+        None => None,
+        Some(end) => {
+            // The state update above took the thread's lock already, if there was one.
+            let (lock, error) = (checkpoint.is_none(), end.error.as_deref());
+            let ended =
+                set_run_status_in(&mut *tx, owner, thread, run, end.status, error, lock, true)
+                    .await?;
+            all.push(end.event.clone());
+            Some(ended)
+        }
+    };
+    // ... and every event of the step in one append, in order.
+    let events =
+        if all.is_empty() { Vec::new() } else { append_in(&mut *tx, owner, thread, &all).await? };
+    Ok(Step { checkpoint, events, ended })
+}
+
+/// Creates a run (see `Store::create_run_replacing`) in the caller's transaction; with
+/// `claim`, `running` when its thread has no active run.
+async fn create_run_in(
+    tx: &mut PgConnection,
+    owner: UserId,
+    run: &NewRun,
+    if_not_exists: IfNotExists,
+    claim: bool,
+) -> Result<(Run, Vec<RunId>)> {
+    let id = run.thread_id;
+    if if_not_exists == IfNotExists::Create {
+        insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
+    }
+    // The row lock serializes run creation per thread, so the strategy sees every run. The
+    // thread's status says whether it has an active run (it is `busy` exactly then, written
+    // in the same transactions as the runs): unlike a count of its runs in this statement,
+    // the locked row is re-read when the lock had to be waited for, so it is never stale.
+    let thread: Option<(UserId, bool)> = sqlx::query_as(
+        "select owner_id, status = 'busy' from threads where thread_id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let active = match thread {
+        Some((o, busy)) if o == owner => i64::from(busy),
+        Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
+        _ => return Err(Error::not_found("thread", id)),
+    };
+    let at = now();
+    let mut replaced: Vec<RunId> = Vec::new();
+    if active > 0 {
+        match run.multitask_strategy {
+            MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
+            MultitaskStrategy::Enqueue => {}
+            MultitaskStrategy::Interrupt => {
+                replaced = sqlx::query_scalar(
+                    "update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending' returning run_id",
+                )
+                .bind(at)
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            }
+            MultitaskStrategy::Rollback => {
+                replaced = sqlx::query_scalar(
+                    "delete from runs where thread_id = $1 and status = 'pending' returning run_id",
+                )
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    // With no run before it, a run the caller will execute now starts claimed.
+    let status = if claim && active == 0 { "running" } else { "pending" };
+    // One round trip: the run, and the thread busy with its metadata stamped.
+    let sql = concat!("with t as (update threads set status = 'busy', metadata = metadata || $10, updated_at = $9 where thread_id = $2)
+         insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
+         values ($1, $2, $3, $4, $11, $5, $6, $7, $8, null, $9, $9)
+         returning ", run_cols!());
+    let row = sqlx::query(sql)
+        .bind(run.run_id)
+        .bind(id)
+        .bind(owner)
+        .bind(run.assistant_id)
+        .bind(run.input.as_ref().map(Json))
+        .bind(Json(&run.kwargs))
+        .bind(Json(&run.metadata))
+        .bind(run.multitask_strategy.as_str())
+        .bind(at)
+        .bind(Json(&run.thread_metadata))
+        .bind(status)
+        .fetch_one(&mut *tx)
+        .await?;
+    let created = run_row(&row)?;
+    Ok((created, replaced))
 }
 
 /// Replaces the thread's values with `update(current)` and stores them as a checkpoint, in

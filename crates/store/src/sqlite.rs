@@ -274,52 +274,43 @@ impl SqliteStore {
         owner: UserId,
         run: &NewRun,
         if_not_exists: IfNotExists,
-        claim: bool,
     ) -> Result<(Run, Vec<RunId>)> {
-        let run = run.clone();
-        let input = run.input.as_ref().map(serde_json::to_string).transpose()?;
-        let kwargs = serde_json::to_string(&run.kwargs)?;
-        let metadata = serde_json::to_string(&run.metadata)?;
+        let run = EncodedRun::new(run)?;
+        self.write(move |c| create_run_in(c, owner, &run, if_not_exists, false)).await
+    }
+
+    pub async fn create_run_claiming(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+        first: FirstStep,
+    ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
+        let run = EncodedRun::new(run)?;
+        let events = encode_events(&first.events)?;
+        let metadata_text = serde_json::to_string(&first.metadata)?;
         self.write(move |c| {
-            let id = run.thread_id;
-            if if_not_exists == IfNotExists::Create {
-                insert_thread(c, owner, id, "{}")?;
+            let (created, replaced) = create_run_in(c, owner, &run, if_not_exists, true)?;
+            if created.status != RunStatus::Running {
+                return Ok((created, replaced, None));
             }
-            let mut thread = match find_thread(c, id)? {
-                Some(t) if t.owner_id == owner => t,
-                Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
-                _ => return Err(Error::not_found("thread", id)),
+            let (thread, id) = (created.thread_id, created.run_id);
+            let step = match commit_step_in(
+                c,
+                owner,
+                thread,
+                id,
+                events,
+                Some(first.update),
+                &metadata_text,
+                None,
+            ) {
+                Ok(step) => Some(step),
+                // Refused before anything was written: the executor meets it again.
+                Err(Error::Invalid(_)) => None,
+                Err(e) => return Err(e),
             };
-            let active = i64::from(thread_active(c, id)?);
-            let at = micros(now());
-            let mut replaced: Vec<RunId> = Vec::new();
-            if active > 0 {
-                match run.multitask_strategy {
-                    MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
-                    MultitaskStrategy::Enqueue => {}
-                    MultitaskStrategy::Interrupt => {
-                        let sql = "update runs set status = 'interrupted', updated_at = ?1 where thread_id = ?2 and status = 'pending' returning run_id";
-                        replaced = all(c, sql, params![at, id], |r| r.get(0))?;
-                    }
-                    MultitaskStrategy::Rollback => {
-                        let sql = "delete from runs where thread_id = ?1 and status = 'pending' returning run_id";
-                        replaced = all(c, sql, [id], |r| r.get(0))?;
-                    }
-                }
-            }
-            // With no run before it, a run the caller will execute now starts claimed.
-            let status = if claim && active == 0 { "running" } else { "pending" };
-            let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
-                 values (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, null, ?9, ?9)
-                 returning ", run_cols!());
-            let created = c.prepare_cached(sql)?.query_row(
-                params![run.run_id, id, owner, run.assistant_id, input, kwargs, metadata, run.multitask_strategy.as_str(), at, status],
-                run_row,
-            )?;
-            thread.metadata.extend(run.thread_metadata);
-            c.prepare_cached("update threads set status = 'busy', metadata = ?1, updated_at = ?2 where thread_id = ?3")?
-                .execute(params![serde_json::to_string(&thread.metadata)?, at, id])?;
-            Ok((created, replaced))
+            Ok((created, replaced, step))
         })
         .await
     }
@@ -511,43 +502,7 @@ impl SqliteStore {
             .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
             .transpose()?;
         self.write(move |c| {
-            let mut all = events;
-            // The state first ...
-            let checkpoint = match update {
-                None => None,
-                Some(update) => {
-                    let (checkpoint, values_text) =
-                        update_state_in(c, owner, thread, Some(run), update, &metadata_text)?;
-                    let values = NewEvent {
-                        run_id: Some(run),
-                        kind: EventKind::Values,
-                        data: checkpoint.values.clone(),
-                    };
-                    all.push((values, values_text));
-                    Some(checkpoint)
-                }
-            };
-            // ... then the run's end ...
-            let ended = match end {
-                None => None,
-                Some((end, last)) => {
-                    // A run ends once: a second end (another node's recovery got there first)
-                    // is refused.
-                    let ended =
-                        end_run_in(c, owner, thread, run, end.status, end.error.as_deref())?
-                            .ok_or_else(|| {
-                                Error::Conflict(format!(
-                                    "run {run} is not running: it has already ended"
-                                ))
-                            })?;
-                    all.extend(last);
-                    Some(ended)
-                }
-            };
-            // ... and every event of the step in one append, in order.
-            let events =
-                if all.is_empty() { Vec::new() } else { append_in(c, owner, thread, all)? };
-            Ok(Step { checkpoint, events, ended })
+            commit_step_in(c, owner, thread, run, events, update, &metadata_text, end)
         })
         .await
     }
@@ -919,6 +874,142 @@ fn migrate(c: &Connection) -> Result<()> {
 }
 
 // ---- rows ----
+
+/// One step of a run (see `Store::commit_step`), in the caller's transaction.
+#[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
+fn commit_step_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    run: RunId,
+    events: Vec<(NewEvent, String)>,
+    update: Option<StateUpdate>,
+    metadata_text: &str,
+    end: Option<(RunEnd, Vec<(NewEvent, String)>)>,
+) -> Result<Step> {
+    let mut all = events;
+    // The state first ...
+    let checkpoint = match update {
+        None => None,
+        Some(update) => {
+            let (checkpoint, values_text) =
+                update_state_in(c, owner, thread, Some(run), update, metadata_text)?;
+            let values = NewEvent {
+                run_id: Some(run),
+                kind: EventKind::Values,
+                data: checkpoint.values.clone(),
+            };
+            all.push((values, values_text));
+            Some(checkpoint)
+        }
+    };
+    // ... then the run's end ...
+    let ended = match end {
+        None => None,
+        Some((end, last)) => {
+            // A run ends once: a second end (another node's recovery got there first)
+            // is refused.
+            let ended = end_run_in(c, owner, thread, run, end.status, end.error.as_deref())?
+                .ok_or_else(|| {
+                    Error::Conflict(format!("run {run} is not running: it has already ended"))
+                })?;
+            all.extend(last);
+            Some(ended)
+        }
+    };
+    // ... and every event of the step in one append, in order.
+    let events = if all.is_empty() { Vec::new() } else { append_in(c, owner, thread, all)? };
+    Ok(Step { checkpoint, events, ended })
+}
+
+/// A new run with its JSON fields serialized, ready for a write job.
+struct EncodedRun {
+    run: NewRun,
+    input: Option<String>,
+    kwargs: String,
+    metadata: String,
+}
+
+impl EncodedRun {
+    fn new(run: &NewRun) -> Result<EncodedRun> {
+        Ok(EncodedRun {
+            input: run.input.as_ref().map(serde_json::to_string).transpose()?,
+            kwargs: serde_json::to_string(&run.kwargs)?,
+            metadata: serde_json::to_string(&run.metadata)?,
+            run: run.clone(),
+        })
+    }
+}
+
+/// Creates a run (see `Store::create_run_replacing`); with `claim`, `running` when its thread
+/// has no active run.
+fn create_run_in(
+    c: &Connection,
+    owner: UserId,
+    encoded: &EncodedRun,
+    if_not_exists: IfNotExists,
+    claim: bool,
+) -> Result<(Run, Vec<RunId>)> {
+    let EncodedRun { run, input, kwargs, metadata } = encoded;
+    let id = run.thread_id;
+    if if_not_exists == IfNotExists::Create {
+        insert_thread(c, owner, id, "{}")?;
+    }
+    // The owner and metadata only: the thread's values may be large, and are not needed.
+    let found: Option<(UserId, String)> = c
+        .prepare_cached("select owner_id, metadata from threads where thread_id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let mut thread_metadata = match found {
+        Some((o, metadata)) if o == owner => json_object(serde_json::from_str(&metadata)?),
+        Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
+        _ => return Err(Error::not_found("thread", id)),
+    };
+    let active = i64::from(thread_active(c, id)?);
+    let at = micros(now());
+    let mut replaced: Vec<RunId> = Vec::new();
+    if active > 0 {
+        match run.multitask_strategy {
+            MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
+            MultitaskStrategy::Enqueue => {}
+            MultitaskStrategy::Interrupt => {
+                let sql = "update runs set status = 'interrupted', updated_at = ?1 where thread_id = ?2 and status = 'pending' returning run_id";
+                replaced = all(c, sql, params![at, id], |r| r.get(0))?;
+            }
+            MultitaskStrategy::Rollback => {
+                let sql =
+                    "delete from runs where thread_id = ?1 and status = 'pending' returning run_id";
+                replaced = all(c, sql, [id], |r| r.get(0))?;
+            }
+        }
+    }
+    // With no run before it, a run the caller will execute now starts claimed.
+    let status = if claim && active == 0 { "running" } else { "pending" };
+    let sql = concat!("insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
+         values (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, null, ?9, ?9)
+         returning ", run_cols!());
+    let created = c.prepare_cached(sql)?.query_row(
+        params![
+            run.run_id,
+            id,
+            owner,
+            run.assistant_id,
+            input,
+            kwargs,
+            metadata,
+            run.multitask_strategy.as_str(),
+            at,
+            status
+        ],
+        run_row,
+    )?;
+    thread_metadata.extend(run.thread_metadata.clone());
+    c.prepare_cached(
+        "update threads set status = 'busy', metadata = ?1, updated_at = ?2 where thread_id = ?3",
+    )?
+    .execute(params![serde_json::to_string(&thread_metadata)?, at, id])?;
+    Ok((created, replaced))
+}
 
 fn insert_thread(
     c: &Connection,

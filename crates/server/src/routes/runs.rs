@@ -275,12 +275,29 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     };
     // With a free place on this node, the run is claimed as it is created and starts at once
     // (if its thread has no run before it); otherwise the executor claims it in turn.
+    // Its first step (the input applied) then commits with it, in the same transaction.
     let place = state.executor.try_reserve();
-    let created = match place {
-        Some(_) => state.store.create_run_claiming(context.user, &v.new_run, v.if_not_exists).await,
-        None => state.store.create_run_replacing(context.user, &v.new_run, v.if_not_exists).await,
+    let new_run = &v.new_run;
+    let first = place.as_ref().and_then(|_| {
+        crate::runs::first_step(
+            new_run.run_id,
+            new_run.assistant_id,
+            &new_run.kwargs,
+            new_run.input.as_ref(),
+        )
+        .ok()
+    });
+    let created = match first {
+        Some(first) => {
+            state.store.create_run_claiming(context.user, new_run, v.if_not_exists, first).await
+        }
+        None => state
+            .store
+            .create_run_replacing(context.user, new_run, v.if_not_exists)
+            .await
+            .map(|(run, replaced)| (run, replaced, None)),
     };
-    let (run, replaced) = match created {
+    let (run, replaced, step) = match created {
         Ok(created) => created,
         Err(e) => {
             thread_failure(state, context, v, &e).await;
@@ -308,7 +325,12 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     }
     match place {
         Some(place) if run.status == RunStatus::Running => {
-            state.executor.spawn_claimed(run.clone(), place);
+            // Published before the executor can emit anything after them.
+            let started = step.and_then(|step| {
+                state.hub.publish(context.user, &step.events);
+                step.checkpoint.map(|c| c.values)
+            });
+            state.executor.spawn_claimed(run.clone(), place, started);
         }
         _ => state.executor.wake(),
     }
