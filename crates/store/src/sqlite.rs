@@ -27,6 +27,9 @@ use crate::{Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, th
 const MAX_BATCH: usize = 256;
 /// How many writes may wait for the writer before senders wait too.
 const QUEUE: usize = 4096;
+/// The writer asks for a checkpoint after this many commits (a commit writes a few pages to
+/// the WAL; SQLite's own default checkpoints every 1,000 pages).
+const CHECKPOINT_EVERY: u32 = 64;
 /// How long a connection waits for a lock held by another process (e.g. `spindle doctor`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,10 +66,21 @@ impl SqliteStore {
         let writer_conn = tokio::task::spawn_blocking(move || open_writer(&opened))
             .await
             .map_err(Error::db)??;
+        let opened = path.clone();
+        let checkpoint_conn = tokio::task::spawn_blocking(move || open_writer(&opened))
+            .await
+            .map_err(Error::db)??;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (grown_tx, grown_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer_loop(checkpoint_conn, grown_rx))
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot start the sqlite checkpointer: {e}"))
+            })?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, grown_tx))
             .map_err(|e| Error::Unavailable(format!("cannot start the sqlite writer: {e}")))?;
         let inner = Inner {
             path,
@@ -729,9 +743,26 @@ fn open_writer(path: &Path) -> Result<Connection> {
     if mode != "wal" {
         return Err(unavailable(path, format!("journal_mode is {mode}, expected wal")));
     }
-    conn.execute_batch("pragma synchronous = normal; pragma foreign_keys = on;")?;
+    // Checkpoints are the checkpointer thread's (see `checkpointer_loop`), not the writer's;
+    // statement journals (a savepoint per job) stay in memory.
+    conn.execute_batch(
+        "pragma synchronous = normal; pragma foreign_keys = on; pragma temp_store = memory;
+         pragma wal_autocheckpoint = 0;",
+    )?;
     register_functions(&conn)?;
     Ok(conn)
+}
+
+/// Copies the WAL back into the database when the writer says it has grown, on a connection
+/// of its own, so the writer never stops to do it. `PASSIVE`: it never waits for the writer
+/// or readers, and the writer restarts the WAL from its start once a checkpoint has caught
+/// up. Ends when the writer does.
+fn checkpointer_loop(conn: Connection, grown: std::sync::mpsc::Receiver<()>) {
+    while grown.recv().is_ok() {
+        if let Err(e) = conn.query_row("pragma wal_checkpoint(passive)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "sqlite checkpoint failed");
+        }
+    }
 }
 
 fn open_reader(path: &Path) -> Result<Connection> {
@@ -785,8 +816,13 @@ where
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    grown: std::sync::mpsc::SyncSender<()>,
+) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
+    let mut commits = 0u32;
     while let Some(job) = rx.blocking_recv() {
         batch.push(job);
         while batch.len() < MAX_BATCH {
@@ -801,6 +837,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
         }
         for job in batch.drain(..) {
             job.finish(commit.clone());
+        }
+        commits += 1;
+        if commits.is_multiple_of(CHECKPOINT_EVERY) {
+            // Full: a checkpoint is pending already.
+            let _ = grown.try_send(());
         }
     }
 }

@@ -844,3 +844,29 @@ async fn a_step_commits_its_events_and_state_together_or_not_at_all(store: &Stor
         store.commit_step(bob, id, run.run_id, &events, None, &Metadata::new(), None).await,
     );
 }
+
+/// The SQLite writer does not checkpoint the WAL itself; its checkpointer thread must, or the
+/// WAL grows forever and the database file never receives the data.
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_into_the_database_file() {
+    let db = TestDb::sqlite().await;
+    let store::DatabaseUrl::Sqlite(path) = &db.url else { unreachable!("a sqlite url") };
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let owner = db.store.ensure_user("alice").await.unwrap().user_id;
+    let thread = db.store.get_or_create_thread(owner, ThreadId::new(), &Metadata::new()).await;
+    let thread = thread.unwrap().0.thread_id;
+    // One commit each (the caller waits for each), 4 KiB of data each: 200 commits, 800 KiB.
+    let text = "x".repeat(4096);
+    for _ in 0..200 {
+        let event =
+            NewEvent { run_id: None, kind: EventKind::Custom, data: json!({ "text": text }) };
+        db.store.append_events(owner, thread, &[event]).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while size() < before + 800 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the WAL was never checkpointed");
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+}
