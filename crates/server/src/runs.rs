@@ -524,7 +524,7 @@ pub fn first_step(
     let metadata = json!({ "source": "input", "step": -1, "run_id": run });
     Ok(FirstStep {
         events: vec![started],
-        update: Box::new(move |current| apply_update(current, state_input)),
+        update: Box::new(move |current| apply_update(current, state_input.clone())),
         metadata: metadata.as_object().cloned().unwrap_or_default(),
     })
 }
@@ -613,7 +613,7 @@ impl Sink {
     async fn commit_final(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
         self.check()?;
         let metadata = metadata.as_object().cloned().unwrap_or_default();
-        let apply = Box::new(move |current| apply_update(current, update));
+        let apply = Box::new(move |current| apply_update(current, update.clone()));
         let event = NewEvent {
             run_id: Some(self.run.run_id),
             kind: EventKind::AgentCompleted,

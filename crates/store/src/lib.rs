@@ -510,7 +510,7 @@ impl Store {
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let values = values.clone();
-        self.update_state(owner, thread, run, Box::new(move |_| Ok(values)), metadata).await
+        self.update_state(owner, thread, run, Box::new(move |_| Ok(values.clone())), metadata).await
     }
 
     /// Replaces the thread's values with `update(current)` atomically (no update between the

@@ -143,7 +143,8 @@ pub struct ApiKey {
 }
 
 /// Computes a thread's new values from its current ones (`None` before the first state).
-pub type StateUpdate = Box<dyn FnOnce(Option<Value>) -> Result<Value, String> + Send>;
+/// PostgreSQL may call it again when the state it was given turned out stale.
+pub type StateUpdate = Box<dyn FnMut(Option<Value>) -> Result<Value, String> + Send>;
 
 /// PostgreSQL's `jsonb @>`: objects contain every key of `needle` with a contained value,
 /// arrays contain every element of `needle` somewhere, scalars are equal. Used by the SQLite

@@ -5,6 +5,8 @@
 //! a row lock on the thread (`update ... returning last_seq`) to number events, and
 //! `select ... for update` on the thread while a run is created.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,7 +28,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The state of threads this process wrote last, by thread: `(state_version, values)`.
+    /// A run's next step computes its update from these rather than reading them first; the
+    /// write checks the version, so an entry made stale by another writer costs a retry,
+    /// never a lost update.
+    known: Arc<Mutex<HashMap<ThreadId, KnownState>>>,
 }
+
+/// A thread's `(state_version, values)`.
+type KnownState = (i64, Option<Value>);
+
+/// Entries of `PgStore::known` at most (it is emptied when full): about one per running run.
+const KNOWN_STATES: usize = 4096;
+/// Tries of a step whose known state turned out stale, before it takes the thread's lock
+/// first and reads the state under it.
+const STALE_TRIES: usize = 3;
 
 impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
@@ -46,7 +62,39 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, known: Arc::default() })
+    }
+
+    fn known_states(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, KnownState>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn know(&self, thread: ThreadId, version: i64, values: Option<Value>) {
+        let mut known = self.known_states();
+        if known.len() >= KNOWN_STATES && !known.contains_key(&thread) {
+            known.clear();
+        }
+        known.insert(thread, (version, values));
+    }
+
+    fn forget(&self, thread: ThreadId) {
+        self.known_states().remove(&thread);
+    }
+
+    /// The thread's state and its version: as this process last wrote it, or read.
+    async fn state_of(&self, owner: UserId, thread: ThreadId) -> Result<KnownState> {
+        if let Some(known) = self.known_states().remove(&thread) {
+            return Ok(known);
+        }
+        let row: Option<KnownState> = sqlx::query_as(
+            "select state_version, state_values from threads where thread_id = $1 and owner_id = $2",
+        )
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        // A thread that does not exist yet (`if_not_exists: create`) starts empty.
+        Ok(row.unwrap_or((0, None)))
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -122,6 +170,8 @@ impl PgStore {
         // A delete between the two sends us round again.
         for _ in 0..3 {
             if let Some(thread) = insert_thread(&self.pool, owner, id, metadata).await? {
+                // A run on it next starts from this state without reading it.
+                self.know(id, 0, None);
                 return Ok((thread, true));
             }
             match find_thread(&self.pool, id).await? {
@@ -220,10 +270,8 @@ impl PgStore {
         run: &NewRun,
         if_not_exists: IfNotExists,
     ) -> Result<(Run, Vec<RunId>)> {
-        let mut tx = self.pool.begin().await?;
-        let created = create_run_in(&mut tx, owner, run, if_not_exists, false).await?;
-        tx.commit().await?;
-        Ok(created)
+        let (run, replaced, _) = self.start_run(owner, run, if_not_exists, None).await?;
+        Ok((run, replaced))
     }
 
     pub async fn create_run_claiming(
@@ -233,23 +281,106 @@ impl PgStore {
         if_not_exists: IfNotExists,
         first: FirstStep,
     ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
-        let mut tx = self.pool.begin().await?;
-        let (created, replaced) = create_run_in(&mut tx, owner, run, if_not_exists, true).await?;
-        if created.status != RunStatus::Running {
-            tx.commit().await?;
-            return Ok((created, replaced, None));
+        self.start_run(owner, run, if_not_exists, Some(first)).await
+    }
+
+    /// Creates a run, claimed with its first step when `first` is given (see
+    /// `Store::create_run_claiming`): one round trip to `spindle_start_run`, after a read of
+    /// the thread's state unless this process knows it.
+    async fn start_run(
+        &self,
+        owner: UserId,
+        run: &NewRun,
+        if_not_exists: IfNotExists,
+        first: Option<FirstStep>,
+    ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
+        let id = run.thread_id;
+        let at = now();
+        let claim = first.is_some();
+        // The first step, computed from the state it will be written over.
+        let mut step: Option<(i64, Value, Vec<NewEvent>, Metadata)> = None;
+        if let Some(FirstStep { mut events, mut update, metadata }) = first {
+            let (version, current) = self.state_of(owner, id).await?;
+            // Refused (an invalid update): the run is created claimed, without the step, and
+            // executing it meets the same refusal.
+            if let Ok(values) = update(current) {
+                events.push(NewEvent {
+                    run_id: Some(run.run_id),
+                    kind: EventKind::Values,
+                    data: values.clone(),
+                });
+                step = Some((version, values, events, metadata));
+            }
         }
-        let (thread, id) = (created.thread_id, created.run_id);
-        let FirstStep { events, update, metadata } = first;
-        let step =
-            commit_step_in(&mut tx, owner, thread, id, events, Some(update), &metadata, None).await;
-        let step = match step {
-            Ok(step) => Some(step),
-            // Refused before anything was written: the executor meets it again.
-            Err(Error::Invalid(_)) => None,
-            Err(e) => return Err(e),
+        let checkpoint_id = CheckpointId::new();
+        let encoded =
+            step.as_ref().map(|(_, _, events, _)| EncodedEvents::new(events)).transpose()?;
+        let row = sqlx::query(
+            "select o_outcome, o_status, o_replaced, o_first_seq, o_parent, o_version
+             from spindle_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(run.run_id)
+        .bind(id)
+        .bind(owner)
+        .bind(run.assistant_id)
+        .bind(run.input.as_ref().map(Json))
+        .bind(Json(&run.kwargs))
+        .bind(Json(&run.metadata))
+        .bind(run.multitask_strategy.as_str())
+        .bind(Json(&run.thread_metadata))
+        .bind(if_not_exists == IfNotExists::Create)
+        .bind(claim)
+        .bind(at)
+        .bind(step.as_ref().map(|(version, ..)| *version))
+        .bind(step.as_ref().map(|(_, values, ..)| Json(values)))
+        .bind(checkpoint_id)
+        .bind(step.as_ref().map(|(.., metadata)| Json(metadata)))
+        .bind(encoded.as_ref().map(|e| &e.runs))
+        .bind(encoded.as_ref().map(|e| &e.kinds))
+        .bind(encoded.as_ref().map(|e| &e.data))
+        .fetch_one(&self.pool)
+        .await?;
+        let outcome: String = row.try_get(0)?;
+        match outcome.as_str() {
+            "not_found" => return Err(Error::not_found("thread", id)),
+            "conflict" => return Err(thread_conflict(id)),
+            "busy" => return Err(Error::Conflict(THREAD_BUSY.into())),
+            _ => {}
+        }
+        let created = Run {
+            run_id: run.run_id,
+            thread_id: id,
+            owner_id: owner,
+            assistant_id: run.assistant_id,
+            status: parsed(&row, 1)?,
+            input: run.input.clone(),
+            kwargs: run.kwargs.clone(),
+            metadata: run.metadata.clone(),
+            multitask_strategy: run.multitask_strategy,
+            error: None,
+            created_at: at,
+            updated_at: at,
         };
-        tx.commit().await?;
+        let replaced: Vec<RunId> = row.try_get(2)?;
+        let step = match (outcome.as_str(), step) {
+            ("started", Some((_, values, events, metadata))) => {
+                let first_seq: i64 = row.try_get(3)?;
+                let version: i64 = row.try_get(5)?;
+                self.know(id, version, Some(values.clone()));
+                let checkpoint = Checkpoint {
+                    checkpoint_id,
+                    thread_id: id,
+                    run_id: Some(run.run_id),
+                    parent_checkpoint_id: row.try_get(4)?,
+                    values,
+                    metadata,
+                    created_at: at,
+                };
+                let events = numbered(id, first_seq, events, at);
+                Some(Step { checkpoint: Some(checkpoint), events, ended: None })
+            }
+            _ => None,
+        };
         Ok((created, replaced, step))
     }
 
@@ -352,6 +483,7 @@ impl PgStore {
         }
         sqlx::query(
             "update threads set state_values = (select state_values from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1),
+                 state_version = state_version + 1,
                  status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
                  updated_at = $2
              where thread_id = $1",
@@ -459,10 +591,95 @@ impl PgStore {
         thread: ThreadId,
         run: RunId,
         events: &[NewEvent],
-        update: Option<StateUpdate>,
+        mut update: Option<StateUpdate>,
         metadata: &Metadata,
         end: Option<&RunEnd>,
     ) -> Result<Step> {
+        // One round trip to `spindle_commit_step`, the update computed from the state this
+        // process knows (or has just read); stale, it reads and tries again.
+        for _ in 0..STALE_TRIES {
+            let at = now();
+            let mut all = events.to_vec();
+            let (version, values) = match update.as_mut() {
+                None => (0, None),
+                Some(update) => {
+                    let (version, current) = self.state_of(owner, thread).await?;
+                    let values = update(current).map_err(Error::Invalid)?;
+                    all.push(NewEvent {
+                        run_id: Some(run),
+                        kind: EventKind::Values,
+                        data: values.clone(),
+                    });
+                    (version, Some(values))
+                }
+            };
+            if let Some(end) = end {
+                all.push(end.event.clone());
+            }
+            let encoded = EncodedEvents::new(&all)?;
+            let checkpoint_id = CheckpointId::new();
+            let row = sqlx::query(
+                "select * from spindle_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(owner)
+            .bind(thread)
+            .bind(run)
+            .bind(at)
+            .bind(version)
+            .bind(values.as_ref().map(Json))
+            .bind(checkpoint_id)
+            .bind(Json(metadata))
+            .bind(end.map(|e| e.status.as_str()))
+            .bind(end.and_then(|e| e.error.as_deref()))
+            .bind(&encoded.runs)
+            .bind(&encoded.kinds)
+            .bind(&encoded.data)
+            .fetch_one(&self.pool)
+            .await?;
+            let outcome: String = row.try_get(0)?;
+            match outcome.as_str() {
+                "not_found" => return Err(Error::not_found("thread", thread)),
+                "ended" => {
+                    return Err(Error::Conflict(format!(
+                        "run {run} is not running: it has already ended"
+                    )));
+                }
+                "stale" => {
+                    self.forget(thread);
+                    continue;
+                }
+                _ => {}
+            }
+            let new_version: i64 = row.try_get(3)?;
+            let ended = match end {
+                None => None,
+                Some(_) => Some(run_row_at(&row, 4)?),
+            };
+            // A run's end leaves the thread to whatever comes next: its state is read then.
+            match (&ended, &values) {
+                (None, Some(values)) => self.know(thread, new_version, Some(values.clone())),
+                (Some(_), _) => self.forget(thread),
+                (None, None) => {}
+            }
+            let checkpoint = match values {
+                None => None,
+                Some(values) => Some(Checkpoint {
+                    checkpoint_id,
+                    thread_id: thread,
+                    run_id: Some(run),
+                    parent_checkpoint_id: row.try_get(2)?,
+                    values,
+                    metadata: metadata.clone(),
+                    created_at: at,
+                }),
+            };
+            let first_seq: i64 = row.try_get(1)?;
+            let events =
+                if all.is_empty() { Vec::new() } else { numbered(thread, first_seq, all, at) };
+            return Ok(Step { checkpoint, events, ended });
+        }
+        // Stale every time (the state is being written by others as fast): under its lock.
+        self.forget(thread);
         let mut tx = self.pool.begin().await?;
         let step =
             commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
@@ -700,84 +917,6 @@ async fn commit_step_in(
     Ok(Step { checkpoint, events, ended })
 }
 
-/// Creates a run (see `Store::create_run_replacing`) in the caller's transaction; with
-/// `claim`, `running` when its thread has no active run.
-async fn create_run_in(
-    tx: &mut PgConnection,
-    owner: UserId,
-    run: &NewRun,
-    if_not_exists: IfNotExists,
-    claim: bool,
-) -> Result<(Run, Vec<RunId>)> {
-    let id = run.thread_id;
-    if if_not_exists == IfNotExists::Create {
-        insert_thread(&mut *tx, owner, id, &Metadata::new()).await?;
-    }
-    // The row lock serializes run creation per thread, so the strategy sees every run. The
-    // thread's status says whether it has an active run (it is `busy` exactly then, written
-    // in the same transactions as the runs): unlike a count of its runs in this statement,
-    // the locked row is re-read when the lock had to be waited for, so it is never stale.
-    let thread: Option<(UserId, bool)> = sqlx::query_as(
-        "select owner_id, status = 'busy' from threads where thread_id = $1 for update",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let active = match thread {
-        Some((o, busy)) if o == owner => i64::from(busy),
-        Some(_) if if_not_exists == IfNotExists::Create => return Err(thread_conflict(id)),
-        _ => return Err(Error::not_found("thread", id)),
-    };
-    let at = now();
-    let mut replaced: Vec<RunId> = Vec::new();
-    if active > 0 {
-        match run.multitask_strategy {
-            MultitaskStrategy::Reject => return Err(Error::Conflict(THREAD_BUSY.into())),
-            MultitaskStrategy::Enqueue => {}
-            MultitaskStrategy::Interrupt => {
-                replaced = sqlx::query_scalar(
-                    "update runs set status = 'interrupted', updated_at = $1 where thread_id = $2 and status = 'pending' returning run_id",
-                )
-                .bind(at)
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
-            }
-            MultitaskStrategy::Rollback => {
-                replaced = sqlx::query_scalar(
-                    "delete from runs where thread_id = $1 and status = 'pending' returning run_id",
-                )
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    // With no run before it, a run the caller will execute now starts claimed.
-    let status = if claim && active == 0 { "running" } else { "pending" };
-    // One round trip: the run, and the thread busy with its metadata stamped.
-    let sql = concat!("with t as (update threads set status = 'busy', metadata = metadata || $10, updated_at = $9 where thread_id = $2)
-         insert into runs (run_id, thread_id, owner_id, assistant_id, status, input, kwargs, metadata, multitask_strategy, error, created_at, updated_at)
-         values ($1, $2, $3, $4, $11, $5, $6, $7, $8, null, $9, $9)
-         returning ", run_cols!());
-    let row = sqlx::query(sql)
-        .bind(run.run_id)
-        .bind(id)
-        .bind(owner)
-        .bind(run.assistant_id)
-        .bind(run.input.as_ref().map(Json))
-        .bind(Json(&run.kwargs))
-        .bind(Json(&run.metadata))
-        .bind(run.multitask_strategy.as_str())
-        .bind(at)
-        .bind(Json(&run.thread_metadata))
-        .bind(status)
-        .fetch_one(&mut *tx)
-        .await?;
-    let created = run_row(&row)?;
-    Ok((created, replaced))
-}
-
 /// Replaces the thread's values with `update(current)` and stores them as a checkpoint, in
 /// the caller's transaction.
 async fn update_state_in(
@@ -785,7 +924,7 @@ async fn update_state_in(
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
-    update: StateUpdate,
+    mut update: StateUpdate,
     metadata: &Metadata,
 ) -> Result<Checkpoint> {
     // The row lock orders concurrent updates: each reads the values the previous wrote.
@@ -801,7 +940,7 @@ async fn update_state_in(
     let at = now();
     // One round trip: the thread's new values and the checkpoint that records them.
     let sql = concat!(
-        "with t as (update threads set state_values = $4, state_updated_at = $6, updated_at = $6 where thread_id = $2)
+        "with t as (update threads set state_values = $4, state_version = state_version + 1, state_updated_at = $6, updated_at = $6 where thread_id = $2)
          insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
          values ($1, $2, $3,
                  (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
@@ -1021,20 +1160,66 @@ fn thread_row(r: &PgRow) -> Result<Thread> {
 }
 
 fn run_row(r: &PgRow) -> Result<Run> {
+    run_row_at(r, 0)
+}
+
+/// A run from the columns `run_cols!()` starting at column `at`.
+fn run_row_at(r: &PgRow, at: usize) -> Result<Run> {
     Ok(Run {
-        run_id: r.try_get(0)?,
-        thread_id: r.try_get(1)?,
-        owner_id: r.try_get(2)?,
-        assistant_id: r.try_get(3)?,
-        status: parsed(r, 4)?,
-        input: r.try_get(5)?,
-        kwargs: r.try_get(6)?,
-        metadata: object(r, 7)?,
-        multitask_strategy: parsed(r, 8)?,
-        error: r.try_get(9)?,
-        created_at: r.try_get(10)?,
-        updated_at: r.try_get(11)?,
+        run_id: r.try_get(at)?,
+        thread_id: r.try_get(at + 1)?,
+        owner_id: r.try_get(at + 2)?,
+        assistant_id: r.try_get(at + 3)?,
+        status: parsed(r, at + 4)?,
+        input: r.try_get(at + 5)?,
+        kwargs: r.try_get(at + 6)?,
+        metadata: object(r, at + 7)?,
+        multitask_strategy: parsed(r, at + 8)?,
+        error: r.try_get(at + 9)?,
+        created_at: r.try_get(at + 10)?,
+        updated_at: r.try_get(at + 11)?,
     })
+}
+
+/// Events as the three arrays the functions take (`unnest`ed there, in order).
+struct EncodedEvents {
+    runs: Vec<Option<RunId>>,
+    kinds: Vec<&'static str>,
+    data: Vec<String>,
+}
+
+impl EncodedEvents {
+    fn new(events: &[NewEvent]) -> Result<EncodedEvents> {
+        Ok(EncodedEvents {
+            runs: events.iter().map(|e| e.run_id).collect(),
+            kinds: events.iter().map(|e| e.kind.as_str()).collect(),
+            data: events
+                .iter()
+                .map(|e| serde_json::to_string(&e.data))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Appended events, numbered from `first`.
+fn numbered(
+    thread: ThreadId,
+    first: i64,
+    events: Vec<NewEvent>,
+    created_at: DateTime<Utc>,
+) -> Vec<Event> {
+    events
+        .into_iter()
+        .zip(first..)
+        .map(|(e, seq)| Event {
+            thread_id: thread,
+            seq,
+            run_id: e.run_id,
+            kind: e.kind,
+            data: e.data,
+            created_at,
+        })
+        .collect()
 }
 
 fn checkpoint_row(r: &PgRow) -> Result<Checkpoint> {

@@ -1128,7 +1128,7 @@ fn update_state_in(
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
-    update: StateUpdate,
+    mut update: StateUpdate,
     metadata_text: &str,
 ) -> Result<(Checkpoint, String)> {
     let current: Option<String> = c

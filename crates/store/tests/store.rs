@@ -870,3 +870,77 @@ async fn sqlite_wal_is_checkpointed_into_the_database_file() {
         std::thread::yield_now();
     }
 }
+
+/// An update that appends `text` to the thread's `messages`.
+fn push(text: &'static str) -> store::StateUpdate {
+    Box::new(move |current: Option<serde_json::Value>| {
+        let mut values = current.unwrap_or_else(|| json!({"messages": []}));
+        values["messages"].as_array_mut().ok_or("messages is not a list")?.push(json!(text));
+        Ok(values)
+    })
+}
+
+/// A run's steps over a state another process changed meanwhile lose nothing: PostgreSQL
+/// computes a step from the state it wrote last and writes it only if the thread is still at
+/// that version (else it reads and tries again, or leaves the first step to the executor);
+/// SQLite reads the state under its single writer.
+async fn steps_over_a_state_changed_elsewhere_lose_nothing(db: &TestDb) {
+    let here = &db.store;
+    let options = store::StoreOptions { migrate: false, ..store::StoreOptions::default() };
+    let elsewhere = Store::open(&db.url, &options).await.unwrap();
+    let owner = here.ensure_user("alice").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    here.get_or_create_thread(owner, thread, &Metadata::new()).await.unwrap();
+    let none = Metadata::new();
+    // Changed elsewhere after this process created the thread, before the run's first step.
+    elsewhere.update_state(owner, thread, None, push("elsewhere 1"), &none).await.unwrap();
+    let run = new_run(thread);
+    let first =
+        store::FirstStep { events: Vec::new(), update: push("input"), metadata: none.clone() };
+    let (created, _, step) =
+        here.create_run_claiming(owner, &run, IfNotExists::Reject, first).await.unwrap();
+    assert_eq!(created.status, RunStatus::Running);
+    match db.store.backend() {
+        // Stale: the run is created claimed, its first step left to the executor.
+        Backend::Postgres => assert!(step.is_none(), "a stale first step was written"),
+        Backend::Sqlite => assert!(step.is_some()),
+    }
+    if step.is_none() {
+        here.commit_step(owner, thread, run.run_id, &[], Some(push("input")), &none, None)
+            .await
+            .unwrap();
+    }
+    // Changed elsewhere between two steps.
+    elsewhere.update_state(owner, thread, None, push("elsewhere 2"), &none).await.unwrap();
+    let end = store::RunEnd {
+        status: RunStatus::Success,
+        error: None,
+        event: NewEvent {
+            run_id: Some(run.run_id),
+            kind: EventKind::AgentCompleted,
+            data: json!({}),
+        },
+    };
+    let last = here
+        .commit_step(owner, thread, run.run_id, &[], Some(push("reply")), &none, Some(&end))
+        .await
+        .unwrap();
+    assert_eq!(last.ended.unwrap().status, RunStatus::Success);
+    assert_eq!(last.checkpoint.unwrap().values["messages"].as_array().unwrap().len(), 4);
+    let after = here.get_thread(owner, thread).await.unwrap();
+    assert_eq!(
+        after.values.unwrap()["messages"],
+        json!(["elsewhere 1", "input", "elsewhere 2", "reply"])
+    );
+    assert_eq!(after.status, ThreadStatus::Idle);
+    // The run's events: each step's `values`, then its end, numbered without gaps.
+    let events = here.events_after(owner, thread, Some(run.run_id), 0, 100).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Values, EventKind::Values, EventKind::AgentCompleted]);
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+}
+
+mod two_processes {
+    use super::*;
+    store::on_both_backends!(steps_over_a_state_changed_elsewhere_lose_nothing);
+}

@@ -133,7 +133,7 @@ async fn update_state(
             context.user,
             thread.thread_id,
             None,
-            Box::new(move |current| apply_update(current, update)),
+            Box::new(move |current| apply_update(current, update.clone())),
             &metadata,
         )
         .await?;
