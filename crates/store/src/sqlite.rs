@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "run events", include_str!("../migrations/sqlite/0003_run_events.sql")),
     (4, "run queue", include_str!("../migrations/sqlite/0004_run_queue.sql")),
     (5, "ops indexes", include_str!("../migrations/sqlite/0005_ops_indexes.sql")),
+    (6, "fewer run indexes", include_str!("../migrations/sqlite/0006_fewer_run_indexes.sql")),
 ];
 
 #[derive(Clone)]
