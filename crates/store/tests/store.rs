@@ -55,6 +55,7 @@ both_backends!(
     checkpoints_are_read_only_by_their_owner,
     api_keys_authenticate_until_revoked,
     reject_lets_exactly_one_of_50_concurrent_runs_in,
+    on_an_existing_thread_50_concurrent_creates_start_exactly_one_run,
     interrupt_and_rollback_clear_pending_runs,
     claims_are_fifo_and_one_running_run_per_thread,
     rollback_restores_the_state_before_the_run,
@@ -651,6 +652,68 @@ async fn reject_lets_exactly_one_of_50_concurrent_runs_in(store: &Store) {
     assert_eq!((ok, busy), (1, 49));
     assert_eq!(store.admin_count_threads(id).await.unwrap(), 1);
     assert_eq!(store.list_runs(owner, id, 100, 0, None).await.unwrap().len(), 1);
+}
+
+/// A first step that applies nothing (the state stays as it is).
+fn no_first_step() -> store::FirstStep {
+    store::FirstStep {
+        events: Vec::new(),
+        update: Box::new(|current: Option<serde_json::Value>| Ok(current.unwrap_or(json!({})))),
+        metadata: Metadata::new(),
+    }
+}
+
+/// On a thread that exists (the row lock is waited for, not created), whether a run may start
+/// is decided once: with `reject` one of 50 gets in; with `enqueue`, of 50 runs created to
+/// start at once exactly one starts (`running`) and the rest wait (`pending`).
+async fn on_an_existing_thread_50_concurrent_creates_start_exactly_one_run(store: &Store) {
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    for strategy in [MultitaskStrategy::Reject, MultitaskStrategy::Enqueue] {
+        let id = ThreadId::new();
+        store.get_or_create_thread(owner, id, &Metadata::new()).await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                let run = run_with(id, strategy);
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        let created = store.create_run_claiming(
+                            owner,
+                            &run,
+                            IfNotExists::Reject,
+                            no_first_step(),
+                        );
+                        created.await.map(|(run, ..)| run)
+                    } else {
+                        store.create_run(owner, &run, IfNotExists::Reject).await
+                    }
+                })
+            })
+            .collect();
+        let (mut created, mut busy) = (Vec::new(), 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(run) => created.push(run),
+                Err(Error::Conflict(m)) if m == store::THREAD_BUSY => busy += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        let runs = store.list_runs(owner, id, 100, 0, None).await.unwrap();
+        let running = runs.iter().filter(|r| r.status == RunStatus::Running).count();
+        match strategy {
+            MultitaskStrategy::Reject => {
+                assert_eq!((created.len(), busy, runs.len()), (1, 49, 1));
+                assert!(running <= 1);
+            }
+            _ => {
+                assert_eq!((created.len(), runs.len()), (50, 50));
+                // Only a run created to start at once may be running, and only one is.
+                assert!(running <= 1, "{running} runs started at once on one thread");
+                let pending = runs.iter().filter(|r| r.status == RunStatus::Pending).count();
+                assert_eq!(pending + running, 50);
+            }
+        }
+    }
 }
 
 async fn interrupt_and_rollback_clear_pending_runs(store: &Store) {
