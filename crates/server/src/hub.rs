@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
 
 use ids::{RunId, ThreadId, UserId};
 use store::{Event, Store};
@@ -19,11 +22,39 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 /// Events read from the log per query while catching up.
 const PAGE: u32 = 500;
 
+/// A committed event as the hub hands it out: one allocation shared by every subscriber, and
+/// its WebSocket `event` frame serialized once for all of them (a fan-out to 1,000
+/// connections serialized each event 1,000 times).
+#[derive(Debug)]
+pub struct Published {
+    event: Event,
+    ws_frame: OnceLock<Utf8Bytes>,
+}
+
+impl Published {
+    pub fn new(event: Event) -> Published {
+        Published { event, ws_frame: OnceLock::new() }
+    }
+
+    /// The event's WebSocket frame (cheap to clone: the text is shared).
+    pub fn ws_frame(&self) -> Utf8Bytes {
+        self.ws_frame.get_or_init(|| crate::ws::event_frame(&self.event).into()).clone()
+    }
+}
+
+impl Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// Broadcast channels by key (a thread, or a user); a channel is removed once nobody listens
 /// (so ids nobody publishes to, such as a missing thread's, cost nothing once their
 /// subscribers leave).
 #[derive(Debug)]
-struct Channels<K>(Mutex<HashMap<K, broadcast::Sender<Arc<Event>>>>);
+struct Channels<K>(Mutex<HashMap<K, broadcast::Sender<Arc<Published>>>>);
 
 impl<K> Default for Channels<K> {
     fn default() -> Self {
@@ -32,11 +63,11 @@ impl<K> Default for Channels<K> {
 }
 
 impl<K: Eq + Hash + Copy> Channels<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, broadcast::Sender<Arc<Event>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, broadcast::Sender<Arc<Published>>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn subscribe(&self, key: K) -> broadcast::Receiver<Arc<Event>> {
+    fn subscribe(&self, key: K) -> broadcast::Receiver<Arc<Published>> {
         self.lock().entry(key).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
     }
 
@@ -48,7 +79,7 @@ impl<K: Eq + Hash + Copy> Channels<K> {
     }
 
     /// The sender of `key`'s channel if anyone listens.
-    fn sender(&self, key: K) -> Option<broadcast::Sender<Arc<Event>>> {
+    fn sender(&self, key: K) -> Option<broadcast::Sender<Arc<Published>>> {
         let mut channels = self.lock();
         match channels.get(&key) {
             Some(sender) if sender.receiver_count() == 0 => {
@@ -102,7 +133,7 @@ impl Hub {
             return;
         }
         for event in events {
-            let event = Arc::new(event.clone());
+            let event = Arc::new(Published::new(event.clone()));
             // An error means every receiver has gone; the next publish removes the channel.
             if let Some(sender) = &thread {
                 let _ = sender.send(event.clone());
@@ -129,7 +160,7 @@ impl Hub {
         run: Option<RunId>,
         after: i64,
         early: Option<Live>,
-    ) -> mpsc::Receiver<Result<Arc<Event>, store::Error>> {
+    ) -> mpsc::Receiver<Result<Arc<Published>, store::Error>> {
         let (tx, rx) = mpsc::channel(256);
         let tolerate_deleted = early.is_some();
         let mut live = early.unwrap_or_else(|| self.subscribe(thread));
@@ -149,7 +180,7 @@ impl Hub {
                     let full = page.len() == PAGE as usize;
                     for event in page {
                         last = event.seq;
-                        if tx.send(Ok(Arc::new(event))).await.is_err() {
+                        if tx.send(Ok(Arc::new(Published::new(event)))).await.is_err() {
                             return;
                         }
                     }
@@ -201,13 +232,13 @@ enum Key {
 /// [`Hub::subscribe_user`]). Dropping the last one of a channel removes the channel.
 #[derive(Debug)]
 pub struct Live {
-    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    rx: Option<broadcast::Receiver<Arc<Published>>>,
     hub: Hub,
     key: Key,
 }
 
 impl Live {
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Published>, broadcast::error::RecvError> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
             None => Err(broadcast::error::RecvError::Closed),

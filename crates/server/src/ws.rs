@@ -37,7 +37,7 @@ use crate::AppState;
 use crate::auth::{AuthMode, Caller};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
-use crate::hub::Live;
+use crate::hub::{Live, Published};
 use crate::metrics::{self, LookupFailure, Transport};
 use crate::routes::runs::RunCreate;
 use crate::runs::CancelAction;
@@ -429,7 +429,7 @@ impl Outbound {
         Ok(())
     }
 
-    fn text(&self, text: String) -> Result<(), Overflow> {
+    fn text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Overflow> {
         self.send(Message::Text(text.into()))
     }
 
@@ -582,7 +582,7 @@ struct Conn {
     subject: String,
     out: Outbound,
     /// Per-thread subscriptions: the log, then live.
-    subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Event>, store::Error>>>,
+    subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Published>, store::Error>>>,
     /// The user's live channel, after `subscribe_user`.
     user_live: Option<Live>,
     /// The seq of the last event delivered per thread (no duplicates across subscriptions).
@@ -646,7 +646,7 @@ impl Conn {
         self.send_text(frame.to_string());
     }
 
-    fn send_text(&mut self, text: String) {
+    fn send_text(&mut self, text: impl Into<Utf8Bytes>) {
         if self.closing.is_none() && self.out.text(text).is_err() {
             self.slow_consumer();
         }
@@ -953,7 +953,7 @@ impl Conn {
     }
 
     /// An event (or error) from a per-thread subscription.
-    fn on_thread_event(&mut self, thread: ThreadId, item: Result<Arc<Event>, store::Error>) {
+    fn on_thread_event(&mut self, thread: ThreadId, item: Result<Arc<Published>, store::Error>) {
         match item {
             Ok(event) => self.deliver(&event),
             Err(e) => {
@@ -969,7 +969,7 @@ impl Conn {
 
     /// An event from the user's live channel: threads with their own subscription get their
     /// events from it; for others, a gap after an event already delivered is read from the log.
-    async fn on_user_event(&mut self, item: Result<Arc<Event>, broadcast::error::RecvError>) {
+    async fn on_user_event(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) {
         let event = match item {
             Ok(event) => event,
             Err(broadcast::error::RecvError::Lagged(_)) => return self.slow_consumer(),
@@ -989,8 +989,8 @@ impl Conn {
             let limit = (event.seq - last - 1).min(GAP_PAGE) as u32;
             match self.state.store.events_after(self.user, thread, None, last, limit).await {
                 Ok(page) if !page.is_empty() => {
-                    for missed in &page {
-                        self.deliver(missed);
+                    for missed in page {
+                        self.deliver(&Published::new(missed));
                     }
                 }
                 // The thread is gone or the log has nothing: deliver what came live.
@@ -1003,14 +1003,14 @@ impl Conn {
         self.deliver(&event);
     }
 
-    fn deliver(&mut self, event: &Event) {
+    fn deliver(&mut self, event: &Published) {
         let last = self.delivered.entry(event.thread_id).or_insert(0);
         if event.seq <= *last {
             return;
         }
         *last = event.seq;
-        let text = event_frame(event);
-        self.send_text(text);
+        // Serialized once for every connection the event goes to.
+        self.send_text(event.ws_frame());
         metrics::event_delivered(Transport::Ws, event.created_at);
     }
 }
@@ -1019,7 +1019,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-async fn recv_user(live: &mut Option<Live>) -> Result<Arc<Event>, broadcast::error::RecvError> {
+async fn recv_user(live: &mut Option<Live>) -> Result<Arc<Published>, broadcast::error::RecvError> {
     match live {
         Some(live) => live.recv().await,
         None => std::future::pending().await,
