@@ -253,6 +253,7 @@ impl PgStore {
     }
 
     pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        self.forget(id);
         let done = sqlx::query("delete from threads where thread_id = $1 and owner_id = $2")
             .bind(id)
             .bind(owner)
@@ -464,6 +465,7 @@ impl PgStore {
     }
 
     pub async fn rollback_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
+        self.forget(thread);
         let mut tx = self.pool.begin().await?;
         lock_owned_thread(&mut tx, owner, thread).await?;
         sqlx::query("delete from checkpoints where run_id = $1 and thread_id = $2")
@@ -483,7 +485,7 @@ impl PgStore {
         }
         sqlx::query(
             "update threads set state_values = (select state_values from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1),
-                 state_version = state_version + 1,
+                 state_version = nextval('state_versions'),
                  status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
                  updated_at = $2
              where thread_id = $1",
@@ -578,6 +580,8 @@ impl PgStore {
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
+        // Written here without the known state: a run's next step reads the new one.
+        self.forget(thread);
         let mut tx = self.pool.begin().await?;
         let checkpoint = update_state_in(&mut tx, owner, thread, run, update, metadata).await?;
         tx.commit().await?;
@@ -940,7 +944,7 @@ async fn update_state_in(
     let at = now();
     // One round trip: the thread's new values and the checkpoint that records them.
     let sql = concat!(
-        "with t as (update threads set state_values = $4, state_version = state_version + 1, state_updated_at = $6, updated_at = $6 where thread_id = $2)
+        "with t as (update threads set state_values = $4, state_version = nextval('state_versions'), state_updated_at = $6, updated_at = $6 where thread_id = $2)
          insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
          values ($1, $2, $3,
                  (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),

@@ -1003,7 +1003,42 @@ async fn steps_over_a_state_changed_elsewhere_lose_nothing(db: &TestDb) {
     assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
 }
 
+/// A thread deleted and created again under the same id elsewhere, its state written there
+/// as many times as here: a state this process remembers for the old thread is never taken for
+/// the new one's (PostgreSQL's versions come from one sequence, never reused).
+async fn a_state_remembered_for_a_deleted_thread_is_not_reused(db: &TestDb) {
+    let here = &db.store;
+    let options = store::StoreOptions { migrate: false, ..store::StoreOptions::default() };
+    let elsewhere = Store::open(&db.url, &options).await.unwrap();
+    let owner = here.ensure_user("alice").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    let none = Metadata::new();
+    here.get_or_create_thread(owner, thread, &none).await.unwrap();
+    let first =
+        store::FirstStep { events: Vec::new(), update: push("old"), metadata: none.clone() };
+    let (_, _, step) = here
+        .create_run_claiming(owner, &new_run(thread), IfNotExists::Reject, first)
+        .await
+        .unwrap();
+    assert!(step.is_some());
+    // Elsewhere: the thread deleted, created again, its state written once (as here).
+    elsewhere.delete_thread(owner, thread).await.unwrap();
+    elsewhere.get_or_create_thread(owner, thread, &none).await.unwrap();
+    elsewhere.update_state(owner, thread, None, push("new"), &none).await.unwrap();
+    let run = new_run(thread);
+    elsewhere.create_run(owner, &run, IfNotExists::Reject).await.unwrap();
+    // Here: a step of the new thread's run.
+    here.commit_step(owner, thread, run.run_id, &[], Some(push("reply")), &none, None)
+        .await
+        .unwrap();
+    let values = here.get_thread(owner, thread).await.unwrap().values.unwrap();
+    assert_eq!(values["messages"], json!(["new", "reply"]));
+}
+
 mod two_processes {
     use super::*;
-    store::on_both_backends!(steps_over_a_state_changed_elsewhere_lose_nothing);
+    store::on_both_backends!(
+        steps_over_a_state_changed_elsewhere_lose_nothing,
+        a_state_remembered_for_a_deleted_thread_is_not_reused,
+    );
 }

@@ -8,6 +8,10 @@
 -- still at that version, and otherwise answers 'stale' having written nothing of the step,
 -- so the server reads the current values and tries again.
 
+-- Versions come from one sequence, so no two writes of any threads' states share one: a
+-- state cached for a thread that was deleted and created again under the same id can never
+-- match the new thread's version by chance. A new thread's state is version 0 (no values).
+create sequence state_versions;
 alter table threads add column state_version bigint not null default 0;
 
 -- Creates a run (and with p_create its thread, if missing). With p_claim and no active run
@@ -82,7 +86,7 @@ begin
         select c.checkpoint_id into v_parent from checkpoints c
         where c.thread_id = p_thread order by c.checkpoint_id desc limit 1;
         update threads t set status = 'busy', metadata = t.metadata || p_thread_metadata,
-               updated_at = p_at, state_values = p_values, state_version = t.state_version + 1,
+               updated_at = p_at, state_values = p_values, state_version = nextval('state_versions'),
                state_updated_at = p_at, last_seq = t.last_seq + v_n
         where t.thread_id = p_thread
         returning t.last_seq, t.state_version into v_last, v_version;
@@ -166,7 +170,7 @@ begin
     end if;
     update threads t set
         state_values = coalesce(p_values, t.state_values),
-        state_version = t.state_version + (case when p_values is null then 0 else 1 end),
+        state_version = case when p_values is null then t.state_version else nextval('state_versions') end,
         state_updated_at = case when p_values is null then t.state_updated_at else p_at end,
         status = coalesce(v_thread_status, t.status),
         last_seq = t.last_seq + v_n,
