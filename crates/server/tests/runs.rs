@@ -757,3 +757,60 @@ async fn finished_and_refused_streams_leave_no_channel_behind(app: &TestApp) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// With no free place in the executor, a run is created `pending` and starts as soon as a
+/// place frees up (the run holding it ends).
+#[tokio::test]
+async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
+    use server::auth::{Auth, AuthMode, JwtConfig};
+    use server::runs::ExecutorConfig;
+    for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
+        let Some(db) = store::testing::TestDb::new(backend).await else { continue };
+        let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
+        let config = ExecutorConfig { concurrency: 1, ..ExecutorConfig::default() };
+        let state = server::AppState::with_executor(
+            db.store.clone(),
+            auth,
+            server::HttpConfig::default(),
+            config,
+        )
+        .await
+        .unwrap();
+        state.start(std::future::pending()).await.unwrap();
+        let call = |method: &str, uri: String, body: Value| {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let app = server::app(state.clone());
+            async move {
+                let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+                let bytes = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim())
+                    .unwrap_or(Value::Null)
+            }
+        };
+        let thread = |_: ()| call("POST", "/threads".into(), json!({}));
+        let (a, b) = (thread(()).await, thread(()).await);
+        let (a, b) = (a["thread_id"].as_str().unwrap(), b["thread_id"].as_str().unwrap());
+        // The one place: a run that lasts until it is cancelled.
+        let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
+        let first = call("POST", format!("/threads/{a}/runs"), slow).await;
+        assert_eq!(first["status"], "running", "{backend:?}: {first}");
+        let echo = json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}});
+        let second = call("POST", format!("/threads/{b}/runs"), echo).await;
+        assert_eq!(second["status"], "pending", "{backend:?}: no place, so it waits: {second}");
+        // Freeing the place starts the waiting run; joining it answers with its reply.
+        let cancel =
+            format!("/threads/{a}/runs/{}/cancel?wait=1", first["run_id"].as_str().unwrap());
+        call("POST", cancel, json!({})).await;
+        let join = format!("/threads/{b}/runs/{}/join", second["run_id"].as_str().unwrap());
+        let values = call("GET", join, Value::Null).await;
+        assert_eq!(values["messages"][1]["content"], "echo: hi", "{backend:?}: {values}");
+    }
+}
