@@ -559,36 +559,44 @@ async fn another_users_runs_are_404(app: &TestApp) {
     assert_eq!(values["messages"].as_array().unwrap().len(), 2, "bob changed nothing");
 }
 
+/// A started app (local auth) on `backend` with an executor of its own configuration; `None`
+/// without PostgreSQL.
+async fn app_with_executor(
+    backend: store::Backend,
+    config: server::runs::ExecutorConfig,
+) -> Option<(store::testing::TestDb, server::AppState)> {
+    use server::auth::{Auth, AuthMode, JwtConfig};
+    let db = store::testing::TestDb::new(backend).await?;
+    let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
+    let http = server::HttpConfig::default();
+    let state =
+        server::AppState::with_executor(db.store.clone(), auth, http, config).await.unwrap();
+    state.start(std::future::pending()).await.unwrap();
+    Some((db, state))
+}
+
+/// One request to `state`'s app; the JSON body (`null` if there is none).
+async fn call(state: &server::AppState, method: Method, uri: String, body: Value) -> Value {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(server::app(state.clone()), request).await.unwrap();
+    let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim())
+        .unwrap_or(Value::Null)
+}
+
 #[tokio::test]
 async fn a_run_past_its_timeout_ends_timeout_and_wait_says_so() {
-    use server::auth::{Auth, AuthMode, JwtConfig};
-    use server::runs::ExecutorConfig;
-    let db = store::testing::TestDb::new(store::Backend::Sqlite).await.unwrap();
-    let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-    let config =
-        ExecutorConfig { concurrency: 2, run_timeout: std::time::Duration::from_millis(300) };
-    let state = server::AppState::with_executor(
-        db.store.clone(),
-        auth,
-        server::HttpConfig::default(),
-        config,
-    )
-    .await
-    .unwrap();
-    state.start(std::future::pending()).await.unwrap();
-    let call = |uri: String, body: Value| {
-        let request = Request::post(uri)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let app = server::app(state.clone());
-        async move {
-            let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
-            let bytes =
-                http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
-            serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim()).unwrap()
-        }
+    let config = server::runs::ExecutorConfig {
+        concurrency: 2,
+        run_timeout: std::time::Duration::from_millis(300),
     };
+    let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
+    let call = |uri: String, body: Value| call(&state, Method::POST, uri, body);
     let t = call("/threads".into(), json!({})).await["thread_id"].as_str().unwrap().to_owned();
     let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
     let answer = call(format!("/threads/{t}/runs/wait"), slow).await;
@@ -762,38 +770,11 @@ async fn finished_and_refused_streams_leave_no_channel_behind(app: &TestApp) {
 /// place frees up (the run holding it ends).
 #[tokio::test]
 async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
-    use server::auth::{Auth, AuthMode, JwtConfig};
-    use server::runs::ExecutorConfig;
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
-        let Some(db) = store::testing::TestDb::new(backend).await else { continue };
-        let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-        let config = ExecutorConfig { concurrency: 1, ..ExecutorConfig::default() };
-        let state = server::AppState::with_executor(
-            db.store.clone(),
-            auth,
-            server::HttpConfig::default(),
-            config,
-        )
-        .await
-        .unwrap();
-        state.start(std::future::pending()).await.unwrap();
+        let config = server::runs::ExecutorConfig { concurrency: 1, ..Default::default() };
+        let Some((_db, state)) = app_with_executor(backend, config).await else { continue };
         let call = |method: &str, uri: String, body: Value| {
-            let request = Request::builder()
-                .method(method)
-                .uri(uri)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            let app = server::app(state.clone());
-            async move {
-                let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
-                let bytes = http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
-                serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim())
-                    .unwrap_or(Value::Null)
-            }
+            call(&state, Method::from_bytes(method.as_bytes()).unwrap(), uri, body)
         };
         let thread = |_: ()| call("POST", "/threads".into(), json!({}));
         let (a, b) = (thread(()).await, thread(()).await);

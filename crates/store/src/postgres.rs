@@ -975,10 +975,7 @@ async fn append_in(
     events: &[NewEvent],
 ) -> Result<Vec<Event>> {
     let created_at = now();
-    let run_ids: Vec<Option<RunId>> = events.iter().map(|e| e.run_id).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let data =
-        events.iter().map(|e| serde_json::to_string(&e.data)).collect::<Result<Vec<_>, _>>()?;
+    let encoded = EncodedEvents::new(events)?;
     // One statement, so one implicit transaction: the thread's row lock (taken by the
     // update) orders concurrent appenders, and a failed insert rolls the counter back.
     let seqs: Vec<i64> = sqlx::query_scalar(
@@ -994,9 +991,9 @@ async fn append_in(
         )
         .bind(thread)
         .bind(owner)
-        .bind(&run_ids)
-        .bind(&kinds)
-        .bind(&data)
+        .bind(&encoded.runs)
+        .bind(&encoded.kinds)
+        .bind(&encoded.data)
         .bind(created_at)
         .fetch_all(&mut *conn)
         .await?;
@@ -1004,18 +1001,7 @@ async fn append_in(
         return Err(Error::not_found("thread", thread));
     }
     let first = seqs.iter().copied().min().unwrap_or_default();
-    Ok(events
-        .iter()
-        .zip(first..)
-        .map(|(e, seq)| Event {
-            thread_id: thread,
-            seq,
-            run_id: e.run_id,
-            kind: e.kind,
-            data: e.data.clone(),
-            created_at,
-        })
-        .collect())
+    Ok(numbered(thread, first, events.to_vec(), created_at))
 }
 
 /// Moves a run to `status` and sets its thread's status to match, in the caller's

@@ -1186,23 +1186,7 @@ fn end_run_in(
     status: RunStatus,
     error: Option<&str>,
 ) -> Result<Option<Run>> {
-    let at = micros(now());
-    let sql = concat!(
-        "update runs set status = ?1, error = ?2, updated_at = ?3
-         where run_id = ?4 and thread_id = ?5 and owner_id = ?6 and status = 'running' returning ",
-        run_cols!()
-    );
-    let Some(run) = c
-        .prepare_cached(sql)?
-        .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let active = i64::from(thread_active(c, thread)?);
-    c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
-        .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
-    Ok(Some(run))
+    move_run_in(c, owner, thread, id, status, error, true)
 }
 
 /// Moves a run to `status`; the thread's status follows.
@@ -1214,20 +1198,48 @@ fn set_run_status_in(
     status: RunStatus,
     error: Option<&str>,
 ) -> Result<Run> {
+    move_run_in(c, owner, thread, id, status, error, false)?
+        .ok_or_else(|| Error::not_found("run", id))
+}
+
+/// Moves a run (with `only_running`, only a running one) to `status`, and its thread's status
+/// to match; `None` if no run moved.
+fn move_run_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    id: RunId,
+    status: RunStatus,
+    error: Option<&str>,
+    only_running: bool,
+) -> Result<Option<Run>> {
     let at = micros(now());
-    let sql = concat!(
-        "update runs set status = ?1, error = ?2, updated_at = ?3 where run_id = ?4 and thread_id = ?5 and owner_id = ?6 returning ",
-        run_cols!()
-    );
-    let run = c
+    // Two statements, not one with a flag parameter: a parameter beside `status` would make
+    // SQLite re-plan the statement at every run (partial indexes on `status`).
+    let sql = if only_running {
+        concat!(
+            "update runs set status = ?1, error = ?2, updated_at = ?3
+             where run_id = ?4 and thread_id = ?5 and owner_id = ?6 and status = 'running' returning ",
+            run_cols!()
+        )
+    } else {
+        concat!(
+            "update runs set status = ?1, error = ?2, updated_at = ?3
+             where run_id = ?4 and thread_id = ?5 and owner_id = ?6 returning ",
+            run_cols!()
+        )
+    };
+    let Some(run) = c
         .prepare_cached(sql)?
         .query_row(params![status.as_str(), error, at, id, thread, owner], run_row)
         .optional()?
-        .ok_or_else(|| Error::not_found("run", id))?;
+    else {
+        return Ok(None);
+    };
     let active = i64::from(thread_active(c, thread)?);
     c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
         .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
-    Ok(run)
+    Ok(Some(run))
 }
 
 /// `select <what> from threads where <the caller's threads matching filter>`, with its
