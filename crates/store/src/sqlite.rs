@@ -951,7 +951,7 @@ fn commit_step_in(
         Some((end, last)) => {
             // A run ends once: a second end (another node's recovery got there first)
             // is refused.
-            let ended = end_run_in(c, owner, thread, run, end.status, end.error.as_deref())?
+            let ended = move_run_in(c, owner, thread, run, end.status, end.error.as_deref(), true)?
                 .ok_or_else(|| {
                     Error::Conflict(format!("run {run} is not running: it has already ended"))
                 })?;
@@ -1174,19 +1174,6 @@ fn thread_active(c: &Connection, thread: ThreadId) -> Result<bool> {
     let sql = "select exists (select 1 from runs where thread_id = ?1 and status = 'running')
                    or exists (select 1 from runs where thread_id = ?1 and status = 'pending')";
     Ok(c.prepare_cached(sql)?.query_row([thread], |r| r.get(0))?)
-}
-
-/// Moves a running run to its end status, and its thread's status to match; `None` if the run
-/// is not running.
-fn end_run_in(
-    c: &Connection,
-    owner: UserId,
-    thread: ThreadId,
-    id: RunId,
-    status: RunStatus,
-    error: Option<&str>,
-) -> Result<Option<Run>> {
-    move_run_in(c, owner, thread, id, status, error, true)
 }
 
 /// Moves a run to `status`; the thread's status follows.
