@@ -53,6 +53,26 @@ impl From<store::Error> for Stop {
     }
 }
 
+/// A place in this node's executor, reserved for a run about to be created claimed (see
+/// [`Executor::try_reserve`]). Dropped without being handed to
+/// [`Executor::spawn_claimed`] (the run was created pending, or not at all), it frees the
+/// place and unregisters the run.
+#[derive(Debug)]
+pub struct Place {
+    executor: Executor,
+    run: RunId,
+    permit: Option<OwnedSemaphorePermit>,
+    cancel: Option<watch::Receiver<Option<CancelAction>>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.cancel.take().is_some() {
+            self.executor.running().runs.remove(&self.run);
+        }
+    }
+}
+
 /// A waiter for one run's end, from [`Executor::watch_end`]; dropping it unregisters it.
 #[derive(Debug)]
 pub struct EndWatch {
@@ -134,6 +154,10 @@ struct Inner {
     /// Whether a run may be waiting to be claimed. While false, a run's end does not make the
     /// executor try to claim (a write for nothing); the poll still does.
     maybe_pending: AtomicBool,
+    /// Whether a run was created pending for want of a place and may still wait for one:
+    /// while true, new runs do not take places ahead of it (they are created pending too, and
+    /// claimed in creation order).
+    starved: AtomicBool,
     permits: Arc<Semaphore>,
     /// Runs executing here, with the channel that cancels them.
     running: Mutex<Running>,
@@ -157,6 +181,7 @@ impl Executor {
             config,
             wake: Notify::new(),
             maybe_pending: AtomicBool::new(true),
+            starved: AtomicBool::new(false),
             permits,
             running: Mutex::default(),
             ends: Mutex::default(),
@@ -302,9 +327,19 @@ impl Executor {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let free = self.inner.permits.available_permits();
-            let limit = free.min(32);
-            let claimed = if free == 0 {
+            // Places are taken before the claim, so every claimed run has one at once (a run
+            // created meanwhile cannot take it and leave a claimed run waiting).
+            let limit = self.inner.permits.available_permits().min(32);
+            // Places are held only while there is something to claim: asked of the store first
+            // when nothing here says runs wait (a poll, for runs created elsewhere).
+            let wanted = limit > 0
+                && (self.inner.maybe_pending.load(Ordering::Acquire)
+                    || self.inner.store.any_pending_runs().await.unwrap_or(true));
+            let mut places = match limit {
+                n if wanted => self.inner.permits.clone().try_acquire_many_owned(n as u32).ok(),
+                _ => None,
+            };
+            let claimed = if places.is_none() {
                 Vec::new()
             } else {
                 // Cleared before the claim, so a run created pending meanwhile sets it again.
@@ -318,20 +353,27 @@ impl Executor {
                     }
                 }
             };
-            // Fewer than asked: runs may still wait behind their threads' running runs.
-            if free > 0
-                && claimed.len() < limit
-                && !self.inner.store.any_pending_runs().await.unwrap_or(true)
-            {
-                // Nothing waits; a run created since then has set the flag again.
-            } else {
+            if limit > 0 && !wanted {
+                // Free places and no pending run: nothing waits for a place.
+                self.inner.starved.store(false, Ordering::Release);
+            } else if places.is_some() && claimed.len() < limit {
+                // Fewer than asked: every claimable run has a place now (runs may still wait
+                // behind their threads' running runs).
+                self.inner.starved.store(false, Ordering::Release);
+                if self.inner.store.any_pending_runs().await.unwrap_or(true) {
+                    self.inner.maybe_pending.store(true, Ordering::Release);
+                }
+                // Otherwise nothing waits; a run created since then has set the flag again.
+            } else if wanted || limit == 0 {
                 self.inner.maybe_pending.store(true, Ordering::Release);
             }
             let idle = claimed.is_empty();
             for run in claimed {
-                let Ok(permit) = self.inner.permits.clone().acquire_owned().await else { return };
-                self.spawn_claimed(run, permit, None);
+                let Some(place) = places.as_mut().and_then(|p| p.split(1)) else { break };
+                let cancel = self.register(run.run_id, run.thread_id);
+                self.spawn(run, place, cancel, None);
             }
+            drop(places);
             if idle {
                 tokio::select! {
                     () = self.inner.wake.notified() => {}
@@ -342,35 +384,65 @@ impl Executor {
         }
     }
 
-    /// A place to execute one more run now, if this node has one free.
-    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.permits.clone().try_acquire_owned().ok()
+    /// A place to execute `run` (of `thread`) now, if this node has one free and no run
+    /// created earlier waits for one. The run is registered from now on, so a cancel (or
+    /// another run's `interrupt`) reaches it even before it is handed over.
+    pub fn try_reserve(&self, run: RunId, thread: ThreadId) -> Option<Place> {
+        if self.inner.starved.load(Ordering::Acquire) {
+            return None;
+        }
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            self.inner.starved.store(true, Ordering::Release);
+            return None;
+        };
+        let cancel = self.register(run, thread);
+        Some(Place { executor: self.clone(), run, permit: Some(permit), cancel: Some(cancel) })
     }
 
-    /// Executes a run claimed for this node (by `claim_runs`, or created claimed by
-    /// `create_run_claiming`) in the place reserved for it.
-    /// `started`: the thread's values after the run's first step, when that was committed with
-    /// the run.
-    pub fn spawn_claimed(&self, run: Run, permit: OwnedSemaphorePermit, started: Option<Value>) {
+    /// Executes a run created claimed (by `create_run_claiming`) in the place reserved for
+    /// it. `started`: the thread's values after the run's first step, when that was committed
+    /// with the run.
+    pub fn spawn_claimed(&self, run: Run, mut place: Place, started: Option<Value>) {
+        let (Some(permit), Some(cancel)) = (place.permit.take(), place.cancel.take()) else {
+            return;
+        };
+        self.spawn(run, permit, cancel, started);
+    }
+
+    /// Registers a run executing (or about to) on this node, with a cancel sent before.
+    fn register(&self, run: RunId, thread: ThreadId) -> watch::Receiver<Option<CancelAction>> {
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        let mut running = self.running();
+        if let Some(action) = running.early.remove(&run) {
+            let _ = cancel_tx.send(Some(action));
+        }
+        running.runs.insert(run, (thread, cancel_tx));
+        cancel_rx
+    }
+
+    fn spawn(
+        &self,
+        run: Run,
+        place: OwnedSemaphorePermit,
+        cancel: watch::Receiver<Option<CancelAction>>,
+        started: Option<Value>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
-            this.execute(run, started).await;
-            drop(permit);
+            this.execute(run, cancel, started).await;
+            drop(place);
             this.place_freed();
         });
     }
 
-    async fn execute(&self, run: Run, started: Option<Value>) {
-        let (cancel_tx, cancel_rx) = watch::channel(None);
-        {
-            let mut running = self.running();
-            if let Some(action) = running.early.remove(&run.run_id) {
-                let _ = cancel_tx.send(Some(action));
-            }
-            running.runs.insert(run.run_id, (run.thread_id, cancel_tx));
-        }
+    async fn execute(
+        &self,
+        run: Run,
+        cancel: watch::Receiver<Option<CancelAction>>,
+        started: Option<Value>,
+    ) {
         let span = tracing::info_span!("run", run_id = %run.run_id, thread_id = %run.thread_id, user_id = %run.owner_id);
-        self.execute_in(run, cancel_rx, started).instrument(span).await;
+        self.execute_in(run, cancel, started).instrument(span).await;
     }
 
     async fn execute_in(

@@ -782,7 +782,13 @@ async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
         // The one place: a run that lasts until it is cancelled.
         let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
         let first = call("POST", format!("/threads/{a}/runs"), slow).await;
-        assert_eq!(first["status"], "running", "{backend:?}: {first}");
+        // Running at once, or (if the claim loop held the place at that moment) once claimed.
+        let get_first = format!("/threads/{a}/runs/{}", first["run_id"].as_str().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while call("GET", get_first.clone(), Value::Null).await["status"] != "running" {
+            assert!(std::time::Instant::now() < deadline, "{backend:?}: the first run never ran");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let echo = json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}});
         let second = call("POST", format!("/threads/{b}/runs"), echo).await;
         assert_eq!(second["status"], "pending", "{backend:?}: no place, so it waits: {second}");
@@ -794,4 +800,175 @@ async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
         let values = call("GET", join, Value::Null).await;
         assert_eq!(values["messages"][1]["content"], "echo: hi", "{backend:?}: {values}");
     }
+}
+
+/// A create request whose future is dropped (the client hung up) after the store committed
+/// its run claimed still has the run executed (it is created in a task of its own): no run is
+/// left `running` with no executor, and no thread `busy`, until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let mut failures = Vec::new();
+    for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
+        let config = server::runs::ExecutorConfig::default();
+        let Some((db, state)) = app_with_executor(backend, config).await else { continue };
+        let t = call(&state, Method::POST, "/threads".into(), json!({})).await["thread_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let owner = db.store.ensure_user("local").await.unwrap().user_id;
+        let thread: ThreadId = t.parse().unwrap();
+        let request = Request::post(format!("/threads/{t}/runs"))
+            .header("content-type", "application/json")
+            .body(Body::from(hi("hello").to_string()))
+            .unwrap();
+        let mut fut = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
+        let mut cx = Context::from_waker(Waker::noop());
+        // Drive the handler until the run is in the store, then drop it (as hyper does when
+        // the client's connection closes).
+        loop {
+            if !db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
+                break;
+            }
+            if fut.as_mut().poll(&mut cx).is_ready() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(fut);
+        // The run must still execute and end: wait for it (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let runs = db.store.list_runs(owner, thread, 10, 0, None).await.unwrap();
+            let t_status = db.store.get_thread(owner, thread).await.unwrap().status;
+            if runs[0].status == store::RunStatus::Success {
+                assert_eq!(t_status, store::ThreadStatus::Idle, "{backend:?}");
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                failures.push(format!(
+                    "{backend:?}: run left {:?}, thread {t_status:?}",
+                    runs[0].status
+                ));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// `interrupt` reaches a run claimed as created even before its request hands it to the
+/// executor: the run is registered when its place is reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let mut failures = Vec::new();
+    for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
+        let config = server::runs::ExecutorConfig::default();
+        let Some((db, state)) = app_with_executor(backend, config).await else { continue };
+        let t = call(&state, Method::POST, "/threads".into(), json!({})).await["thread_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let owner = db.store.ensure_user("local").await.unwrap().user_id;
+        let thread: ThreadId = t.parse().unwrap();
+        let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
+        let request = Request::post(format!("/threads/{t}/runs"))
+            .header("content-type", "application/json")
+            .body(Body::from(slow.to_string()))
+            .unwrap();
+        let mut first = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut answered = None;
+        loop {
+            if !db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
+                break;
+            }
+            if let std::task::Poll::Ready(response) = first.as_mut().poll(&mut cx) {
+                answered = Some(response);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The interrupting run arrives now.
+        let mut interrupting = hi("interrupting");
+        interrupting["multitask_strategy"] = json!("interrupt");
+        let second = call(&state, Method::POST, format!("/threads/{t}/runs"), interrupting).await;
+        // The first request completes (the run is handed to the executor).
+        let first = match answered {
+            Some(response) => response.unwrap(),
+            None => first.await.unwrap(),
+        };
+        let bytes = http_body_util::BodyExt::collect(first.into_body()).await.unwrap().to_bytes();
+        let first: Value = serde_json::from_slice(&bytes).unwrap();
+        let run = |id: &Value| {
+            let id = id.as_str().unwrap().to_owned();
+            let (store, thread) = (db.store.clone(), thread);
+            async move { store.get_run(owner, thread, id.parse().unwrap()).await.unwrap().status }
+        };
+        // The endless first run must end interrupted, and the second then run: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (a, b) = (run(&first["run_id"]).await, run(&second["run_id"]).await);
+            if a == store::RunStatus::Interrupted && b == store::RunStatus::Success {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                failures.push(format!(
+                    "{backend:?}: interrupted run is {a:?}, interrupting run is {b:?}"
+                ));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Clean up the endless run.
+        let cancel =
+            format!("/threads/{t}/runs/{}/cancel?wait=1", first["run_id"].as_str().unwrap());
+        call(&state, Method::POST, cancel, json!({})).await;
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// The window the previous test cannot force: a run whose place is reserved but which is not
+/// yet created, let alone handed over, is already registered, so another run's `interrupt`
+/// (`cancel_thread`) reaches it and it ends `interrupted` once it runs.
+#[tokio::test]
+async fn a_reserved_run_is_registered_before_it_is_created() {
+    use server::runs::{CancelAction, first_step};
+    let config = server::runs::ExecutorConfig::default();
+    let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
+    let owner = db.store.ensure_user("local").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    db.store.get_or_create_thread(owner, thread, &store::Metadata::new()).await.unwrap();
+    let kwargs = json!({"graph_id": "synthetic"});
+    let input = json!({"n": 100000, "delay_ms": 5, "messages": [{"role": "user", "content": "x"}]});
+    let new_run = store::NewRun {
+        run_id: ids::RunId::new(),
+        thread_id: thread,
+        assistant_id: ids::AssistantId::for_graph("synthetic"),
+        input: Some(input.clone()),
+        kwargs: kwargs.clone(),
+        metadata: store::Metadata::new(),
+        multitask_strategy: store::MultitaskStrategy::Enqueue,
+        thread_metadata: store::Metadata::new(),
+    };
+    let place = state.executor.try_reserve(new_run.run_id, thread).expect("a free place");
+    // Another run's `interrupt` arrives between the reservation and the creation.
+    state.executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
+    let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
+    let (run, _, step) = db
+        .store
+        .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
+        .await
+        .unwrap();
+    assert_eq!(run.status, store::RunStatus::Running);
+    let started = step.and_then(|s| s.checkpoint).map(|c| c.values);
+    let mut end = state.executor.watch_end(run.run_id);
+    state.executor.spawn_claimed(run.clone(), place, started);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), end.ended()).await;
+    let ended = ended.expect("the run ended").expect("its end was announced");
+    assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
 }

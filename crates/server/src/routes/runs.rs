@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::agents::Agent;
 use crate::context::{OwnedThread, RequestContext, path_id};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody, REQUEST_ID};
 use crate::hub::Live;
 use crate::metrics::{self, LookupFailure, Transport};
 use crate::runs::{CancelAction, EndWatch, Finished};
@@ -125,6 +125,7 @@ pub struct RunCreate {
 }
 
 /// A run request that passed validation.
+#[derive(Clone)]
 struct Validated {
     new_run: NewRun,
     if_not_exists: IfNotExists,
@@ -262,6 +263,17 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     let span = tracing::Span::current();
     span.record("run_id", tracing::field::display(v.new_run.run_id));
     span.record("thread_id", tracing::field::display(v.new_run.thread_id));
+    // In a task of its own: a run committed claimed must reach the executor even if the client
+    // goes away meanwhile (dropping this request's future).
+    let (state, context, v) = (state.clone(), context.clone(), v.clone());
+    let request_id = context.request_id;
+    let task = REQUEST_ID.scope(request_id, async move { create_now(&state, &context, &v).await });
+    tokio::spawn(task.in_current_span())
+        .await
+        .map_err(|e| ApiError::Internal(format!("creating the run failed: {e}")))?
+}
+
+async fn create_now(state: &AppState, context: &RequestContext, v: &Validated) -> ApiResult<Run> {
     let thread = v.new_run.thread_id;
     // Whether this creates the thread (for the metrics): a stateless run's always; with
     // `if_not_exists=create`, when the caller has no such thread yet (asked on that path only).
@@ -276,8 +288,8 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
     // With a free place on this node, the run is claimed as it is created and starts at once
     // (if its thread has no run before it); otherwise the executor claims it in turn.
     // Its first step (the input applied) then commits with it, in the same transaction.
-    let place = state.executor.try_reserve();
     let new_run = &v.new_run;
+    let place = state.executor.try_reserve(new_run.run_id, thread);
     let first = place.as_ref().and_then(|_| {
         crate::runs::first_step(
             new_run.run_id,
@@ -304,6 +316,18 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
             return Err(e.into());
         }
     };
+    // A claimed run goes to the executor first thing.
+    match place {
+        Some(place) if run.status == RunStatus::Running => {
+            // Published before the executor can emit anything after them.
+            let started = step.and_then(|step| {
+                state.hub.publish(context.user, &step.events);
+                step.checkpoint.map(|c| c.values)
+            });
+            state.executor.spawn_claimed(run.clone(), place, started);
+        }
+        _ => state.executor.wake(),
+    }
     if new_thread {
         metrics::thread_created();
     }
@@ -322,17 +346,6 @@ async fn create(state: &AppState, context: &RequestContext, v: &Validated) -> Ap
                 tracing::warn!(error = %e, run_id = %old, "could not announce a replaced run's end");
             }
         }
-    }
-    match place {
-        Some(place) if run.status == RunStatus::Running => {
-            // Published before the executor can emit anything after them.
-            let started = step.and_then(|step| {
-                state.hub.publish(context.user, &step.events);
-                step.checkpoint.map(|c| c.values)
-            });
-            state.executor.spawn_claimed(run.clone(), place, started);
-        }
-        _ => state.executor.wake(),
     }
     Ok(run)
 }

@@ -11,6 +11,9 @@
 -- Versions come from one sequence, so no two writes of any threads' states share one: a
 -- state cached for a thread that was deleted and created again under the same id can never
 -- match the new thread's version by chance. A new thread's state is version 0 (no values).
+-- Every writer of `state_values` must set `state_version`: a node of an older version
+-- (which does not) must be stopped before this migration runs (Spindle runs one node per
+-- database today).
 create sequence state_versions;
 alter table threads add column state_version bigint not null default 0;
 
@@ -48,9 +51,11 @@ begin
         values (p_thread, p_owner, '{}', 'idle', null, 0, p_at, p_at, p_at)
         on conflict do nothing;
     end if;
-    -- The row lock serializes run creation per thread. `busy` is read from the locked row,
-    -- which is re-read after a lock wait, so it is never stale.
-    select t.owner_id, t.status = 'busy', t.state_version into v_owner, v_busy, v_version
+    -- The row lock serializes run creation per thread. Whether the thread has an active run
+    -- is asked in a statement of its own, after the lock: its snapshot is taken then, so it
+    -- sees every run committed before the lock was granted (a subquery of the locking
+    -- statement would use the snapshot from before the wait).
+    select t.owner_id, t.state_version into v_owner, v_version
     from threads t where t.thread_id = p_thread for update;
     if not found or (v_owner <> p_owner and not p_create) then
         return query select 'not_found', null::text, null::uuid[], null::bigint, null::uuid, null::bigint;
@@ -60,6 +65,9 @@ begin
         return query select 'conflict', null::text, null::uuid[], null::bigint, null::uuid, null::bigint;
         return;
     end if;
+    select exists (select 1 from runs r where r.thread_id = p_thread and r.status = 'running')
+        or exists (select 1 from runs r where r.thread_id = p_thread and r.status = 'pending')
+    into v_busy;
     if v_busy then
         if p_strategy = 'reject' then
             return query select 'busy', null::text, null::uuid[], null::bigint, null::uuid, null::bigint;
