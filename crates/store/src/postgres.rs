@@ -607,8 +607,15 @@ impl PgStore {
             let (version, values) = match update.as_mut() {
                 None => (0, None),
                 Some(update) => {
+                    let remembered = self.known_states().contains_key(&thread);
                     let (version, current) = self.state_of(owner, thread).await?;
-                    let values = update(current).map_err(Error::Invalid)?;
+                    let values = match update(current) {
+                        Ok(values) => values,
+                        // Refused on a remembered state, which may be stale: read it and ask
+                        // again (`state_of` has forgotten it).
+                        Err(_) if remembered => continue,
+                        Err(message) => return Err(Error::Invalid(message)),
+                    };
                     all.push(NewEvent {
                         run_id: Some(run),
                         kind: EventKind::Values,
