@@ -3,10 +3,10 @@
 
 use std::process::Command;
 
-use ids::{AssistantId, MessageId, RunId, ThreadId};
+use ids::{AssistantId, MessageId, ThreadId};
 use serde_json::json;
-use store::testing::{TempDir, TestDb};
-use store::{IfNotExists, Metadata, MultitaskStrategy, NewRun, Store, SystemAssistant};
+use store::testing::{TempDir, TestDb, new_run};
+use store::{IfNotExists, Metadata, Store, SystemAssistant};
 
 fn spindle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
@@ -133,19 +133,6 @@ fn a_valid_id_is_decoded_without_a_database() {
     let (_, out) = spindle_in(&dir, &["id", "inspect", "6ba7b810-9dad-41d1-80b4-00c04fd430c8"]);
     assert!(out.contains("Version 4 is random: Spindle never mints it"), "{out}");
     assert!(!dir.0.join("spindle-data").exists(), "inspect never creates a database");
-}
-
-fn new_run(thread: ThreadId) -> NewRun {
-    NewRun {
-        run_id: RunId::new(),
-        thread_id: thread,
-        assistant_id: AssistantId::for_graph("echo"),
-        input: None,
-        kwargs: json!({}),
-        metadata: Metadata::new(),
-        multitask_strategy: MultitaskStrategy::Enqueue,
-        thread_metadata: Metadata::new(),
-    }
 }
 
 store::on_both_backends!(

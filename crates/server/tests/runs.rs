@@ -802,41 +802,56 @@ async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
     }
 }
 
+/// A request that creates a run, polled by hand (as a server drives a handler) only until its
+/// run is in the store: the request, and its answer if it came that soon.
+struct RunRequestInFlight {
+    owner: ids::UserId,
+    thread: ThreadId,
+    request: std::pin::Pin<Box<tower::util::Oneshot<axum::Router, Request<Body>>>>,
+    answered: Option<axum::response::Response>,
+}
+
+async fn post_run_until_stored(
+    db: &store::testing::TestDb,
+    state: &server::AppState,
+    body: Value,
+) -> RunRequestInFlight {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let created = call(state, Method::POST, "/threads".into(), json!({})).await;
+    let thread: ThreadId = created["thread_id"].as_str().unwrap().parse().unwrap();
+    let owner = db.store.ensure_user("local").await.unwrap().user_id;
+    let request = Request::post(format!("/threads/{thread}/runs"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let mut request = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut answered = None;
+    while db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
+        if let Poll::Ready(response) = request.as_mut().poll(&mut cx) {
+            answered = Some(response.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    RunRequestInFlight { owner, thread, request, answered }
+}
+
 /// A create request whose future is dropped (the client hung up) after the store committed
 /// its run claimed still has the run executed (it is created in a task of its own): no run is
 /// left `running` with no executor, and no thread `busy`, until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
-    use std::future::Future;
-    use std::task::{Context, Waker};
     let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let config = server::runs::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
-        let t = call(&state, Method::POST, "/threads".into(), json!({})).await["thread_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let owner = db.store.ensure_user("local").await.unwrap().user_id;
-        let thread: ThreadId = t.parse().unwrap();
-        let request = Request::post(format!("/threads/{t}/runs"))
-            .header("content-type", "application/json")
-            .body(Body::from(hi("hello").to_string()))
-            .unwrap();
-        let mut fut = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
-        let mut cx = Context::from_waker(Waker::noop());
-        // Drive the handler until the run is in the store, then drop it (as hyper does when
-        // the client's connection closes).
-        loop {
-            if !db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
-                break;
-            }
-            if fut.as_mut().poll(&mut cx).is_ready() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        drop(fut);
+        // Driven until the run is in the store, then dropped (as hyper does when the client's
+        // connection closes).
+        let RunRequestInFlight { owner, thread, request, .. } =
+            post_run_until_stored(&db, &state, hi("hello")).await;
+        drop(request);
         // The run must still execute and end: wait for it (bounded).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -863,43 +878,21 @@ async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
 /// executor: the run is registered when its place is reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
-    use std::future::Future;
-    use std::task::{Context, Waker};
     let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let config = server::runs::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
-        let t = call(&state, Method::POST, "/threads".into(), json!({})).await["thread_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let owner = db.store.ensure_user("local").await.unwrap().user_id;
-        let thread: ThreadId = t.parse().unwrap();
         let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
-        let request = Request::post(format!("/threads/{t}/runs"))
-            .header("content-type", "application/json")
-            .body(Body::from(slow.to_string()))
-            .unwrap();
-        let mut first = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut answered = None;
-        loop {
-            if !db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
-                break;
-            }
-            if let std::task::Poll::Ready(response) = first.as_mut().poll(&mut cx) {
-                answered = Some(response);
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let RunRequestInFlight { owner, thread, request: first, answered } =
+            post_run_until_stored(&db, &state, slow).await;
         // The interrupting run arrives now.
         let mut interrupting = hi("interrupting");
         interrupting["multitask_strategy"] = json!("interrupt");
-        let second = call(&state, Method::POST, format!("/threads/{t}/runs"), interrupting).await;
+        let second =
+            call(&state, Method::POST, format!("/threads/{thread}/runs"), interrupting).await;
         // The first request completes (the run is handed to the executor).
         let first = match answered {
-            Some(response) => response.unwrap(),
+            Some(response) => response,
             None => first.await.unwrap(),
         };
         let bytes = http_body_util::BodyExt::collect(first.into_body()).await.unwrap().to_bytes();
@@ -926,7 +919,7 @@ async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
         }
         // Clean up the endless run.
         let cancel =
-            format!("/threads/{t}/runs/{}/cancel?wait=1", first["run_id"].as_str().unwrap());
+            format!("/threads/{thread}/runs/{}/cancel?wait=1", first["run_id"].as_str().unwrap());
         call(&state, Method::POST, cancel, json!({})).await;
     }
     assert!(failures.is_empty(), "{failures:?}");
@@ -946,14 +939,10 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
     let kwargs = json!({"graph_id": "synthetic"});
     let input = json!({"n": 100000, "delay_ms": 5, "messages": [{"role": "user", "content": "x"}]});
     let new_run = store::NewRun {
-        run_id: ids::RunId::new(),
-        thread_id: thread,
         assistant_id: ids::AssistantId::for_graph("synthetic"),
         input: Some(input.clone()),
         kwargs: kwargs.clone(),
-        metadata: store::Metadata::new(),
-        multitask_strategy: store::MultitaskStrategy::Enqueue,
-        thread_metadata: store::Metadata::new(),
+        ..store::testing::new_run(thread)
     };
     let place = state.executor.try_reserve(new_run.run_id, thread).expect("a free place");
     // Another run's `interrupt` arrives between the reservation and the creation.

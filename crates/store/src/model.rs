@@ -329,6 +329,13 @@ pub struct NewEvent {
     pub data: Value,
 }
 
+impl NewEvent {
+    /// The `values` event of a run's step: the thread's values after it.
+    pub fn values(run: RunId, values: &Value) -> NewEvent {
+        NewEvent { run_id: Some(run), kind: EventKind::Values, data: values.clone() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub thread_id: ThreadId,

@@ -81,10 +81,11 @@ impl PgStore {
         self.known_states().remove(&thread);
     }
 
-    /// The thread's state and its version: as this process last wrote it, or read.
-    async fn state_of(&self, owner: UserId, thread: ThreadId) -> Result<KnownState> {
+    /// The thread's state and its version: as this process last wrote it (then `true`: it
+    /// may be stale), or as read now. Either way it is no longer remembered.
+    async fn state_of(&self, owner: UserId, thread: ThreadId) -> Result<(KnownState, bool)> {
         if let Some(known) = self.known_states().remove(&thread) {
-            return Ok(known);
+            return Ok((known, true));
         }
         let row: Option<KnownState> = sqlx::query_as(
             "select state_version, state_values from threads where thread_id = $1 and owner_id = $2",
@@ -94,7 +95,7 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         // A thread that does not exist yet (`if_not_exists: create`) starts empty.
-        Ok(row.unwrap_or((0, None)))
+        Ok((row.unwrap_or((0, None)), false))
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -301,15 +302,11 @@ impl PgStore {
         // The first step, computed from the state it will be written over.
         let mut step: Option<(i64, Value, Vec<NewEvent>, Metadata)> = None;
         if let Some(FirstStep { mut events, mut update, metadata }) = first {
-            let (version, current) = self.state_of(owner, id).await?;
+            let ((version, current), _) = self.state_of(owner, id).await?;
             // Refused (an invalid update): the run is created claimed, without the step, and
             // executing it meets the same refusal.
             if let Ok(values) = update(current) {
-                events.push(NewEvent {
-                    run_id: Some(run.run_id),
-                    kind: EventKind::Values,
-                    data: values.clone(),
-                });
+                events.push(NewEvent::values(run.run_id, &values));
                 step = Some((version, values, events, metadata));
             }
         }
@@ -607,8 +604,7 @@ impl PgStore {
             let (version, values) = match update.as_mut() {
                 None => (0, None),
                 Some(update) => {
-                    let remembered = self.known_states().contains_key(&thread);
-                    let (version, current) = self.state_of(owner, thread).await?;
+                    let ((version, current), remembered) = self.state_of(owner, thread).await?;
                     let values = match update(current) {
                         Ok(values) => values,
                         // Refused on a remembered state, which may be stale: read it and ask
@@ -616,11 +612,7 @@ impl PgStore {
                         Err(_) if remembered => continue,
                         Err(message) => return Err(Error::Invalid(message)),
                     };
-                    all.push(NewEvent {
-                        run_id: Some(run),
-                        kind: EventKind::Values,
-                        data: values.clone(),
-                    });
+                    all.push(NewEvent::values(run, &values));
                     (version, Some(values))
                 }
             };
@@ -901,11 +893,7 @@ async fn commit_step_in(
         Some(update) => {
             let checkpoint =
                 update_state_in(&mut *tx, owner, thread, Some(run), update, metadata).await?;
-            all.push(NewEvent {
-                run_id: Some(run),
-                kind: EventKind::Values,
-                data: checkpoint.values.clone(),
-            });
+            all.push(NewEvent::values(run, &checkpoint.values));
             Some(checkpoint)
         }
     };

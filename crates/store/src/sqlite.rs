@@ -936,12 +936,7 @@ fn commit_step_in(
         Some(update) => {
             let (checkpoint, values_text) =
                 update_state_in(c, owner, thread, Some(run), update, metadata_text)?;
-            let values = NewEvent {
-                run_id: Some(run),
-                kind: EventKind::Values,
-                data: checkpoint.values.clone(),
-            };
-            all.push((values, values_text));
+            all.push((NewEvent::values(run, &checkpoint.values), values_text));
             Some(checkpoint)
         }
     };

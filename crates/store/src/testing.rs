@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Backend, DatabaseUrl, Store, StoreOptions};
+use ids::{AssistantId, RunId, ThreadId};
+
+use crate::{Backend, DatabaseUrl, Metadata, MultitaskStrategy, NewRun, Store, StoreOptions};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -192,4 +194,18 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A new `echo` run on `thread` with no input (`enqueue`).
+pub fn new_run(thread: ThreadId) -> NewRun {
+    NewRun {
+        run_id: RunId::new(),
+        thread_id: thread,
+        assistant_id: AssistantId::for_graph("echo"),
+        input: None,
+        kwargs: serde_json::json!({}),
+        metadata: Metadata::new(),
+        multitask_strategy: MultitaskStrategy::Enqueue,
+        thread_metadata: Metadata::new(),
+    }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use ids::{AssistantId, MessageId, RunId, ThreadId, UserId};
 use serde_json::json;
 use store::doctor::{AnyId, Check, DoctorOptions, DoctorReport, Severity};
-use store::testing::TestDb;
+use store::testing::{TestDb, new_run};
 use store::{
-    DatabaseUrl, EventKind, IfNotExists, Metadata, MultitaskStrategy, NewEvent, NewRun, RunEnd,
-    RunStatus, Store, SystemAssistant, ThreadStatus,
+    DatabaseUrl, EventKind, IfNotExists, Metadata, NewEvent, RunEnd, RunStatus, Store,
+    SystemAssistant, ThreadStatus,
 };
 
 store::on_both_backends!(
@@ -59,19 +59,6 @@ fn lit(db: &TestDb, bytes: &[u8; 16]) -> String {
     match db.url {
         DatabaseUrl::Sqlite(_) => format!("x'{hex}'"),
         DatabaseUrl::Postgres(_) => format!("'{hex}'::uuid"),
-    }
-}
-
-fn new_run(thread: ThreadId) -> NewRun {
-    NewRun {
-        run_id: RunId::new(),
-        thread_id: thread,
-        assistant_id: AssistantId::for_graph("echo"),
-        input: None,
-        kwargs: json!({}),
-        metadata: Metadata::new(),
-        multitask_strategy: MultitaskStrategy::Enqueue,
-        thread_metadata: Metadata::new(),
     }
 }
 
