@@ -68,7 +68,7 @@ fn peak_rss_mb() -> f64 {
 async fn bench(backend: Backend) {
     let db = TestDb::new(backend).await.expect("database");
     let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-    let config = ExecutorConfig { concurrency: 128, ..ExecutorConfig::default() };
+    let config = ExecutorConfig { concurrency: 128, per_user: 128, ..ExecutorConfig::default() };
     let state = AppState::with_executor(db.store.clone(), auth, HttpConfig::default(), config)
         .await
         .unwrap();

@@ -107,13 +107,23 @@ fn split_words(text: &str) -> Vec<&str> {
     chunks
 }
 
+/// Most events one `synthetic` run makes (input `n`).
+pub const SYNTHETIC_MAX_EVENTS: u64 = 100_000;
+/// Longest pause between two of its events (input `delay_ms`).
+pub const SYNTHETIC_MAX_DELAY_MS: u64 = 1_000;
+/// Most time one `synthetic` run spends pausing in all; its remaining events come at once.
+pub const SYNTHETIC_MAX_PAUSE: Duration = Duration::from_secs(120);
+
 /// `synthetic`'s extra work: a tool call, then `n` custom events or about `n` message chunks.
 async fn synthetic(input: &Value, sink: &mut Sink) -> Result<(), Stop> {
-    let n = input.get("n").and_then(Value::as_u64).unwrap_or(1000).min(1_000_000);
+    let n = input.get("n").and_then(Value::as_u64).unwrap_or(1000).min(SYNTHETIC_MAX_EVENTS);
     let mode = input.get("mode").and_then(Value::as_str).unwrap_or("custom");
     let delay = Duration::from_millis(
-        input.get("delay_ms").and_then(Value::as_u64).unwrap_or(0).min(60_000),
+        input.get("delay_ms").and_then(Value::as_u64).unwrap_or(0).min(SYNTHETIC_MAX_DELAY_MS),
     );
+    // Pauses stop once they add up to SYNTHETIC_MAX_PAUSE: the agent is a test and load tool,
+    // not a way to hold a run's place for the whole run timeout.
+    let mut paused = Duration::ZERO;
     sink.emit(
         EventKind::ToolExecuting,
         json!({ "node": "synthetic", "tool": "generate", "input": { "n": n, "mode": mode } }),
@@ -140,9 +150,10 @@ async fn synthetic(input: &Value, sink: &mut Sink) -> Result<(), Stop> {
                 json!({ "node": "synthetic", "payload": { "i": i, "n": n } }),
             ),
         }
-        if !delay.is_zero() {
+        if !delay.is_zero() && paused < SYNTHETIC_MAX_PAUSE {
             sink.flush().await?;
             sink.pause(delay).await?;
+            paused += delay;
         } else {
             // Bounded memory: a long run's events go out as they are made.
             sink.flush_if_full().await?;

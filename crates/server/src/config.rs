@@ -109,6 +109,12 @@ pub struct ServeArgs {
     /// Runs executing at once on this node.
     #[arg(long, env = "SPINDLE_RUN_CONCURRENCY", default_value_t = 64)]
     pub run_concurrency: usize,
+    /// Runs of one user executing at once (on this node for runs started as they are created;
+    /// across all nodes for runs waiting their turn). A user's further runs wait `pending`, and
+    /// waiting runs are taken in turns between users. Default: --run-concurrency with
+    /// `--auth local` (one user), a quarter of it (at least 1) otherwise.
+    #[arg(long, env = "SPINDLE_MAX_RUNS_PER_USER")]
+    pub max_runs_per_user: Option<usize>,
     /// Longest a run may execute, in seconds, before it ends `timeout`.
     #[arg(long, env = "SPINDLE_RUN_TIMEOUT", default_value_t = 600)]
     pub run_timeout: u64,

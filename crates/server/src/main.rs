@@ -104,8 +104,14 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
     let http = http_config(&args)?;
     let store = open_store(&args.database).await?;
+    let concurrency = args.run_concurrency.max(1);
+    let per_user = args.max_runs_per_user.unwrap_or(match args.auth.auth {
+        AuthMode::Local => concurrency,
+        _ => (concurrency / 4).max(1),
+    });
     let executor = ExecutorConfig {
-        concurrency: args.run_concurrency.max(1),
+        concurrency,
+        per_user: per_user.max(1),
         run_timeout: std::time::Duration::from_secs(args.run_timeout.max(1)),
     };
     let state =

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ids::{AssistantId, RunId, ThreadId};
+use ids::{AssistantId, RunId, ThreadId, UserId};
 use serde_json::{Map, Value, json};
 use store::{EventKind, FirstStep, NewEvent, Run, RunEnd, RunStatus, StateUpdate, Store};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -61,6 +61,7 @@ impl From<store::Error> for Stop {
 pub struct Place {
     executor: Executor,
     run: RunId,
+    owner: UserId,
     permit: Option<OwnedSemaphorePermit>,
     cancel: Option<watch::Receiver<Option<CancelAction>>>,
 }
@@ -69,6 +70,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         if self.cancel.take().is_some() {
             self.executor.running().runs.remove(&self.run);
+            self.executor.user_left(self.owner);
         }
     }
 }
@@ -129,13 +131,17 @@ pub struct Finished {
 pub struct ExecutorConfig {
     /// Runs executing at once on this node.
     pub concurrency: usize,
+    /// Runs of one user executing at once; more wait `pending`, and waiting runs are taken in
+    /// turns between users, so one user cannot take every place. Counted in the store by the
+    /// claim (every node's running runs) and on this node for runs claimed as they are created.
+    pub per_user: usize,
     /// Longest a run may execute before it ends `timeout`.
     pub run_timeout: Duration,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { concurrency: 64, run_timeout: Duration::from_secs(600) }
+        ExecutorConfig { concurrency: 64, per_user: 64, run_timeout: Duration::from_secs(600) }
     }
 }
 
@@ -161,6 +167,9 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Runs executing here, with the channel that cancels them.
     running: Mutex<Running>,
+    /// How many places each user holds here (reserved or executing); a user at
+    /// `config.per_user` gets no place for a new run, which waits `pending` for its turn.
+    users: Mutex<HashMap<UserId, usize>>,
     /// Who waits for which run's end (see [`Executor::watch_end`]).
     ends: Mutex<HashMap<RunId, Vec<oneshot::Sender<Finished>>>>,
 }
@@ -184,6 +193,7 @@ impl Executor {
             starved: AtomicBool::new(false),
             permits,
             running: Mutex::default(),
+            users: Mutex::default(),
             ends: Mutex::default(),
         };
         Executor { inner: Arc::new(inner) }
@@ -226,6 +236,32 @@ impl Executor {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+        self.inner.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place of `owner`'s here, unless the user holds `per_user` already.
+    fn user_enters(&self, owner: UserId, force: bool) -> bool {
+        let mut users = self.users();
+        let held = users.entry(owner).or_default();
+        if *held >= self.inner.config.per_user.max(1) && !force {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// Gives back a place of `owner`'s.
+    fn user_left(&self, owner: UserId) {
+        let mut users = self.users();
+        if let Some(held) = users.get_mut(&owner) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                users.remove(&owner);
+            }
+        }
+    }
+
     /// Asks a run executing (or about to execute) on this node to stop.
     pub fn cancel(&self, run: RunId, action: CancelAction) {
         let mut running = self.running();
@@ -243,7 +279,7 @@ impl Executor {
     /// rollback) with a `run_cancelled` event; a running one is asked to stop.
     pub async fn cancel_run(
         &self,
-        owner: ids::UserId,
+        owner: UserId,
         run: &Run,
         action: CancelAction,
     ) -> store::Result<()> {
@@ -270,7 +306,7 @@ impl Executor {
     /// (by `cancel`, or by another run's `interrupt`/`rollback` strategy).
     pub async fn announce_cancelled(
         &self,
-        owner: ids::UserId,
+        owner: UserId,
         thread: ThreadId,
         run: RunId,
         action: CancelAction,
@@ -344,7 +380,8 @@ impl Executor {
             } else {
                 // Cleared before the claim, so a run created pending meanwhile sets it again.
                 self.inner.maybe_pending.store(false, Ordering::Release);
-                match self.inner.store.claim_runs(limit as u32).await {
+                let per_user = u32::try_from(self.inner.config.per_user).unwrap_or(u32::MAX);
+                match self.inner.store.claim_runs_fairly(limit as u32, per_user).await {
                     Ok(runs) => runs,
                     Err(e) => {
                         tracing::error!(error = %e, "claiming runs failed");
@@ -370,6 +407,8 @@ impl Executor {
             let idle = claimed.is_empty();
             for run in claimed {
                 let Some(place) = places.as_mut().and_then(|p| p.split(1)) else { break };
+                // The store counted the user's running runs: this place is theirs.
+                self.user_enters(run.owner_id, true);
                 let cancel = self.register(run.run_id, run.thread_id);
                 self.spawn(run, place, cancel, None);
             }
@@ -384,19 +423,32 @@ impl Executor {
         }
     }
 
-    /// A place to execute `run` (of `thread`) now, if this node has one free and no run
-    /// created earlier waits for one. The run is registered from now on, so a cancel (or
-    /// another run's `interrupt`) reaches it even before it is handed over.
-    pub fn try_reserve(&self, run: RunId, thread: ThreadId) -> Option<Place> {
+    /// A place to execute `run` (of `thread`, of `owner`) now, if this node has one free, no
+    /// run created earlier waits for one, and `owner` holds fewer than `per_user` places. The
+    /// run is registered from now on, so a cancel (or another run's `interrupt`) reaches it
+    /// even before it is handed over.
+    pub fn try_reserve(&self, run: RunId, thread: ThreadId, owner: UserId) -> Option<Place> {
         if self.inner.starved.load(Ordering::Acquire) {
             return None;
         }
+        if !self.user_enters(owner, false) {
+            // The run waits its turn among the user's runs (the claim takes it); other
+            // users' new runs go on taking free places.
+            return None;
+        }
         let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            self.user_left(owner);
             self.inner.starved.store(true, Ordering::Release);
             return None;
         };
         let cancel = self.register(run, thread);
-        Some(Place { executor: self.clone(), run, permit: Some(permit), cancel: Some(cancel) })
+        Some(Place {
+            executor: self.clone(),
+            run,
+            owner,
+            permit: Some(permit),
+            cancel: Some(cancel),
+        })
     }
 
     /// Executes a run created claimed (by `create_run_claiming`) in the place reserved for
@@ -429,7 +481,9 @@ impl Executor {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
+            let owner = run.owner_id;
             this.execute(run, cancel, started).await;
+            this.user_left(owner);
             drop(place);
             this.place_freed();
         });

@@ -594,6 +594,7 @@ async fn a_run_past_its_timeout_ends_timeout_and_wait_says_so() {
     let config = server::runs::ExecutorConfig {
         concurrency: 2,
         run_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
     };
     let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
     let call = |uri: String, body: Value| call(&state, Method::POST, uri, body);
@@ -944,7 +945,7 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
         kwargs: kwargs.clone(),
         ..store::testing::new_run(thread)
     };
-    let place = state.executor.try_reserve(new_run.run_id, thread).expect("a free place");
+    let place = state.executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
     // Another run's `interrupt` arrives between the reservation and the creation.
     state.executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
     let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
@@ -960,4 +961,117 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), end.ended()).await;
     let ended = ended.expect("the run ended").expect("its end was announced");
     assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
+}
+
+/// One user's runs cannot take every place: past `per_user` they wait their turn, while
+/// another user's run starts at once (finding 8 of #12: 64 sleeping runs of one user made
+/// another user's `echo` wait for the whole run timeout).
+#[tokio::test]
+async fn one_user_cannot_take_every_place() {
+    use server::auth::{self, Auth, AuthMode, JwtConfig};
+    for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
+        let Some(db) = store::testing::TestDb::new(backend).await else { continue };
+        let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
+        let config =
+            server::runs::ExecutorConfig { concurrency: 4, per_user: 2, ..Default::default() };
+        let state = server::AppState::with_executor(
+            db.store.clone(),
+            auth,
+            server::HttpConfig::default(),
+            config,
+        )
+        .await
+        .unwrap();
+        state.start(std::future::pending()).await.unwrap();
+        let mut keys = Vec::new();
+        for user in ["mallory", "alice"] {
+            let key = auth::generate_key().unwrap();
+            db.store
+                .create_api_key(user, &auth::hash_key(&key), &auth::key_prefix(&key))
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+        let call = |key: &str, method: Method, uri: String, body: Value| {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("x-api-key", key)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let app = server::app(state.clone());
+            async move {
+                let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+                let bytes = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null)
+            }
+        };
+        let (mallory, alice) = (keys[0].as_str(), keys[1].as_str());
+        let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
+        let mut hers = Vec::new();
+        for _ in 0..4 {
+            let t = call(mallory, Method::POST, "/threads".into(), json!({})).await;
+            let t = t["thread_id"].as_str().unwrap().to_owned();
+            let run = call(mallory, Method::POST, format!("/threads/{t}/runs"), slow.clone()).await;
+            hers.push((t, run["run_id"].as_str().unwrap().to_owned()));
+        }
+        // Her first two run (at once, or once claimed if the claim loop held the places at that
+        // moment); the others wait.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut statuses = Vec::new();
+            for (t, run) in &hers {
+                let got =
+                    call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null)
+                        .await;
+                statuses.push(got["status"].as_str().unwrap().to_owned());
+            }
+            if statuses == ["running", "running", "pending", "pending"] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{backend:?}: {statuses:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Two places are free, but not for her: Alice's run takes one at once.
+        let echo = json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}});
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            call(alice, Method::POST, "/runs/wait".into(), echo),
+        )
+        .await
+        .expect("alice's run does not wait for mallory's");
+        assert_eq!(answer["messages"][1]["content"], "echo: hi", "{backend:?}: {answer}");
+        // One of hers ends: her oldest waiting run takes its place.
+        let (t, run) = &hers[0];
+        call(mallory, Method::POST, format!("/threads/{t}/runs/{run}/cancel?wait=1"), json!({}))
+            .await;
+        let (t, run) = &hers[2];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null).await["status"]
+            != "running"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: her next run never started"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (t, run) = &hers[3];
+        let fourth =
+            call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null).await;
+        assert_eq!(fourth["status"], "pending", "{backend:?}: still at her limit");
+        for (t, run) in &hers[1..] {
+            call(
+                mallory,
+                Method::POST,
+                format!("/threads/{t}/runs/{run}/cancel?wait=1"),
+                json!({}),
+            )
+            .await;
+        }
+    }
 }

@@ -34,15 +34,27 @@ macro_rules! assistant_cols {
 }
 
 /// The ids of up to `$limit` claimable runs: the oldest pending run of each thread that has
-/// no running run, oldest first. `$limit` is the placeholder text (`?2`, `$1`).
+/// no running run, taken in turns between users (every user's oldest such run, then every
+/// user's second, ...; oldest first within a turn), and none of a user who would then have
+/// more than `$per_user` runs running. `$limit` and `$per_user` are placeholder texts (`?2`,
+/// `$1`).
 macro_rules! claimable_runs {
-    ($limit:literal) => {
+    ($limit:literal, $per_user:literal) => {
         concat!(
-            "select r.run_id from runs r where r.status = 'pending'
-               and not exists (select 1 from runs x where x.thread_id = r.thread_id and x.status = 'running')
-               and not exists (select 1 from runs y where y.thread_id = r.thread_id and y.status = 'pending'
-                               and (y.created_at < r.created_at or (y.created_at = r.created_at and y.run_id < r.run_id)))
-             order by r.created_at, r.run_id limit ",
+            "select c.run_id from (
+               select r.run_id, r.created_at,
+                      row_number() over (partition by r.owner_id order by r.created_at, r.run_id) as turn,
+                      coalesce(a.running, 0) as running
+                 from runs r
+                 left join (select owner_id, count(*) as running from runs where status = 'running' group by owner_id) a
+                   on a.owner_id = r.owner_id
+                where r.status = 'pending'
+                  and not exists (select 1 from runs x where x.thread_id = r.thread_id and x.status = 'running')
+                  and not exists (select 1 from runs y where y.thread_id = r.thread_id and y.status = 'pending'
+                                  and (y.created_at < r.created_at or (y.created_at = r.created_at and y.run_id < r.run_id)))
+             ) c where c.turn + c.running <= ",
+            $per_user,
+            " order by c.turn, c.created_at, c.run_id limit ",
             $limit
         )
     };
@@ -439,10 +451,17 @@ impl Store {
     }
 
     /// Claims up to `limit` runs to execute, marking them `running`: each the oldest pending
-    /// run of a thread that has no running run, oldest first. Safe with many claimers (on
-    /// PostgreSQL, `for update skip locked`).
+    /// run of a thread that has no running run, oldest first, with no limit per user.
     pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
-        let mut runs = dispatch!(self.claim_runs(limit))?;
+        self.claim_runs_fairly(limit, u32::MAX).await
+    }
+
+    /// Claims up to `limit` runs to execute, marking them `running`: each the oldest pending
+    /// run of a thread that has no running run, taken in turns between users (each user's
+    /// oldest first), and no more than a user's `per_user` running runs in all. Safe with many
+    /// claimers (a run is claimed only while still `pending`).
+    pub async fn claim_runs_fairly(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
+        let mut runs = dispatch!(self.claim_runs(limit, per_user))?;
         // `returning` has no order: give them back oldest first.
         runs.sort_by_key(|r| (r.created_at, r.run_id));
         Ok(runs)

@@ -21,6 +21,9 @@ use crate::{
     Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, redact_url, thread_conflict,
 };
 
+/// The advisory lock that takes claims of pending runs one at a time (see `claim_runs`).
+const CLAIM_LOCK: i64 = 0x5350_494e_444c_4501;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -382,15 +385,27 @@ impl PgStore {
         Ok((created, replaced, step))
     }
 
-    pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
+    pub async fn claim_runs(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
+        // Claims are taken one at a time (a transaction-level advisory lock), each on a
+        // snapshot taken after the previous one committed: `for update skip locked` cannot go
+        // with the window function that takes users in turns, and without it concurrent
+        // claimers would all pick the same runs. `status = 'pending'` is checked again on each
+        // row after its lock all the same.
         let sql = concat!(
             "update runs set status = 'running', updated_at = $2 where run_id in (",
-            claimable_runs!("$1"),
-            " for update of r skip locked) returning ",
+            claimable_runs!("$1", "$3"),
+            ") and status = 'pending' returning ",
             run_cols!()
         );
-        let rows =
-            sqlx::query(sql).bind(i64::from(limit)).bind(now()).fetch_all(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("select pg_advisory_xact_lock($1)").bind(CLAIM_LOCK).execute(&mut *tx).await?;
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .bind(now())
+            .bind(i64::from(per_user))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
         rows.iter().map(run_row).collect()
     }
 

@@ -330,15 +330,15 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn claim_runs(&self, limit: u32) -> Result<Vec<Run>> {
+    pub async fn claim_runs(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
         self.write(move |c| {
             let sql = concat!(
                 "update runs set status = 'running', updated_at = ?1 where run_id in (",
-                claimable_runs!("?2"),
+                claimable_runs!("?2", "?3"),
                 ") returning ",
                 run_cols!()
             );
-            all(c, sql, params![micros(now()), limit], run_row)
+            all(c, sql, params![micros(now()), limit, per_user], run_row)
         })
         .await
     }

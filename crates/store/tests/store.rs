@@ -58,6 +58,7 @@ both_backends!(
     on_an_existing_thread_50_concurrent_creates_start_exactly_one_run,
     interrupt_and_rollback_clear_pending_runs,
     claims_are_fifo_and_one_running_run_per_thread,
+    claims_take_users_in_turns_within_a_limit_per_user,
     rollback_restores_the_state_before_the_run,
     recovery_ends_runs_left_running,
     runs_are_deleted_only_when_finished,
@@ -746,6 +747,45 @@ async fn interrupt_and_rollback_clear_pending_runs(store: &Store) {
     let interrupted =
         store.list_runs(owner, id, 10, 0, Some(RunStatus::Interrupted)).await.unwrap();
     assert_eq!(interrupted.len(), 1);
+}
+
+async fn claims_take_users_in_turns_within_a_limit_per_user(store: &Store) {
+    let alice = store.ensure_user("alice").await.unwrap().user_id;
+    let bob = store.ensure_user("bob").await.unwrap().user_id;
+    let runs_of = |user| async move {
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            runs.push(
+                store
+                    .create_run(user, &new_run(ThreadId::new()), IfNotExists::Create)
+                    .await
+                    .unwrap(),
+            );
+        }
+        runs
+    };
+    let of_alice = runs_of(alice).await;
+    let of_bob = runs_of(bob).await;
+    let ids = |runs: Vec<store::Run>| runs.into_iter().map(|r| r.run_id).collect::<Vec<_>>();
+    // All of Alice's runs are older, yet the first claim takes one of each user's.
+    let first = ids(store.claim_runs_fairly(2, 3).await.unwrap());
+    assert_eq!(first, [of_alice[0].run_id, of_bob[0].run_id]);
+    // At most three running runs each: two more of each user's.
+    let second = ids(store.claim_runs_fairly(10, 3).await.unwrap());
+    assert_eq!(
+        second,
+        [of_alice[1].run_id, of_alice[2].run_id, of_bob[1].run_id, of_bob[2].run_id]
+    );
+    assert!(store.claim_runs_fairly(10, 3).await.unwrap().is_empty(), "both at their limit");
+    // A run of Alice's ends: her next run is claimable, Bob's is not.
+    let done = &of_alice[0];
+    store
+        .set_run_status(alice, done.thread_id, done.run_id, RunStatus::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(store.claim_runs_fairly(10, 3).await.unwrap()), [of_alice[3].run_id]);
+    // Without a limit per user, Bob's last run goes too.
+    assert_eq!(ids(store.claim_runs(10).await.unwrap()), [of_bob[3].run_id]);
 }
 
 async fn claims_are_fifo_and_one_running_run_per_thread(store: &Store) {

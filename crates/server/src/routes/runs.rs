@@ -289,7 +289,7 @@ async fn create_now(state: &AppState, context: &RequestContext, v: &Validated) -
     // (if its thread has no run before it); otherwise the executor claims it in turn.
     // Its first step (the input applied) then commits with it, in the same transaction.
     let new_run = &v.new_run;
-    let place = state.executor.try_reserve(new_run.run_id, thread);
+    let place = state.executor.try_reserve(new_run.run_id, thread, context.user);
     let first = place.as_ref().and_then(|_| {
         crate::runs::first_step(
             new_run.run_id,
