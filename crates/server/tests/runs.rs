@@ -27,6 +27,7 @@ both_backends!(
     a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leaves,
     a_queued_run_replaced_by_interrupt_ends_its_streams_at_once,
     finished_and_refused_streams_leave_no_channel_behind,
+    every_message_carrying_the_head_checkpoint_continues_the_thread,
 );
 
 fn hi(text: &str) -> Value {
@@ -35,6 +36,85 @@ fn hi(text: &str) -> Value {
 
 async fn new_thread(app: &TestApp, key: &str) -> String {
     app.post(key, "/threads", json!({})).await.ok()["thread_id"].as_str().unwrap().to_owned()
+}
+
+/// agent-chat-ui (`useStream` with `fetchStateHistory`) sends the thread's head checkpoint with
+/// every message after the first: that continues the thread. An older checkpoint (a fork) is
+/// not built yet (422, nothing stored); another thread's or user's checkpoint is a 404.
+async fn every_message_carrying_the_head_checkpoint_continues_the_thread(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    app.post(&key, &format!("/threads/{t}/runs/wait"), hi("m0")).await.ok();
+    for (i, form) in ["object", "id", "object", "id"].iter().enumerate() {
+        let history =
+            app.post(&key, &format!("/threads/{t}/history"), json!({"limit": 10})).await.ok();
+        let head = history[0]["checkpoint"].clone();
+        let mut body = hi(&format!("m{}", i + 1));
+        match *form {
+            "object" => {
+                body["checkpoint"] = json!({"checkpoint_id": head["checkpoint_id"], "checkpoint_ns": "", "checkpoint_map": {}})
+            }
+            _ => body["checkpoint_id"] = head["checkpoint_id"].clone(),
+        }
+        app.post(&key, &format!("/threads/{t}/runs/wait"), body).await.ok();
+    }
+    let state = app.get(&key, &format!("/threads/{t}/state")).await.ok();
+    let texts: Vec<_> = state["values"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts.len(), 10, "{texts:?}");
+    assert_eq!(texts[8], "m4");
+    assert_eq!(texts[9], "echo: m4");
+    let history =
+        app.post(&key, &format!("/threads/{t}/history"), json!({"limit": 100})).await.ok();
+    let runs_before = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+    // An older checkpoint of the thread: a fork, not built yet.
+    let older = history.as_array().unwrap().last().unwrap()["checkpoint"]["checkpoint_id"].clone();
+    let mut fork = hi("fork");
+    fork["checkpoint_id"] = older;
+    app.post(&key, &format!("/threads/{t}/runs"), fork).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unsupported",
+        "older checkpoint",
+    );
+    // Another thread's checkpoint, and another user's: 404 like any foreign id.
+    let other = new_thread(app, &key).await;
+    app.post(&key, &format!("/threads/{other}/runs/wait"), hi("x")).await.ok();
+    let foreign =
+        app.get(&key, &format!("/threads/{other}/state")).await.ok()["checkpoint"]["checkpoint_id"]
+            .clone();
+    let mut body = hi("foreign");
+    body["checkpoint"] = json!({"checkpoint_id": foreign, "checkpoint_ns": ""});
+    app.post(&key, &format!("/threads/{t}/runs"), body.clone()).await.error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not found in thread",
+    );
+    let bob = app.key("bob").await;
+    let bobs = new_thread(app, &bob).await;
+    app.post(&bob, &format!("/threads/{bobs}/runs"), body.clone()).await.error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not found in thread",
+    );
+    app.post(&key, "/runs", body).await.error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "not found in thread",
+    );
+    let mut malformed = hi("bad");
+    malformed["checkpoint_id"] = json!("nope");
+    app.post(&key, &format!("/threads/{t}/runs"), malformed).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_id",
+        "checkpoint_id",
+    );
+    // Nothing was stored by the refusals.
+    assert_eq!(app.get(&key, &format!("/threads/{t}/runs")).await.ok(), runs_before);
+    assert_eq!(app.get(&key, &format!("/threads/{t}/state")).await.ok(), state);
 }
 
 async fn wait_returns_the_final_values_and_records_everything(app: &TestApp) {

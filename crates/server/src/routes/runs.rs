@@ -170,6 +170,53 @@ pub fn parse_modes(field: Option<OneOrMany>) -> ApiResult<Vec<StreamMode>> {
     Ok(modes)
 }
 
+/// A run from a checkpoint (`checkpoint: {checkpoint_id, checkpoint_ns, checkpoint_map}` or
+/// `checkpoint_id`, as the SDKs send them): the thread's head checkpoint continues the thread,
+/// as a run without one does (chat UIs send the head with every message after the first); a
+/// checkpoint of another thread or user, or of a thread that does not exist yet, is a 404 like
+/// any foreign id; an older checkpoint of the thread (a fork: regenerate, edit) is refused
+/// until forks are built (#13).
+async fn check_checkpoint(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    body: &RunCreate,
+    stateless: bool,
+) -> ApiResult<()> {
+    let id = match super::state::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+        Some(id) => Some(id),
+        None => match body.checkpoint_id.as_deref() {
+            None | Some("") => None,
+            Some(text) => super::state::checkpoint_id("checkpoint_id", Some(&json!(text)))?,
+        },
+    };
+    let Some(id) = id else { return Ok(()) };
+    if let Some(ns) = body.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns"))
+        && !(ns.is_null() || ns.as_str() == Some(""))
+    {
+        return Err(ApiError::invalid(format!(
+            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
+        )));
+    }
+    let not_found = || ApiError::NotFound(format!("checkpoint {id} not found in thread {thread}"));
+    if stateless {
+        return Err(not_found());
+    }
+    let head = match state.store.list_checkpoints(context.user, thread, 1, None).await {
+        Ok(head) => head,
+        Err(store::Error::NotFound { .. }) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    if head.first().is_some_and(|c| c.checkpoint_id == id) {
+        return Ok(());
+    }
+    match state.store.get_checkpoint(context.user, thread, id).await {
+        Ok(_) => Err(unsupported("starting a run from an older checkpoint of the thread (a fork)")),
+        Err(store::Error::NotFound { .. }) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn validate(
     state: &AppState,
     context: &RequestContext,
@@ -190,9 +237,7 @@ async fn validate(
     {
         return Err(unsupported("interrupt_before/interrupt_after"));
     }
-    if is_set(&body.checkpoint) || body.checkpoint_id.is_some() {
-        return Err(unsupported("starting a run from a checkpoint"));
-    }
+    check_checkpoint(state, context, thread_id, &body, stateless).await?;
     if let Some(durability) = body.durability.as_deref()
         && !matches!(durability, "sync" | "async" | "exit")
     {

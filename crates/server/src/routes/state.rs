@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A checkpoint id given as a string, `{"checkpoint_id": ...}` or
 /// `{"configurable": {"checkpoint_id": ...}}`, as the SDKs send them.
-fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Option<CheckpointId>> {
+pub(crate) fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Option<CheckpointId>> {
     let id = match value {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => Some(s.as_str()),
