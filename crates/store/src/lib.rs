@@ -193,22 +193,38 @@ impl fmt::Debug for DatabaseUrl {
 
 /// Replaces the password of `scheme://user:password@host/...` and any `password=` query
 /// parameter with `***`.
+///
+/// The user information ends at the URL's *last* `@`, not at the first `/`: a password may
+/// hold an unescaped `/`, `?`, `#` or `@` (`postgres://u:pa/ss@host/db`), and redacting too
+/// much is harmless where too little is a leak.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let rest = &out[auth_start..];
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':')
-        {
-            out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-        }
+    if let Some((start, end)) = password_span(url) {
+        out.replace_range(start..end, "***");
     }
     if let Some(start) = out.find("password=") {
         let value_start = start + "password=".len();
         let value_end = out[value_start..].find('&').map_or(out.len(), |i| value_start + i);
         out.replace_range(value_start..value_end, "***");
+    }
+    out
+}
+
+/// Where the password of `scheme://user:password@...` is in `url` (bytes), if it has one.
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    let auth_start = url.find("://")? + 3;
+    let rest = &url[auth_start..];
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some((auth_start + colon + 1, auth_start + at)).filter(|(start, end)| start < end)
+}
+
+/// `text` (a driver's error message about `url`) with the URL's password, wherever it
+/// appears, replaced by `***`, and the URL itself redacted.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some((start, end)) = password_span(url) {
+        out = out.replace(&url[start..end], "***");
     }
     out
 }
@@ -739,5 +755,45 @@ mod tests {
             "invalid database url `mysql://u:***@h/db`: expected sqlite://PATH or postgres://USER@HOST/DB"
         );
         assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    /// Finding 15 of issue 12: a password with an unescaped `/` (or `@`, `?`, `#`) was
+    /// printed in full, because the user information was taken to end at the first `/`.
+    #[test]
+    fn passwords_with_url_delimiters_are_redacted() {
+        for (url, redacted) in [
+            ("postgres://u:pa/ss@host/db", "postgres://u:***@host/db"),
+            ("postgres://u:p@ss/w@host:5432/db", "postgres://u:***@host:5432/db"),
+            (
+                "postgresql://u:a?b#c@host/db?sslmode=disable",
+                "postgresql://u:***@host/db?sslmode=disable",
+            ),
+            ("postgres://u:@host/db", "postgres://u:@host/db"),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            let parsed = DatabaseUrl::parse(url).unwrap();
+            assert_eq!(parsed.to_string(), redacted);
+            assert_eq!(format!("{parsed:?}"), format!("DatabaseUrl({redacted})"));
+        }
+        let err = DatabaseUrl::parse("mysql://u:pa/ss@h/db").unwrap_err().to_string();
+        assert!(!err.contains("pa/ss") && err.contains("u:***@h/db"), "{err}");
+        let said = redact_in(
+            "cannot parse postgres://u:pa/ss@h/db: port `pa/ss`",
+            "postgres://u:pa/ss@h/db",
+        );
+        assert_eq!(said, "cannot parse postgres://u:***@h/db: port `***`");
+    }
+
+    /// The error of opening a PostgreSQL URL whose password holds a `/` names no password.
+    #[tokio::test]
+    async fn open_errors_do_not_print_a_password_with_a_slash() {
+        for url in ["postgres://u:s3cr/et@127.0.0.1:1/db", "postgres://u:1/s3cret@127.0.0.1:1/db"] {
+            let url = DatabaseUrl::parse(url).unwrap();
+            let options = StoreOptions { max_connections: 1, migrate: false };
+            let err = Store::open(&url, &options).await.unwrap_err();
+            for said in [err.to_string(), format!("{err:?}")] {
+                assert!(!said.contains("s3cr"), "{said}");
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::model::*;
 use crate::{
-    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, redact_url, thread_conflict,
+    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, redact_in, thread_conflict,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ const STALE_TRIES: usize = 3;
 impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let unavailable = |e: &dyn std::fmt::Display| {
-            Error::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+            Error::Unavailable(redact_in(&format!("cannot connect to {url}: {e}"), url))
         };
         // One direct connection first: a pool that cannot connect reports only its own
         // time-out, while this reports the cause (refused, unknown database, auth, ...).
