@@ -49,6 +49,7 @@ macro_rules! claimable_runs {
 }
 
 pub mod doctor;
+pub mod json;
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -84,11 +85,33 @@ pub enum Error {
     /// Anything else the database said.
     #[error("database error: {0}")]
     Database(Arc<dyn std::error::Error + Send + Sync>),
+    /// A stored row this build cannot decode (stored by an older build, or by hand): it fails
+    /// only the request or run that reads it; lists skip it (logged), and `spindle doctor`
+    /// names it.
+    #[error("stored {kind} {id} cannot be read ({cause}): see `spindle doctor`")]
+    Unreadable { kind: &'static str, id: String, cause: String },
+}
+
+/// [`Error::Unreadable`] as an error a driver can carry (SQLite's row conversions).
+#[derive(Debug, thiserror::Error)]
+#[error("stored {kind} {id} cannot be read ({cause})")]
+pub(crate) struct UnreadableRow {
+    pub kind: &'static str,
+    pub id: String,
+    pub cause: String,
 }
 
 impl Error {
     pub(crate) fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
         Error::NotFound { kind, id: id.to_string() }
+    }
+
+    pub(crate) fn unreadable(
+        kind: &'static str,
+        id: impl fmt::Display,
+        cause: impl fmt::Display,
+    ) -> Self {
+        Error::Unreadable { kind, id: id.to_string(), cause: cause.to_string() }
     }
 
     pub(crate) fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -98,6 +121,11 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &e
+            && let Some(row) = cause.downcast_ref::<UnreadableRow>()
+        {
+            return Error::unreadable(row.kind, &row.id, &row.cause);
+        }
         Error::db(e)
     }
 }
@@ -352,6 +380,13 @@ impl Store {
         dispatch!(self.get_thread(owner, id))
     }
 
+    /// That the caller owns the thread ([`Error::NotFound`] otherwise), reading only its key
+    /// and owner: for routes that need no more of it (and work on a thread whose stored data
+    /// cannot be read).
+    pub async fn check_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        dispatch!(self.check_owned(owner, id))
+    }
+
     /// The caller's threads, newest first.
     pub async fn list_threads(
         &self,
@@ -495,7 +530,9 @@ impl Store {
     }
 
     /// At start-up: runs left `running` by a crash end `error` ("server restarted") and their
-    /// threads' statuses are set again. Returns the runs it ended.
+    /// threads' statuses are set again; a stateless run's temporary thread (`on_completion:
+    /// delete` in its kwargs) is deleted, as at the run's end. Returns the runs it ended that
+    /// can be read (one that cannot is ended all the same, and logged).
     pub async fn recover_runs(&self) -> Result<Vec<Run>> {
         dispatch!(self.recover_runs())
     }
@@ -672,6 +709,12 @@ impl Store {
         dispatch!(self.admin_find_thread(id))
     }
 
+    /// The owner of the thread with this id, if there is one: what a failed lookup needs to
+    /// tell "another user's" from "missing" (reads the key and the owner, never the row's data).
+    pub async fn admin_thread_owner(&self, id: ThreadId) -> Result<Option<UserId>> {
+        dispatch!(self.admin_thread_owner(id))
+    }
+
     /// Busy threads, active runs and the oldest running run, for `/metrics` (every scrape:
     /// each count is read from a partial index).
     pub async fn admin_stats(&self) -> Result<Stats> {
@@ -723,6 +766,26 @@ pub(crate) const STATS_BUSY_WITHOUT_RUN: &str = "select count(*) from threads t 
 pub(crate) fn thread_conflict(id: ThreadId) -> Error {
     Error::Conflict(format!("thread {id} already exists"))
 }
+
+/// The rows of a list that could be read: one this build cannot decode is skipped and logged
+/// with its id (`spindle doctor` names it too), so one bad row never fails a whole list.
+pub(crate) fn skip_unreadable<T>(rows: impl IntoIterator<Item = Result<T>>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for row in rows {
+        match row {
+            Ok(row) => out.push(row),
+            Err(e @ Error::Unreadable { .. }) => {
+                tracing::error!(error = %e, "skipped a stored row that cannot be read");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What a run whose stored row cannot be read ends with.
+pub(crate) const UNREADABLE_RUN: &str =
+    "the run's stored row cannot be read by this server (see `spindle doctor`)";
 
 pub(crate) fn json_object(value: Value) -> Metadata {
     match value {
