@@ -150,6 +150,7 @@ async fn key_for(store: &Store, user: &str) -> String {
 /// (the claim batch), ends the owner's unreadable run `error`, answers the owner's thread
 /// routes that need none of the bad row's data, and the doctor names the row.
 async fn a_poisoned_database_starts_and_serves(backend: Backend) {
+    let _turn = LOOKUPS.lock().await;
     let Some(db) = TestDb::new(backend).await else { return };
     let store = db.store.clone();
     let (alice_key, bob_key) = (key_for(&store, "alice").await, key_for(&store, "bob").await);
@@ -174,6 +175,7 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
     // Alice's thread whose metadata cannot be read.
     let bad = ThreadId::new();
     store.create_thread(alice, bad, &Metadata::new()).await.unwrap();
+    store.put_state(alice, bad, None, &json!({"n": 1}), &Metadata::new()).await.unwrap();
     poison(&db, "threads", "metadata", "thread_id", bad.as_bytes()).await;
 
     let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
@@ -219,6 +221,14 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
             call(&state, &alice_key, Method::GET, &format!("/threads/{thread}/runs"), None).await;
         assert_eq!(status, StatusCode::OK, "{runs}");
     }
+    // The state routes read checkpoints, not the thread's row.
+    for uri in [format!("/threads/{bad}/state"), format!("/threads/{bad}/history")] {
+        let (status, state) = call(&state, &alice_key, Method::GET, &uri, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {state}");
+    }
+    let (_, values) =
+        call(&state, &alice_key, Method::GET, &format!("/threads/{bad}/state"), None).await;
+    assert_eq!(values["values"], json!({"n": 1}));
     // Reading the bad row itself fails only that request, with no cause in the body.
     let (status, body) =
         call(&state, &alice_key, Method::GET, &format!("/threads/{bad}"), None).await;
@@ -260,6 +270,10 @@ async fn a_poisoned_postgres_database_starts_and_serves() {
     a_poisoned_database_starts_and_serves(Backend::Postgres).await;
 }
 
+/// Taken by the tests of this file that fail thread lookups: the counter they read is the
+/// process's.
+static LOOKUPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `spindle_thread_lookup_failures_total{reason}` now.
 async fn lookup_failures(state: &AppState, reason: &str) -> f64 {
     let response = server::app(state.clone())
@@ -279,6 +293,7 @@ async fn lookup_failures(state: &AppState, reason: &str) -> f64 {
 /// when the thread's data cannot be read. Both backends in turn: the metric is per process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_is_classified_from_the_owner_alone() {
+    let _turn = LOOKUPS.lock().await;
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some(app) = TestApp::new(backend).await else { continue };
         let alice = app.key("alice").await;
