@@ -170,6 +170,28 @@ impl FromRequestParts<AppState> for OwnedThread {
     }
 }
 
+/// The thread `{thread_id}` names, checked to be the caller's (a 404 like a missing one
+/// otherwise) from its owner alone: for routes that need none of its data, so they work even
+/// on a thread whose stored data cannot be read.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadKey(pub ThreadId);
+
+impl FromRequestParts<AppState> for ThreadKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let context = RequestContext::from_request_parts(parts, state).await?;
+        let id: ThreadId = path_id(parts, "thread_id").await?;
+        tracing::Span::current().record("thread_id", display(id));
+        let result = state.store.check_thread(context.user, id).await;
+        if let Err(store::Error::NotFound { .. }) = &result {
+            thread_not_found(&state.store, context.user, id).await;
+        }
+        result?;
+        Ok(ThreadKey(id))
+    }
+}
+
 /// The caller's thread `id`. When it is not found, says why in the metrics and the log
 /// (missing, or another user's), then fails exactly as the store does: the client sees the
 /// same 404 either way.
@@ -187,10 +209,10 @@ pub async fn owned_thread(
 
 /// Records a thread the store reported missing for `user`: another user's thread
 /// (`not_owner`) or no thread at all (`not_found`). Call it on that failure path only: it
-/// reads the thread without an owner.
+/// reads the thread's owner (only: never the thread's data) without an owner check.
 pub async fn thread_not_found(store: &store::Store, user: UserId, id: ThreadId) {
-    let reason = match store.admin_find_thread(id).await {
-        Ok(Some(thread)) if thread.owner_id != user => LookupFailure::NotOwner,
+    let reason = match store.admin_thread_owner(id).await {
+        Ok(Some(owner)) if owner != user => LookupFailure::NotOwner,
         Ok(_) => LookupFailure::NotFound,
         Err(e) => {
             tracing::warn!(error = %e, "could not classify a thread lookup failure");

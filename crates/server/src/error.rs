@@ -144,7 +144,9 @@ impl From<store::Error> for ApiError {
             store::Error::Conflict(m) => ApiError::Conflict(m),
             store::Error::Invalid(m) => ApiError::invalid(m),
             store::Error::Unavailable(m) => ApiError::Unavailable(m),
-            e @ store::Error::Database(_) => ApiError::Internal(e.to_string()),
+            e @ (store::Error::Database(_) | store::Error::Unreadable { .. }) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -350,10 +350,19 @@ impl Executor {
                 kind: EventKind::RunError,
                 data: json!({ "error": "ServerRestarted", "message": "server restarted while the run was running" }),
             };
-            let events =
-                self.inner.store.append_events(run.owner_id, run.thread_id, &[event]).await?;
-            self.inner.hub.publish(run.owner_id, &events);
             metrics::run_finished(RunStatus::Error.as_str());
+            // A stateless run's temporary thread was deleted with it: no event to tell.
+            if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
+                tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart; its temporary thread is deleted");
+                continue;
+            }
+            // One run's event that cannot be stored fails neither start-up nor the others.
+            match self.inner.store.append_events(run.owner_id, run.thread_id, &[event]).await {
+                Ok(events) => self.inner.hub.publish(run.owner_id, &events),
+                Err(e) => {
+                    tracing::error!(run_id = %run.run_id, error = %e, "could not record a recovered run's end event");
+                }
+            }
             tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart");
         }
         Ok(runs.len())

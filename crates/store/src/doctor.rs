@@ -70,6 +70,9 @@ pub enum Check {
     MissingParent,
     /// An id column holding something that is not a UUID (or holding the nil UUID).
     InvalidId,
+    /// A JSON column this build cannot decode (a number beyond f64, nesting deeper than
+    /// serde_json reads, ...): stored by an older build or by hand.
+    UnreadableJson,
 }
 
 /// How bad a finding is: errors make the doctor exit non-zero, warnings do not.
@@ -81,7 +84,7 @@ pub enum Severity {
 }
 
 impl Check {
-    pub const ALL: [Check; 13] = [
+    pub const ALL: [Check; 14] = [
         Check::BusyWithoutActiveRun,
         Check::ActiveRunNotBusy,
         Check::StaleRunningRun,
@@ -95,6 +98,7 @@ impl Check {
         Check::CheckpointRunInOtherThread,
         Check::MissingParent,
         Check::InvalidId,
+        Check::UnreadableJson,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Check {
             Check::CheckpointRunInOtherThread => "checkpoint_run_in_other_thread",
             Check::MissingParent => "missing_parent",
             Check::InvalidId => "invalid_id",
+            Check::UnreadableJson => "unreadable_json",
         }
     }
 
@@ -131,6 +136,7 @@ impl Check {
             Check::CheckpointRunInOtherThread => "checkpoints pointing at a run of another thread",
             Check::MissingParent => "rows whose thread, owner or user is missing",
             Check::InvalidId => "ids that are not valid UUIDs",
+            Check::UnreadableJson => "JSON values this server cannot read back",
         }
     }
 
@@ -181,6 +187,9 @@ impl Check {
             }
             Check::InvalidId => {
                 "written around Spindle (ids only come from the ids crate): correct or delete the row by hand"
+            }
+            Check::UnreadableJson => {
+                "stored by an older Spindle (which did not check JSON on the way in) or by hand; it fails only the requests and runs that read it (lists skip it): correct the value by hand (e.g. `update threads set metadata = '{}' where thread_id = '...'`), or delete the row"
             }
         }
     }
@@ -296,6 +305,86 @@ pub(crate) const ID_COLUMNS: &[(&str, &str)] = &[
     ("api_keys", "key_id"),
     ("api_keys", "user_id"),
 ];
+
+/// A table with JSON columns, for [`Check::UnreadableJson`]: its row's id column (`seq` for
+/// events, named with their thread) and the columns that fill a finding's ids.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JsonTable {
+    pub table: &'static str,
+    pub kind: &'static str,
+    pub id: &'static str,
+    pub thread: Option<&'static str>,
+    pub run: Option<&'static str>,
+    pub owner: Option<&'static str>,
+    pub columns: &'static [&'static str],
+}
+
+/// Every JSON column of the schema. Names come from here, never from input.
+pub(crate) const JSON_TABLES: &[JsonTable] = &[
+    JsonTable {
+        table: "threads",
+        kind: "thread",
+        id: "thread_id",
+        thread: Some("thread_id"),
+        run: None,
+        owner: Some("owner_id"),
+        columns: &["metadata", "state_values"],
+    },
+    JsonTable {
+        table: "runs",
+        kind: "run",
+        id: "run_id",
+        thread: Some("thread_id"),
+        run: Some("run_id"),
+        owner: Some("owner_id"),
+        columns: &["input", "kwargs", "metadata"],
+    },
+    JsonTable {
+        table: "checkpoints",
+        kind: "checkpoint",
+        id: "checkpoint_id",
+        thread: Some("thread_id"),
+        run: Some("run_id"),
+        owner: None,
+        columns: &["state_values", "metadata"],
+    },
+    JsonTable {
+        table: "events",
+        kind: "event",
+        id: "seq",
+        thread: Some("thread_id"),
+        run: Some("run_id"),
+        owner: None,
+        columns: &["data"],
+    },
+    JsonTable {
+        table: "assistants",
+        kind: "assistant",
+        id: "assistant_id",
+        thread: None,
+        run: None,
+        owner: Some("owner_id"),
+        columns: &["config", "context", "metadata"],
+    },
+];
+
+/// Rows of a table the JSON scan reads at a time.
+pub(crate) const JSON_SCAN_PAGE: i64 = 256;
+
+/// The finding for one stored JSON `text` of `table.column`, if serde_json cannot read it
+/// (what every read of the row does).
+pub(crate) fn unreadable_json(
+    spec: &JsonTable,
+    column: &str,
+    id: &str,
+    text: &str,
+) -> Option<Finding> {
+    let cause = serde_json::from_str::<serde_json::Value>(text).err()?;
+    Some(Finding::new(
+        Check::UnreadableJson,
+        format!("{} {id}: {}.{column} cannot be read ({cause})", spec.kind, spec.table),
+    ))
+}
 
 /// The seqs where a thread's log breaks, as `(seq, previous seq)` pairs from a scan in seq
 /// order (the first previous is 0), turned into words: `missing 3-4, 9; 7 twice`.

@@ -61,6 +61,7 @@ macro_rules! claimable_runs {
 }
 
 pub mod doctor;
+pub mod json;
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -96,11 +97,33 @@ pub enum Error {
     /// Anything else the database said.
     #[error("database error: {0}")]
     Database(Arc<dyn std::error::Error + Send + Sync>),
+    /// A stored row this build cannot decode (stored by an older build, or by hand): it fails
+    /// only the request or run that reads it; lists skip it (logged), and `spindle doctor`
+    /// names it.
+    #[error("stored {kind} {id} cannot be read ({cause}): see `spindle doctor`")]
+    Unreadable { kind: &'static str, id: String, cause: String },
+}
+
+/// [`Error::Unreadable`] as an error a driver can carry (SQLite's row conversions).
+#[derive(Debug, thiserror::Error)]
+#[error("stored {kind} {id} cannot be read ({cause})")]
+pub(crate) struct UnreadableRow {
+    pub kind: &'static str,
+    pub id: String,
+    pub cause: String,
 }
 
 impl Error {
     pub(crate) fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
         Error::NotFound { kind, id: id.to_string() }
+    }
+
+    pub(crate) fn unreadable(
+        kind: &'static str,
+        id: impl fmt::Display,
+        cause: impl fmt::Display,
+    ) -> Self {
+        Error::Unreadable { kind, id: id.to_string(), cause: cause.to_string() }
     }
 
     pub(crate) fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -110,6 +133,11 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &e
+            && let Some(row) = cause.downcast_ref::<UnreadableRow>()
+        {
+            return Error::unreadable(row.kind, &row.id, &row.cause);
+        }
         Error::db(e)
     }
 }
@@ -205,22 +233,38 @@ impl fmt::Debug for DatabaseUrl {
 
 /// Replaces the password of `scheme://user:password@host/...` and any `password=` query
 /// parameter with `***`.
+///
+/// The user information ends at the URL's *last* `@`, not at the first `/`: a password may
+/// hold an unescaped `/`, `?`, `#` or `@` (`postgres://u:pa/ss@host/db`), and redacting too
+/// much is harmless where too little is a leak.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let rest = &out[auth_start..];
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':')
-        {
-            out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-        }
+    if let Some((start, end)) = password_span(url) {
+        out.replace_range(start..end, "***");
     }
     if let Some(start) = out.find("password=") {
         let value_start = start + "password=".len();
         let value_end = out[value_start..].find('&').map_or(out.len(), |i| value_start + i);
         out.replace_range(value_start..value_end, "***");
+    }
+    out
+}
+
+/// Where the password of `scheme://user:password@...` is in `url` (bytes), if it has one.
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    let auth_start = url.find("://")? + 3;
+    let rest = &url[auth_start..];
+    let at = rest.rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some((auth_start + colon + 1, auth_start + at)).filter(|(start, end)| start < end)
+}
+
+/// `text` (a driver's error message about `url`) with the URL's password, wherever it
+/// appears, replaced by `***`, and the URL itself redacted.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact_url(url));
+    if let Some((start, end)) = password_span(url) {
+        out = out.replace(&url[start..end], "***");
     }
     out
 }
@@ -346,6 +390,13 @@ impl Store {
 
     pub async fn get_thread(&self, owner: UserId, id: ThreadId) -> Result<Thread> {
         dispatch!(self.get_thread(owner, id))
+    }
+
+    /// That the caller owns the thread ([`Error::NotFound`] otherwise), reading only its key
+    /// and owner: for routes that need no more of it (and work on a thread whose stored data
+    /// cannot be read).
+    pub async fn check_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        dispatch!(self.check_owned(owner, id))
     }
 
     /// The caller's threads, newest first.
@@ -498,7 +549,9 @@ impl Store {
     }
 
     /// At start-up: runs left `running` by a crash end `error` ("server restarted") and their
-    /// threads' statuses are set again. Returns the runs it ended.
+    /// threads' statuses are set again; a stateless run's temporary thread (`on_completion:
+    /// delete` in its kwargs) is deleted, as at the run's end. Returns the runs it ended that
+    /// can be read (one that cannot is ended all the same, and logged).
     pub async fn recover_runs(&self) -> Result<Vec<Run>> {
         dispatch!(self.recover_runs())
     }
@@ -675,6 +728,12 @@ impl Store {
         dispatch!(self.admin_find_thread(id))
     }
 
+    /// The owner of the thread with this id, if there is one: what a failed lookup needs to
+    /// tell "another user's" from "missing" (reads the key and the owner, never the row's data).
+    pub async fn admin_thread_owner(&self, id: ThreadId) -> Result<Option<UserId>> {
+        dispatch!(self.admin_thread_owner(id))
+    }
+
     /// Busy threads, active runs and the oldest running run, for `/metrics` (every scrape:
     /// each count is read from a partial index).
     pub async fn admin_stats(&self) -> Result<Stats> {
@@ -727,6 +786,26 @@ pub(crate) fn thread_conflict(id: ThreadId) -> Error {
     Error::Conflict(format!("thread {id} already exists"))
 }
 
+/// The rows of a list that could be read: one this build cannot decode is skipped and logged
+/// with its id (`spindle doctor` names it too), so one bad row never fails a whole list.
+pub(crate) fn skip_unreadable<T>(rows: impl IntoIterator<Item = Result<T>>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for row in rows {
+        match row {
+            Ok(row) => out.push(row),
+            Err(e @ Error::Unreadable { .. }) => {
+                tracing::error!(error = %e, "skipped a stored row that cannot be read");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What a run whose stored row cannot be read ends with.
+pub(crate) const UNREADABLE_RUN: &str =
+    "the run's stored row cannot be read by this server (see `spindle doctor`)";
+
 pub(crate) fn json_object(value: Value) -> Metadata {
     match value {
         Value::Object(map) => map,
@@ -758,5 +837,45 @@ mod tests {
             "invalid database url `mysql://u:***@h/db`: expected sqlite://PATH or postgres://USER@HOST/DB"
         );
         assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    /// Finding 15 of issue 12: a password with an unescaped `/` (or `@`, `?`, `#`) was
+    /// printed in full, because the user information was taken to end at the first `/`.
+    #[test]
+    fn passwords_with_url_delimiters_are_redacted() {
+        for (url, redacted) in [
+            ("postgres://u:pa/ss@host/db", "postgres://u:***@host/db"),
+            ("postgres://u:p@ss/w@host:5432/db", "postgres://u:***@host:5432/db"),
+            (
+                "postgresql://u:a?b#c@host/db?sslmode=disable",
+                "postgresql://u:***@host/db?sslmode=disable",
+            ),
+            ("postgres://u:@host/db", "postgres://u:@host/db"),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            let parsed = DatabaseUrl::parse(url).unwrap();
+            assert_eq!(parsed.to_string(), redacted);
+            assert_eq!(format!("{parsed:?}"), format!("DatabaseUrl({redacted})"));
+        }
+        let err = DatabaseUrl::parse("mysql://u:pa/ss@h/db").unwrap_err().to_string();
+        assert!(!err.contains("pa/ss") && err.contains("u:***@h/db"), "{err}");
+        let said = redact_in(
+            "cannot parse postgres://u:pa/ss@h/db: port `pa/ss`",
+            "postgres://u:pa/ss@h/db",
+        );
+        assert_eq!(said, "cannot parse postgres://u:***@h/db: port `***`");
+    }
+
+    /// The error of opening a PostgreSQL URL whose password holds a `/` names no password.
+    #[tokio::test]
+    async fn open_errors_do_not_print_a_password_with_a_slash() {
+        for url in ["postgres://u:s3cr/et@127.0.0.1:1/db", "postgres://u:1/s3cret@127.0.0.1:1/db"] {
+            let url = DatabaseUrl::parse(url).unwrap();
+            let options = StoreOptions { max_connections: 1, migrate: false };
+            let err = Store::open(&url, &options).await.unwrap_err();
+            for said in [err.to_string(), format!("{err:?}")] {
+                assert!(!said.contains("s3cr"), "{said}");
+            }
+        }
     }
 }

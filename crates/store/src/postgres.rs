@@ -16,9 +16,11 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 
+use crate::json;
 use crate::model::*;
 use crate::{
-    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, redact_url, thread_conflict,
+    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, UNREADABLE_RUN, json_object, redact_in,
+    skip_unreadable, thread_conflict,
 };
 
 /// The advisory lock that takes claims of pending runs one at a time (see `claim_runs`).
@@ -50,7 +52,7 @@ const STALE_TRIES: usize = 3;
 impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         let unavailable = |e: &dyn std::fmt::Display| {
-            Error::Unavailable(format!("cannot connect to {}: {e}", redact_url(url)))
+            Error::Unavailable(redact_in(&format!("cannot connect to {url}: {e}"), url))
         };
         // One direct connection first: a pool that cannot connect reports only its own
         // time-out, while this reports the cause (refused, unknown database, auth, ...).
@@ -160,7 +162,7 @@ impl PgStore {
             " from assistants where owner_id is null or owner_id = $1 order by created_at, assistant_id"
         );
         let rows = sqlx::query(sql).bind(owner).fetch_all(&self.pool).await?;
-        rows.iter().map(assistant_row).collect()
+        skip_unreadable(rows.iter().map(assistant_row))
     }
 
     pub async fn get_or_create_thread(
@@ -197,6 +199,17 @@ impl PgStore {
         row.as_ref().map(thread_row).transpose()?.ok_or_else(|| Error::not_found("thread", id))
     }
 
+    /// That the caller owns the thread, reading no more of it than its key.
+    pub async fn check_owned(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(drop)
+            .ok_or_else(|| Error::not_found("thread", id))
+    }
+
     pub async fn list_threads(
         &self,
         owner: UserId,
@@ -214,7 +227,7 @@ impl PgStore {
             .bind(i64::from(offset))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(thread_row).collect()
+        skip_unreadable(rows.iter().map(thread_row))
     }
 
     pub async fn search_threads(
@@ -230,7 +243,7 @@ impl PgStore {
         q.push(" limit ").push_bind(i64::from(page.limit));
         q.push(" offset ").push_bind(i64::from(page.offset));
         let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(thread_row).collect()
+        skip_unreadable(rows.iter().map(thread_row))
     }
 
     pub async fn count_threads(&self, owner: UserId, filter: &ThreadFilter) -> Result<i64> {
@@ -247,7 +260,7 @@ impl PgStore {
         let sql = concat!("update threads set metadata = metadata || $1, updated_at = $2 where thread_id = $3 and owner_id = $4
              returning ", thread_cols!());
         let row = sqlx::query(sql)
-            .bind(Json(patch))
+            .bind(pg_json("thread metadata", patch)?)
             .bind(now())
             .bind(id)
             .bind(owner)
@@ -324,18 +337,18 @@ impl PgStore {
         .bind(id)
         .bind(owner)
         .bind(run.assistant_id)
-        .bind(run.input.as_ref().map(Json))
-        .bind(Json(&run.kwargs))
-        .bind(Json(&run.metadata))
+        .bind(run.input.as_ref().map(|v| pg_json("run input", v)).transpose()?)
+        .bind(pg_json("run kwargs", &run.kwargs)?)
+        .bind(pg_json("run metadata", &run.metadata)?)
         .bind(run.multitask_strategy.as_str())
-        .bind(Json(&run.thread_metadata))
+        .bind(pg_json("thread metadata", &run.thread_metadata)?)
         .bind(if_not_exists == IfNotExists::Create)
         .bind(claim)
         .bind(at)
         .bind(step.as_ref().map(|(version, ..)| *version))
-        .bind(step.as_ref().map(|(_, values, ..)| Json(values)))
+        .bind(step.as_ref().map(|(_, values, ..)| pg_json("state values", values)).transpose()?)
         .bind(checkpoint_id)
-        .bind(step.as_ref().map(|(.., metadata)| Json(metadata)))
+        .bind(step.as_ref().map(|(.., metadata)| pg_json("checkpoint metadata", metadata)).transpose()?)
         .bind(encoded.as_ref().map(|e| &e.runs))
         .bind(encoded.as_ref().map(|e| &e.kinds))
         .bind(encoded.as_ref().map(|e| &e.data))
@@ -406,7 +419,49 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        rows.iter().map(run_row).collect()
+        let mut runs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match run_row(r) {
+                Ok(run) => runs.push(run),
+                // Claimed but unreadable: it ends `error` (its thread freed), alone; after the
+                // claim's commit, which holds the run's row.
+                Err(e @ Error::Unreadable { .. }) => {
+                    let (run, thread): (RunId, ThreadId) = (r.try_get(0)?, r.try_get(1)?);
+                    tracing::error!(run_id = %run, thread_id = %thread, error = %e, "claimed a run that cannot be read: it ends `error`");
+                    if let Err(e) = self.end_unreadable_run(run, thread).await {
+                        tracing::error!(run_id = %run, error = %e, "could not end an unreadable run");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Ends a claimed run whose row cannot be read `error`, and sets its thread's status.
+    async fn end_unreadable_run(&self, run: RunId, thread: ThreadId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        sqlx::query("select 1 from threads where thread_id = $1 for update")
+            .bind(thread)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("update runs set status = 'error', error = $2, updated_at = $3 where run_id = $1 and status = 'running'")
+            .bind(run)
+            .bind(UNREADABLE_RUN)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'error' end,
+                 updated_at = $2 where thread_id = $1",
+        )
+        .bind(thread)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn any_pending_runs(&self) -> Result<bool> {
@@ -518,14 +573,29 @@ impl PgStore {
             run_cols!()
         );
         let rows = sqlx::query(sql).bind(at).fetch_all(&mut *tx).await?;
-        let runs = rows.iter().map(run_row).collect::<Result<Vec<_>>>()?;
-        for run in &runs {
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push((r.try_get::<RunId, _>(0)?, r.try_get::<ThreadId, _>(1)?));
+        }
+        // A run that cannot be read has ended `error` all the same: it is only not returned.
+        let runs = skip_unreadable(rows.iter().map(run_row))?;
+        for (run, thread) in ids {
             sqlx::query(
                 "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'error' end,
                      updated_at = $2 where thread_id = $1",
             )
-            .bind(run.thread_id)
+            .bind(thread)
             .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            // A stateless run's temporary thread goes with it, as at the run's end.
+            sqlx::query(
+                "delete from threads where thread_id = $1
+                   and exists (select 1 from runs where run_id = $2 and kwargs ->> 'on_completion' = 'delete')
+                   and not exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running'))",
+            )
+            .bind(thread)
+            .bind(run)
             .execute(&mut *tx)
             .await?;
         }
@@ -552,7 +622,7 @@ impl PgStore {
         offset: u32,
         status: Option<RunStatus>,
     ) -> Result<Vec<Run>> {
-        self.get_thread(owner, thread).await?;
+        self.check_owned(owner, thread).await?;
         let sql = concat!(
             "select ",
             run_cols!(),
@@ -567,7 +637,7 @@ impl PgStore {
             .bind(status.map(RunStatus::as_str))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(run_row).collect()
+        skip_unreadable(rows.iter().map(run_row))
     }
 
     pub async fn set_run_status(
@@ -644,9 +714,9 @@ impl PgStore {
             .bind(run)
             .bind(at)
             .bind(version)
-            .bind(values.as_ref().map(Json))
+            .bind(values.as_ref().map(|v| pg_json("state values", v)).transpose()?)
             .bind(checkpoint_id)
-            .bind(Json(metadata))
+            .bind(pg_json("checkpoint metadata", metadata)?)
             .bind(end.map(|e| e.status.as_str()))
             .bind(end.and_then(|e| e.error.as_deref()))
             .bind(&encoded.runs)
@@ -733,7 +803,7 @@ impl PgStore {
         limit: u32,
         before: Option<CheckpointId>,
     ) -> Result<Vec<Checkpoint>> {
-        self.get_thread(owner, thread).await?;
+        self.check_owned(owner, thread).await?;
         let sql = concat!(
             "select ",
             checkpoint_cols!(),
@@ -796,7 +866,9 @@ impl PgStore {
                 seq,
                 run_id: r.try_get(1)?,
                 kind: parsed(r, 2)?,
-                data: r.try_get(3)?,
+                data: r.try_get(3).map_err(|e| {
+                    Error::unreadable("event", format_args!("{thread} seq {seq}"), e)
+                })?,
                 created_at: r.try_get(4)?,
             });
         }
@@ -861,6 +933,11 @@ impl PgStore {
 
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         find_thread(&self.pool, id).await
+    }
+
+    pub async fn admin_thread_owner(&self, id: ThreadId) -> Result<Option<UserId>> {
+        let sql = "select owner_id from threads where thread_id = $1";
+        Ok(sqlx::query_scalar(sql).bind(id).fetch_optional(&self.pool).await?)
     }
 
     pub async fn admin_stats(&self) -> Result<Stats> {
@@ -966,8 +1043,8 @@ async fn update_state_in(
         .bind(CheckpointId::new())
         .bind(thread)
         .bind(run)
-        .bind(Json(&values))
-        .bind(Json(metadata))
+        .bind(pg_json("state values", &values)?)
+        .bind(pg_json("checkpoint metadata", metadata)?)
         .bind(at)
         .fetch_one(&mut *conn)
         .await?;
@@ -1093,7 +1170,7 @@ where
     let row = sqlx::query(sql)
         .bind(id)
         .bind(owner)
-        .bind(Json(metadata))
+        .bind(pg_json("thread metadata", metadata)?)
         .bind(now())
         .fetch_optional(db)
         .await?;
@@ -1146,17 +1223,21 @@ fn object(r: &PgRow, idx: usize) -> Result<Metadata> {
 }
 
 fn thread_row(r: &PgRow) -> Result<Thread> {
-    Ok(Thread {
-        thread_id: r.try_get(0)?,
-        owner_id: r.try_get(1)?,
-        metadata: object(r, 2)?,
-        status: parsed(r, 3)?,
-        values: r.try_get(4)?,
-        last_seq: r.try_get(5)?,
-        created_at: r.try_get(6)?,
-        updated_at: r.try_get(7)?,
-        state_updated_at: r.try_get(8)?,
-    })
+    let id: ThreadId = r.try_get(0)?;
+    let row = || -> Result<_> {
+        Ok(Thread {
+            thread_id: r.try_get(0)?,
+            owner_id: r.try_get(1)?,
+            metadata: object(r, 2)?,
+            status: parsed(r, 3)?,
+            values: r.try_get(4)?,
+            last_seq: r.try_get(5)?,
+            created_at: r.try_get(6)?,
+            updated_at: r.try_get(7)?,
+            state_updated_at: r.try_get(8)?,
+        })
+    };
+    row().map_err(|e| Error::unreadable("thread", id, e))
 }
 
 fn run_row(r: &PgRow) -> Result<Run> {
@@ -1165,20 +1246,24 @@ fn run_row(r: &PgRow) -> Result<Run> {
 
 /// A run from the columns `run_cols!()` starting at column `at`.
 fn run_row_at(r: &PgRow, at: usize) -> Result<Run> {
-    Ok(Run {
-        run_id: r.try_get(at)?,
-        thread_id: r.try_get(at + 1)?,
-        owner_id: r.try_get(at + 2)?,
-        assistant_id: r.try_get(at + 3)?,
-        status: parsed(r, at + 4)?,
-        input: r.try_get(at + 5)?,
-        kwargs: r.try_get(at + 6)?,
-        metadata: object(r, at + 7)?,
-        multitask_strategy: parsed(r, at + 8)?,
-        error: r.try_get(at + 9)?,
-        created_at: r.try_get(at + 10)?,
-        updated_at: r.try_get(at + 11)?,
-    })
+    let id: RunId = r.try_get(at)?;
+    let row = || -> Result<_> {
+        Ok(Run {
+            run_id: r.try_get(at)?,
+            thread_id: r.try_get(at + 1)?,
+            owner_id: r.try_get(at + 2)?,
+            assistant_id: r.try_get(at + 3)?,
+            status: parsed(r, at + 4)?,
+            input: r.try_get(at + 5)?,
+            kwargs: r.try_get(at + 6)?,
+            metadata: object(r, at + 7)?,
+            multitask_strategy: parsed(r, at + 8)?,
+            error: r.try_get(at + 9)?,
+            created_at: r.try_get(at + 10)?,
+            updated_at: r.try_get(at + 11)?,
+        })
+    };
+    row().map_err(|e| Error::unreadable("run", id, e))
 }
 
 /// Events as the three arrays the functions take (`unnest`ed there, in order).
@@ -1195,9 +1280,39 @@ impl EncodedEvents {
             kinds: events.iter().map(|e| e.kind.as_str()).collect(),
             data: events
                 .iter()
-                .map(|e| serde_json::to_string(&e.data))
-                .collect::<Result<_, _>>()?,
+                .map(|e| json::encode("event data", &e.data, false))
+                .collect::<Result<_>>()?,
         })
+    }
+}
+
+/// JSON text checked and encoded by [`json::encode`] (so that it reads back exactly), bound
+/// as `jsonb`.
+struct PgJson(String);
+
+fn pg_json<T: serde::Serialize + ?Sized>(what: &str, value: &T) -> Result<PgJson> {
+    json::encode(what, value, false).map(PgJson)
+}
+
+impl sqlx::Type<Postgres> for PgJson {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Json<Value> as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Json<Value> as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for PgJson {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        // jsonb's binary format: a version byte (1), then the text.
+        buf.push(1);
+        buf.extend_from_slice(self.0.as_bytes());
+        Ok(sqlx::encode::IsNull::No)
     }
 }
 
@@ -1223,31 +1338,39 @@ fn numbered(
 }
 
 fn checkpoint_row(r: &PgRow) -> Result<Checkpoint> {
-    Ok(Checkpoint {
-        checkpoint_id: r.try_get(0)?,
-        thread_id: r.try_get(1)?,
-        run_id: r.try_get(2)?,
-        parent_checkpoint_id: r.try_get(3)?,
-        values: r.try_get(4)?,
-        metadata: object(r, 5)?,
-        created_at: r.try_get(6)?,
-    })
+    let id: CheckpointId = r.try_get(0)?;
+    let row = || -> Result<_> {
+        Ok(Checkpoint {
+            checkpoint_id: r.try_get(0)?,
+            thread_id: r.try_get(1)?,
+            run_id: r.try_get(2)?,
+            parent_checkpoint_id: r.try_get(3)?,
+            values: r.try_get(4)?,
+            metadata: object(r, 5)?,
+            created_at: r.try_get(6)?,
+        })
+    };
+    row().map_err(|e| Error::unreadable("checkpoint", id, e))
 }
 
 fn assistant_row(r: &PgRow) -> Result<Assistant> {
-    Ok(Assistant {
-        assistant_id: r.try_get(0)?,
-        graph_id: r.try_get(1)?,
-        name: r.try_get(2)?,
-        description: r.try_get(3)?,
-        config: r.try_get(4)?,
-        context: r.try_get(5)?,
-        metadata: object(r, 6)?,
-        version: r.try_get(7)?,
-        owner_id: r.try_get(8)?,
-        created_at: r.try_get(9)?,
-        updated_at: r.try_get(10)?,
-    })
+    let id: AssistantId = r.try_get(0)?;
+    let row = || -> Result<_> {
+        Ok(Assistant {
+            assistant_id: r.try_get(0)?,
+            graph_id: r.try_get(1)?,
+            name: r.try_get(2)?,
+            description: r.try_get(3)?,
+            config: r.try_get(4)?,
+            context: r.try_get(5)?,
+            metadata: object(r, 6)?,
+            version: r.try_get(7)?,
+            owner_id: r.try_get(8)?,
+            created_at: r.try_get(9)?,
+            updated_at: r.try_get(10)?,
+        })
+    };
+    row().map_err(|e| Error::unreadable("assistant", id, e))
 }
 
 // ---- diagnostics: `spindle doctor` and `spindle id inspect` (see crate::doctor) ----
@@ -1506,7 +1629,74 @@ async fn doctor_scan(
 
     missing_parents(c, limit, &mut out).await?;
     invalid_ids(c, limit, &mut out).await?;
+    unreadable_json(c, limit, &mut out).await?;
     Ok((counts, out))
+}
+
+/// JSON values serde_json cannot read back, a page of rows at a time (in the scan's one
+/// snapshot, so ctids stay put). Table and column names come from `doctor::JSON_TABLES`.
+async fn unreadable_json(c: &mut PgConnection, limit: i64, out: &mut Vec<Finding>) -> Result<()> {
+    let mut found = 0;
+    for spec in doctor::JSON_TABLES {
+        let events = spec.table == "events";
+        // Events are paged by (thread_id, seq), other rows by their ctid.
+        let (key, after) = if events {
+            (
+                "thread_id::text || ',' || seq",
+                "($1::text is null or (thread_id, seq) > (split_part($1, ',', 1)::uuid, split_part($1, ',', 2)::bigint))",
+            )
+        } else {
+            ("ctid::text", "($1::text is null or ctid > $1::tid)")
+        };
+        let order = if events { "thread_id, seq" } else { "ctid" };
+        let named = |c: Option<&str>| c.map_or_else(|| "null::uuid".to_owned(), str::to_owned);
+        let columns: Vec<String> = spec.columns.iter().map(|c| format!("{c}::text")).collect();
+        let sql = format!(
+            "select {key}, {}::text, {}, {}, {}, {} from {} where {after} order by {order} limit $2",
+            spec.id,
+            named(spec.thread),
+            named(spec.run),
+            named(spec.owner),
+            columns.join(", "),
+            spec.table,
+        );
+        let mut last: Option<String> = None;
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(last.as_deref())
+                .bind(doctor::JSON_SCAN_PAGE)
+                .fetch_all(&mut *c)
+                .await?;
+            for r in &rows {
+                last = Some(r.try_get(0)?);
+                let thread: Option<ThreadId> = r.try_get(2)?;
+                let id: String = r.try_get(1)?;
+                let id = match (events, thread) {
+                    (true, Some(thread)) => format!("{id} of thread {thread}"),
+                    _ => id,
+                };
+                for (i, column) in spec.columns.iter().enumerate() {
+                    let Some(text) = r.try_get::<Option<String>, _>(5 + i)? else { continue };
+                    if let Some(finding) = doctor::unreadable_json(spec, column, &id, &text) {
+                        out.push(
+                            finding
+                                .thread(thread)
+                                .run(r.try_get::<Option<RunId>, _>(3)?)
+                                .owner(r.try_get::<Option<UserId>, _>(4)?),
+                        );
+                        found += 1;
+                        if found >= limit {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if (rows.len() as i64) < doctor::JSON_SCAN_PAGE {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rows whose thread, owner or user is missing: foreign keys bypassed.

@@ -18,10 +18,15 @@ use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde_json::Value;
+
+use crate::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::*;
-use crate::{Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, json_object, thread_conflict};
+use crate::{
+    Error, Result, STATS_BUSY_WITHOUT_RUN, StoreOptions, UNREADABLE_RUN, UnreadableRow,
+    json_object, skip_unreadable, thread_conflict,
+};
 
 /// How many queued writes one transaction takes at most.
 const MAX_BATCH: usize = 256;
@@ -178,7 +183,7 @@ impl SqliteStore {
     pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
         self.read(move |c| {
             let sql = concat!("select ", assistant_cols!(), " from assistants where owner_id is null or owner_id = ?1 order by created_at, assistant_id");
-            all(c, sql, [owner], assistant_row)
+            all_readable(c, sql, [owner], assistant_row)
         })
         .await
     }
@@ -189,7 +194,7 @@ impl SqliteStore {
         id: ThreadId,
         metadata: &Metadata,
     ) -> Result<(Thread, bool)> {
-        let metadata = serde_json::to_string(metadata)?;
+        let metadata = json::encode("thread metadata", metadata, true)?;
         self.write(move |c| {
             if let Some(thread) = insert_thread(c, owner, id, &metadata)? {
                 return Ok((thread, true));
@@ -210,6 +215,10 @@ impl SqliteStore {
         self.read(move |c| owned_thread(c, owner, id)).await
     }
 
+    pub async fn check_owned(&self, owner: UserId, id: ThreadId) -> Result<()> {
+        self.read(move |c| check_owned(c, owner, id)).await
+    }
+
     pub async fn list_threads(
         &self,
         owner: UserId,
@@ -218,7 +227,7 @@ impl SqliteStore {
     ) -> Result<Vec<Thread>> {
         self.read(move |c| {
             let sql = concat!("select ", thread_cols!(), " from threads where owner_id = ?1 order by created_at desc, thread_id desc limit ?2 offset ?3");
-            all(c, sql, params![owner, limit, offset], thread_row)
+            all_readable(c, sql, params![owner, limit, offset], thread_row)
         })
         .await
     }
@@ -236,7 +245,8 @@ impl SqliteStore {
         sql.push_str(&format!(" limit ?{} offset ?{}", args.len() + 1, args.len() + 2));
         args.push(Box::new(page.limit));
         args.push(Box::new(page.offset));
-        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), thread_row)).await
+        self.read(move |c| all_readable(c, &sql, rusqlite::params_from_iter(args), thread_row))
+            .await
     }
 
     pub async fn count_threads(&self, owner: UserId, filter: &ThreadFilter) -> Result<i64> {
@@ -262,7 +272,7 @@ impl SqliteStore {
                 "update threads set metadata = ?1, updated_at = ?2 where thread_id = ?3",
             )?
             .execute(params![
-                serde_json::to_string(&thread.metadata)?,
+                json::encode("thread metadata", &thread.metadata, true)?,
                 micros(thread.updated_at),
                 id
             ])?;
@@ -303,7 +313,7 @@ impl SqliteStore {
     ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
         let run = EncodedRun::new(run)?;
         let events = encode_events(&first.events)?;
-        let metadata_text = serde_json::to_string(&first.metadata)?;
+        let metadata_text = json::encode("checkpoint metadata", &first.metadata, true)?;
         self.write(move |c| {
             let (created, replaced) = create_run_in(c, owner, &run, if_not_exists, true)?;
             if created.status != RunStatus::Running {
@@ -338,7 +348,32 @@ impl SqliteStore {
                 ") returning ",
                 run_cols!()
             );
-            all(c, sql, params![micros(now()), limit, per_user], run_row)
+            let at = micros(now());
+            let mut stmt = c.prepare_cached(sql)?;
+            let claimed: Vec<(RunId, ThreadId, Result<Run>)> = stmt
+                .query_map(params![at, limit, per_user], |r| {
+                    Ok((r.get(0)?, r.get(1)?, run_row(r).map_err(Error::from)))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut runs = Vec::with_capacity(claimed.len());
+            for (run, thread, row) in claimed {
+                match row {
+                    Ok(row) => runs.push(row),
+                    // Claimed but unreadable: it ends `error` (its thread freed), alone.
+                    Err(e @ Error::Unreadable { .. }) => {
+                        tracing::error!(run_id = %run, thread_id = %thread, error = %e, "claimed a run that cannot be read: it ends `error`");
+                        c.prepare_cached("update runs set status = 'error', error = ?2, updated_at = ?3 where run_id = ?1")?
+                            .execute(params![run, UNREADABLE_RUN, at])?;
+                        c.prepare_cached(
+                            "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'error' end,
+                                 updated_at = ?2 where thread_id = ?1",
+                        )?
+                        .execute(params![thread, at])?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(runs)
         })
         .await
     }
@@ -421,13 +456,28 @@ impl SqliteStore {
         self.write(|c| {
             let at = micros(now());
             let sql = concat!("update runs set status = 'error', error = 'server restarted', updated_at = ?1 where status = 'running' returning ", run_cols!());
-            let runs = all(c, sql, [at], run_row)?;
-            for run in &runs {
+            let mut stmt = c.prepare_cached(sql)?;
+            let ended: Vec<(RunId, ThreadId, Result<Run>)> = stmt
+                .query_map([at], |r| Ok((r.get(0)?, r.get(1)?, run_row(r).map_err(Error::from))))?
+                .collect::<rusqlite::Result<_>>()?;
+            drop(stmt);
+            let ids: Vec<(RunId, ThreadId)> = ended.iter().map(|(run, thread, _)| (*run, *thread)).collect();
+            // A run that cannot be read has ended `error` all the same: it is only not returned.
+            let runs = skip_unreadable(ended.into_iter().map(|(.., run)| run))?;
+            for (run, thread) in ids {
                 c.prepare_cached(
                     "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'error' end,
                          updated_at = ?2 where thread_id = ?1",
                 )?
-                .execute(params![run.thread_id, at])?;
+                .execute(params![thread, at])?;
+                // A stateless run's temporary thread goes with it, as at the run's end.
+                c.prepare_cached(
+                    "delete from threads where thread_id = ?1
+                       and exists (select 1 from runs where run_id = ?2
+                                   and case when json_valid(kwargs) then json_extract(kwargs, '$.on_completion') end = 'delete')
+                       and not exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running'))",
+                )?
+                .execute(params![thread, run])?;
             }
             Ok(runs)
         })
@@ -458,14 +508,14 @@ impl SqliteStore {
         status: Option<RunStatus>,
     ) -> Result<Vec<Run>> {
         self.read(move |c| {
-            owned_thread(c, owner, thread)?;
+            check_owned(c, owner, thread)?;
             let sql = concat!(
                 "select ",
                 run_cols!(),
                 " from runs where thread_id = ?1 and owner_id = ?2 and (?5 is null or status = ?5)
                   order by created_at desc, run_id desc limit ?3 offset ?4"
             );
-            all(
+            all_readable(
                 c,
                 sql,
                 params![thread, owner, limit, offset, status.map(RunStatus::as_str)],
@@ -495,7 +545,7 @@ impl SqliteStore {
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        let metadata_text = serde_json::to_string(metadata)?;
+        let metadata_text = json::encode("checkpoint metadata", metadata, true)?;
         self.write(move |c| Ok(update_state_in(c, owner, thread, run, update, &metadata_text)?.0))
             .await
     }
@@ -512,7 +562,7 @@ impl SqliteStore {
         end: Option<&RunEnd>,
     ) -> Result<Step> {
         let events = encode_events(events)?;
-        let metadata_text = serde_json::to_string(metadata)?;
+        let metadata_text = json::encode("checkpoint metadata", metadata, true)?;
         let end = end
             .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
             .transpose()?;
@@ -551,7 +601,7 @@ impl SqliteStore {
         before: Option<CheckpointId>,
     ) -> Result<Vec<Checkpoint>> {
         self.read(move |c| {
-            owned_thread(c, owner, thread)?;
+            check_owned(c, owner, thread)?;
             let sql = concat!(
                 "select ",
                 checkpoint_cols!(),
@@ -601,7 +651,8 @@ impl SqliteStore {
                     seq,
                     run_id: r.get(2)?,
                     kind: parsed(r, 3)?,
-                    data: json(r, 4)?,
+                    data: json(r, 4)
+                        .map_err(|e| unreadable("event", format_args!("{thread} seq {seq}"), e))?,
                     created_at: time(r, 5)?,
                 });
             }
@@ -672,6 +723,14 @@ impl SqliteStore {
 
     pub async fn admin_find_thread(&self, id: ThreadId) -> Result<Option<Thread>> {
         self.read(move |c| find_thread(c, id)).await
+    }
+
+    pub async fn admin_thread_owner(&self, id: ThreadId) -> Result<Option<UserId>> {
+        self.read(move |c| {
+            let sql = "select owner_id from threads where thread_id = ?1";
+            Ok(c.prepare_cached(sql)?.query_row([id], |r| r.get(0)).optional()?)
+        })
+        .await
     }
 
     pub async fn admin_stats(&self) -> Result<Stats> {
@@ -970,9 +1029,9 @@ struct EncodedRun {
 impl EncodedRun {
     fn new(run: &NewRun) -> Result<EncodedRun> {
         Ok(EncodedRun {
-            input: run.input.as_ref().map(serde_json::to_string).transpose()?,
-            kwargs: serde_json::to_string(&run.kwargs)?,
-            metadata: serde_json::to_string(&run.metadata)?,
+            input: run.input.as_ref().map(|v| json::encode("run input", v, true)).transpose()?,
+            kwargs: json::encode("run kwargs", &run.kwargs, true)?,
+            metadata: json::encode("run metadata", &run.metadata, true)?,
             run: run.clone(),
         })
     }
@@ -1044,7 +1103,7 @@ fn create_run_in(
     c.prepare_cached(
         "update threads set status = 'busy', metadata = ?1, updated_at = ?2 where thread_id = ?3",
     )?
-    .execute(params![serde_json::to_string(&thread_metadata)?, at, id])?;
+    .execute(params![json::encode("thread metadata", &thread_metadata, true)?, at, id])?;
     Ok((created, replaced))
 }
 
@@ -1063,6 +1122,18 @@ fn insert_thread(
         .optional()?)
 }
 
+/// [`all`], skipping (and logging) rows that cannot be read: see [`skip_unreadable`].
+fn all_readable<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows: Vec<_> = stmt.query_map(params, row)?.map(|r| r.map_err(Error::from)).collect();
+    skip_unreadable(rows)
+}
+
 fn all<T>(
     c: &Connection,
     sql: &str,
@@ -1076,7 +1147,7 @@ fn all<T>(
 
 /// Events with their data serialized, ready for a write job.
 fn encode_events(events: &[NewEvent]) -> Result<Vec<(NewEvent, String)>> {
-    events.iter().map(|e| Ok((e.clone(), serde_json::to_string(&e.data)?))).collect()
+    events.iter().map(|e| Ok((e.clone(), json::encode("event data", &e.data, true)?))).collect()
 }
 
 /// Appends events, numbering them from the thread's `last_seq` (in the caller's transaction).
@@ -1134,7 +1205,7 @@ fn update_state_in(
         .ok_or_else(|| Error::not_found("thread", thread))?;
     let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
     let values = update(current).map_err(Error::Invalid)?;
-    let values_text = serde_json::to_string(&values)?;
+    let values_text = json::encode("state values", &values, true)?;
     let created_at = now();
     let at = micros(created_at);
     c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3")?
@@ -1300,6 +1371,14 @@ fn find_thread(c: &Connection, id: ThreadId) -> Result<Option<Thread>> {
     Ok(c.prepare_cached(sql)?.query_row([id], thread_row).optional()?)
 }
 
+/// That the caller owns the thread, reading no more of it than its key.
+fn check_owned(c: &Connection, owner: UserId, id: ThreadId) -> Result<()> {
+    c.prepare_cached("select 1 from threads where thread_id = ?1 and owner_id = ?2")?
+        .query_row(params![id, owner], |_| Ok(()))
+        .optional()?
+        .ok_or_else(|| Error::not_found("thread", id))
+}
+
 fn owned_thread(c: &Connection, owner: UserId, id: ThreadId) -> Result<Thread> {
     let sql =
         concat!("select ", thread_cols!(), " from threads where thread_id = ?1 and owner_id = ?2");
@@ -1315,6 +1394,16 @@ fn micros(t: DateTime<Utc>) -> i64 {
 
 fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
+}
+
+/// A row's decoding error as [`Error::Unreadable`] naming the row (through rusqlite).
+fn unreadable(
+    kind: &'static str,
+    id: impl std::fmt::Display,
+    e: rusqlite::Error,
+) -> rusqlite::Error {
+    let row = UnreadableRow { kind, id: id.to_string(), cause: e.to_string() };
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(row))
 }
 
 fn time(r: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
@@ -1337,62 +1426,78 @@ fn parsed<T: std::str::FromStr<Err = String>>(r: &Row<'_>, idx: usize) -> rusqli
 }
 
 fn thread_row(r: &Row<'_>) -> rusqlite::Result<Thread> {
-    Ok(Thread {
-        thread_id: r.get(0)?,
-        owner_id: r.get(1)?,
-        metadata: json_object(json(r, 2)?),
-        status: parsed(r, 3)?,
-        values: json_opt(r, 4)?,
-        last_seq: r.get(5)?,
-        created_at: time(r, 6)?,
-        updated_at: time(r, 7)?,
-        state_updated_at: time(r, 8)?,
-    })
+    let id: ThreadId = r.get(0)?;
+    let row = || -> rusqlite::Result<_> {
+        Ok(Thread {
+            thread_id: r.get(0)?,
+            owner_id: r.get(1)?,
+            metadata: json_object(json(r, 2)?),
+            status: parsed(r, 3)?,
+            values: json_opt(r, 4)?,
+            last_seq: r.get(5)?,
+            created_at: time(r, 6)?,
+            updated_at: time(r, 7)?,
+            state_updated_at: time(r, 8)?,
+        })
+    };
+    row().map_err(|e| unreadable("thread", id, e))
 }
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<Run> {
-    Ok(Run {
-        run_id: r.get(0)?,
-        thread_id: r.get(1)?,
-        owner_id: r.get(2)?,
-        assistant_id: r.get(3)?,
-        status: parsed(r, 4)?,
-        input: json_opt(r, 5)?,
-        kwargs: json(r, 6)?,
-        metadata: json_object(json(r, 7)?),
-        multitask_strategy: parsed(r, 8)?,
-        error: r.get(9)?,
-        created_at: time(r, 10)?,
-        updated_at: time(r, 11)?,
-    })
+    let id: RunId = r.get(0)?;
+    let row = || -> rusqlite::Result<_> {
+        Ok(Run {
+            run_id: r.get(0)?,
+            thread_id: r.get(1)?,
+            owner_id: r.get(2)?,
+            assistant_id: r.get(3)?,
+            status: parsed(r, 4)?,
+            input: json_opt(r, 5)?,
+            kwargs: json(r, 6)?,
+            metadata: json_object(json(r, 7)?),
+            multitask_strategy: parsed(r, 8)?,
+            error: r.get(9)?,
+            created_at: time(r, 10)?,
+            updated_at: time(r, 11)?,
+        })
+    };
+    row().map_err(|e| unreadable("run", id, e))
 }
 
 fn checkpoint_row(r: &Row<'_>) -> rusqlite::Result<Checkpoint> {
-    Ok(Checkpoint {
-        checkpoint_id: r.get(0)?,
-        thread_id: r.get(1)?,
-        run_id: r.get(2)?,
-        parent_checkpoint_id: r.get(3)?,
-        values: json(r, 4)?,
-        metadata: json_object(json(r, 5)?),
-        created_at: time(r, 6)?,
-    })
+    let id: CheckpointId = r.get(0)?;
+    let row = || -> rusqlite::Result<_> {
+        Ok(Checkpoint {
+            checkpoint_id: r.get(0)?,
+            thread_id: r.get(1)?,
+            run_id: r.get(2)?,
+            parent_checkpoint_id: r.get(3)?,
+            values: json(r, 4)?,
+            metadata: json_object(json(r, 5)?),
+            created_at: time(r, 6)?,
+        })
+    };
+    row().map_err(|e| unreadable("checkpoint", id, e))
 }
 
 fn assistant_row(r: &Row<'_>) -> rusqlite::Result<Assistant> {
-    Ok(Assistant {
-        assistant_id: r.get(0)?,
-        graph_id: r.get(1)?,
-        name: r.get(2)?,
-        description: r.get(3)?,
-        config: json(r, 4)?,
-        context: json(r, 5)?,
-        metadata: json_object(json(r, 6)?),
-        version: r.get(7)?,
-        owner_id: r.get(8)?,
-        created_at: time(r, 9)?,
-        updated_at: time(r, 10)?,
-    })
+    let id: AssistantId = r.get(0)?;
+    let row = || -> rusqlite::Result<_> {
+        Ok(Assistant {
+            assistant_id: r.get(0)?,
+            graph_id: r.get(1)?,
+            name: r.get(2)?,
+            description: r.get(3)?,
+            config: json(r, 4)?,
+            context: json(r, 5)?,
+            metadata: json_object(json(r, 6)?),
+            version: r.get(7)?,
+            owner_id: r.get(8)?,
+            created_at: time(r, 9)?,
+            updated_at: time(r, 10)?,
+        })
+    };
+    row().map_err(|e| unreadable("assistant", id, e))
 }
 
 // ---- diagnostics: `spindle doctor` and `spindle id inspect` (see crate::doctor) ----
@@ -1617,7 +1722,78 @@ fn doctor_scan(c: &Connection, stale_before: i64) -> Result<(DoctorCounts, Vec<F
 
     missing_parents(c, limit, &mut out)?;
     invalid_ids(c, limit, &mut out)?;
+    unreadable_json(c, limit, &mut out)?;
     Ok((counts, out))
+}
+
+/// JSON values serde_json cannot read back, a page of rows at a time. Table and column names
+/// come from `doctor::JSON_TABLES`, never from input.
+fn unreadable_json(c: &Connection, limit: i64, out: &mut Vec<Finding>) -> Result<()> {
+    use rusqlite::types::Value as Sql;
+    let mut found = 0;
+    for spec in doctor::JSON_TABLES {
+        let events = spec.table == "events";
+        // Events have no rowid: they are paged by (thread_id, seq).
+        let (key, after) = if events {
+            ("thread_id, seq", "(thread_id, seq) > (?1, ?2)")
+        } else {
+            ("rowid, rowid", "rowid > ?1 and ?2 is not null")
+        };
+        let named = |c: Option<&str>| c.unwrap_or("null").to_owned();
+        let sql = format!(
+            "select {key}, {}, {}, {}, {}, {} from {} where {after} order by {key} limit ?3",
+            spec.id,
+            named(spec.thread),
+            named(spec.run),
+            named(spec.owner),
+            spec.columns.join(", "),
+            spec.table,
+        );
+        let mut last: (Sql, Sql) = if events {
+            (Sql::Blob(Vec::new()), Sql::Integer(0))
+        } else {
+            (Sql::Integer(i64::MIN), Sql::Integer(0))
+        };
+        loop {
+            let mut page = 0;
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query(params![last.0, last.1, doctor::JSON_SCAN_PAGE])?;
+            while let Some(r) = rows.next()? {
+                page += 1;
+                last = (r.get(0)?, r.get(1)?);
+                let thread = id_opt::<ThreadId>(r, 3).ok().flatten();
+                let id = if events {
+                    let thread = thread.map_or_else(|| "?".to_owned(), |t| t.to_string());
+                    format!("{} of thread {thread}", r.get::<_, i64>(2)?)
+                } else {
+                    id_opt::<ThreadId>(r, 2)
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| "?".to_owned(), |i| i.to_string())
+                };
+                for (i, column) in spec.columns.iter().enumerate() {
+                    let ValueRef::Text(text) = r.get_ref(6 + i)? else { continue };
+                    let text = String::from_utf8_lossy(text);
+                    if let Some(finding) = doctor::unreadable_json(spec, column, &id, &text) {
+                        out.push(
+                            finding
+                                .thread(thread)
+                                .run(id_opt::<RunId>(r, 4).ok().flatten())
+                                .owner(id_opt::<UserId>(r, 5).ok().flatten()),
+                        );
+                        found += 1;
+                        if found >= limit {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            if page < doctor::JSON_SCAN_PAGE {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rows whose thread, owner or user is missing: foreign keys bypassed.

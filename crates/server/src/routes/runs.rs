@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::agents::Agent;
-use crate::context::{OwnedThread, RequestContext, path_id};
+use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody, REQUEST_ID};
 use crate::hub::Live;
 use crate::metrics::{self, LookupFailure, Transport};
@@ -428,8 +428,8 @@ async fn thread_failure(
             crate::context::thread_not_found(&state.store, context.user, thread).await;
         }
         store::Error::Conflict(_) if v.if_not_exists == IfNotExists::Create => {
-            if let Ok(Some(t)) = state.store.admin_find_thread(thread).await
-                && t.owner_id != context.user
+            if let Ok(Some(owner)) = state.store.admin_thread_owner(thread).await
+                && owner != context.user
             {
                 metrics::thread_lookup_failed(LookupFailure::NotOwner);
                 tracing::info!(reason = "not_owner", "thread id taken by another user");
@@ -580,13 +580,12 @@ pub struct ListRuns {
 async fn list_runs(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     ApiQuery(q): ApiQuery<ListRuns>,
 ) -> ApiResult<Json<Vec<RunOut>>> {
     let limit = super::limit(q.limit, 10)?;
     let offset = super::offset(q.offset)?;
-    let runs =
-        state.store.list_runs(context.user, thread.thread_id, limit, offset, q.status).await?;
+    let runs = state.store.list_runs(context.user, thread, limit, offset, q.status).await?;
     Ok(Json(runs.into_iter().map(Into::into).collect()))
 }
 

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::request::Parts;
-use ids::CheckpointId;
+use ids::{CheckpointId, ThreadId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use store::json_contains;
@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::context::{OwnedThread, RequestContext, path_id};
+use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::wire::{
     CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, apply_update, check_select,
@@ -54,13 +54,10 @@ pub(crate) fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Opt
 async fn latest(
     state: &AppState,
     context: &RequestContext,
-    thread: &store::Thread,
+    thread: ThreadId,
 ) -> ApiResult<ThreadStateOut> {
-    let newest = state.store.list_checkpoints(context.user, thread.thread_id, 1, None).await?;
-    Ok(newest
-        .into_iter()
-        .next()
-        .map_or_else(|| ThreadStateOut::empty(thread.thread_id), Into::into))
+    let newest = state.store.list_checkpoints(context.user, thread, 1, None).await?;
+    Ok(newest.into_iter().next().map_or_else(|| ThreadStateOut::empty(thread), Into::into))
 }
 
 /// The thread's current state.
@@ -69,14 +66,14 @@ async fn latest(
 async fn get_state(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     // `select` may repeat (`?select=values&select=checkpoint`).
     let select: Vec<String> =
         query.into_iter().filter(|(k, _)| k == "select").map(|(_, v)| v).collect();
     check_select(&select, STATE_FIELDS).map_err(ApiError::invalid)?;
-    Ok(Json(select_fields(latest(&state, &context, &thread).await?, &select)))
+    Ok(Json(select_fields(latest(&state, &context, thread).await?, &select)))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -110,7 +107,7 @@ async fn update_state(
         None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
     };
     if let Some(from) = from {
-        let current = latest(&state, &context, &thread).await?.checkpoint.checkpoint_id;
+        let current = latest(&state, &context, thread.thread_id).await?.checkpoint.checkpoint_id;
         if current != Some(from) {
             return Err(ApiError::Invalid {
                 code: "unsupported",
@@ -160,10 +157,10 @@ impl axum::extract::FromRequestParts<AppState> for CheckpointParam {
 async fn get_state_at(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     CheckpointParam(id): CheckpointParam,
 ) -> ApiResult<Json<ThreadStateOut>> {
-    Ok(Json(state.store.get_checkpoint(context.user, thread.thread_id, id).await?.into()))
+    Ok(Json(state.store.get_checkpoint(context.user, thread, id).await?.into()))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -181,14 +178,12 @@ pub struct StateAt {
 async fn post_state_at(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     ApiJson(body): ApiJson<StateAt>,
 ) -> ApiResult<Json<ThreadStateOut>> {
     match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
-        Some(id) => {
-            Ok(Json(state.store.get_checkpoint(context.user, thread.thread_id, id).await?.into()))
-        }
-        None => Ok(Json(latest(&state, &context, &thread).await?)),
+        Some(id) => Ok(Json(state.store.get_checkpoint(context.user, thread, id).await?.into())),
+        None => Ok(Json(latest(&state, &context, thread).await?)),
     }
 }
 
@@ -213,7 +208,7 @@ pub struct History {
 async fn history(
     state: &AppState,
     context: &RequestContext,
-    thread: &store::Thread,
+    thread: ThreadId,
     query: History,
 ) -> ApiResult<Vec<ThreadStateOut>> {
     let limit = super::limit(query.limit, 10)?;
@@ -224,15 +219,13 @@ async fn history(
         return Ok(Vec::new());
     }
     let Some(filter) = query.metadata.map(Value::Object) else {
-        let page =
-            state.store.list_checkpoints(context.user, thread.thread_id, limit, before).await?;
+        let page = state.store.list_checkpoints(context.user, thread, limit, before).await?;
         return Ok(page.into_iter().map(Into::into).collect());
     };
     // A metadata filter: walk back through the history a chunk at a time.
     let mut out = Vec::new();
     loop {
-        let chunk =
-            state.store.list_checkpoints(context.user, thread.thread_id, 200, before).await?;
+        let chunk = state.store.list_checkpoints(context.user, thread, 200, before).await?;
         let Some(last) = chunk.last() else { return Ok(out) };
         before = Some(last.checkpoint_id);
         for c in chunk {
@@ -253,12 +246,12 @@ async fn history(
 async fn history_post(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     ApiJson(query): ApiJson<History>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let select = query.select.clone().unwrap_or_default();
     check_select(&select, STATE_FIELDS).map_err(ApiError::invalid)?;
-    let states = history(&state, &context, &thread, query).await?;
+    let states = history(&state, &context, thread, query).await?;
     Ok(Json(states.into_iter().map(|s| select_fields(s, &select)).collect()))
 }
 
@@ -279,7 +272,7 @@ pub struct HistoryQuery {
 async fn history_get(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<Vec<ThreadStateOut>>> {
     let query = History {
@@ -287,5 +280,5 @@ async fn history_get(
         before: query.before.map(Value::String),
         ..History::default()
     };
-    Ok(Json(history(&state, &context, &thread, query).await?))
+    Ok(Json(history(&state, &context, thread, query).await?))
 }

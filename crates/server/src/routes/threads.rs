@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::context::{OwnedThread, RequestContext};
+use crate::context::{OwnedThread, RequestContext, ThreadKey};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
 use crate::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
 
@@ -131,9 +131,9 @@ async fn patch_thread(
 async fn delete_thread(
     State(state): State<AppState>,
     context: RequestContext,
-    OwnedThread(thread): OwnedThread,
+    ThreadKey(thread): ThreadKey,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_thread(context.user, thread.thread_id).await?;
+    state.store.delete_thread(context.user, thread).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,6 +177,13 @@ fn filter(
     }
 }
 
+fn check_ids(ids: Option<&[ThreadId]>) -> ApiResult<()> {
+    if ids.is_some_and(|ids| ids.len() > 1000) {
+        return Err(ApiError::invalid("ids: expected at most 1000 thread ids"));
+    }
+    Ok(())
+}
+
 /// Search the caller's threads; the total before paging is in `X-Pagination-Total`.
 #[utoipa::path(post, path = "/threads/search", tag = "threads", request_body = SearchThreads,
     responses((status = 200, body = Vec<ThreadOut>), (status = 422, body = ErrorBody)))]
@@ -188,9 +195,7 @@ async fn search_threads(
     unsupported("extract", &body.extract)?;
     let select = body.select.unwrap_or_default();
     check_select(&select, THREAD_FIELDS).map_err(ApiError::invalid)?;
-    if body.ids.as_ref().is_some_and(|ids| ids.len() > 1000) {
-        return Err(ApiError::invalid("ids: expected at most 1000 thread ids"));
-    }
+    check_ids(body.ids.as_deref())?;
     let page = ThreadPage {
         limit: super::limit(body.limit, 10)?,
         offset: super::offset(body.offset)?,
@@ -214,6 +219,9 @@ pub struct CountThreads {
     metadata: Option<Map<String, Value>>,
     #[schema(value_type = Option<Object>)]
     values: Option<Map<String, Value>>,
+    /// Only threads with these ids (at most 1000), as in `/threads/search`.
+    #[schema(value_type = Option<Vec<String>>)]
+    ids: Option<Vec<ThreadId>>,
     #[schema(value_type = Option<String>)]
     status: Option<ThreadStatus>,
 }
@@ -226,6 +234,7 @@ async fn count_threads(
     context: RequestContext,
     ApiJson(body): ApiJson<CountThreads>,
 ) -> ApiResult<Json<i64>> {
-    let filter = filter(body.metadata, body.values, None, body.status);
+    check_ids(body.ids.as_deref())?;
+    let filter = filter(body.metadata, body.values, body.ids, body.status);
     Ok(Json(state.store.count_threads(context.user, &filter).await?))
 }
