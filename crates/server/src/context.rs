@@ -393,3 +393,46 @@ pub async fn thread_not_found(store: &store::Store, user: UserId, id: ThreadId) 
     metrics::thread_lookup_failed(reason);
     tracing::info!(reason = reason.as_str(), "thread not found for this user");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_origins() {
+        for host in [
+            "localhost",
+            "localhost:8123",
+            "LOCALHOST.:1",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8123",
+        ] {
+            assert!(is_loopback_authority(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:8123",
+            "[::2]:1",
+            "[::1]x",
+            "localhost:",
+            "localhost:80:80",
+            "127.0.0.1:http",
+        ] {
+            assert!(!is_loopback_authority(host), "{host}");
+        }
+        for origin in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:5173"] {
+            assert!(is_loopback_origin(&HeaderValue::from_static(origin)), "{origin}");
+        }
+        for origin in
+            ["null", "file://", "http://localhost/x", "ftp://localhost", "https://evil.example"]
+        {
+            assert!(!is_loopback_origin(&HeaderValue::from_static(origin)), "{origin}");
+        }
+    }
+}

@@ -147,8 +147,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(addr = %metrics_addr, "metrics listening");
         lines.push_str(&format!("spindle metrics on http://{metrics_addr}/metrics\n"));
         let router = server::metrics::router(state.store.clone());
+        let net = args.net.config();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, router).await {
+            let forever = std::future::pending();
+            if let Err(e) = server::net::serve(metrics_listener, router, net, forever).await {
                 tracing::error!(error = %e, "the metrics listener failed");
             }
         });
