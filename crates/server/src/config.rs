@@ -118,9 +118,13 @@ pub struct ServeArgs {
     /// Longest a run may execute, in seconds, before it ends `timeout`.
     #[arg(long, env = "SPINDLE_RUN_TIMEOUT", default_value_t = 600)]
     pub run_timeout: u64,
-    /// Origins allowed by CORS, comma-separated, or `*` for any.
-    #[arg(long, env = "SPINDLE_CORS_ORIGINS", default_value = "*")]
-    pub cors_origins: String,
+    /// Origins browsers may call from, comma-separated (e.g. http://localhost:3000), or `*`
+    /// for any. Default: any origin with --auth keys or jwt (credentials protect); with --auth
+    /// local, loopback origins only (http(s)://localhost, 127.0.0.0/8, [::1], any port), and a
+    /// request from any other origin is refused (403), so a web page cannot reach the local
+    /// user's threads.
+    #[arg(long, env = "SPINDLE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
     /// `/metrics` (Prometheus text) on the main listener: public (anyone who reaches the
     /// port; no ids or users are in any series), auth (API credentials, as for every route), or
     /// off. Default: public, or off when --metrics-listen is given.
@@ -132,7 +136,55 @@ pub struct ServeArgs {
     #[arg(long, env = "SPINDLE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    pub net: NetArgs,
+    #[command(flatten)]
     pub ws: WsArgs,
+}
+
+/// What a connection may hold, and for how long (docs/security.md).
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Seconds a client has to send a request's whole head (request line and headers), from
+    /// its first byte, or from the connection's opening for its first request.
+    #[arg(long, env = "SPINDLE_HEADER_TIMEOUT", default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Seconds a client has to send a request's whole body once its head is in (408 and the
+    /// connection closed after). Streamed responses (SSE) and WebSockets are not limited.
+    #[arg(long, env = "SPINDLE_BODY_TIMEOUT", default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+    /// Seconds a keep-alive connection may wait, silent, for its next request.
+    #[arg(long, env = "SPINDLE_KEEP_ALIVE_TIMEOUT", default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_timeout: u64,
+    /// Open connections (WebSockets and streams included); more are closed at once. The soft
+    /// open-file limit is raised to the hard one at start-up; a warning says when this is
+    /// above what it allows.
+    #[arg(long, env = "SPINDLE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Open connections from one client address (IPv6: one /64); more are closed at once.
+    /// Behind a proxy every client has the proxy's address: raise this there.
+    #[arg(long, env = "SPINDLE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_address: u64,
+    /// Request bodies of at least this many bytes are "large": parsing JSON takes many times
+    /// its size in memory, so only --large-body-parses of them are read and handled at once
+    /// (the others wait their turn).
+    #[arg(long, env = "SPINDLE_LARGE_BODY_SIZE", default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub large_body_size: usize,
+    /// Large request bodies read and handled at once.
+    #[arg(long, env = "SPINDLE_LARGE_BODY_PARSES", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub large_body_parses: u64,
+}
+
+impl NetArgs {
+    pub fn config(&self) -> crate::net::NetConfig {
+        use std::time::Duration;
+        crate::net::NetConfig {
+            header_timeout: Duration::from_secs(self.header_timeout),
+            idle_timeout: Duration::from_secs(self.keep_alive_timeout),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_address: usize::try_from(self.max_connections_per_address)
+                .unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// The WebSocket channel (`GET /ws`; docs/websocket.md).

@@ -17,6 +17,7 @@ pub mod error;
 pub mod hub;
 pub mod inspect;
 pub mod metrics;
+pub mod net;
 pub mod routes;
 pub mod runs;
 pub mod stream;
@@ -31,26 +32,46 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use ids::AssistantId;
 use store::{Assistant, Store, SystemAssistant};
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::agents::Agent;
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthMode};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::runs::{Executor, ExecutorConfig};
+
+/// Which origins browsers may call from (`--cors-origins`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Unset: any origin with credentials (`keys`, `jwt`); with `--auth local`, loopback
+    /// origins only (http(s)://localhost, 127.0.0.0/8 or [::1], any port).
+    #[default]
+    Default,
+    /// `*`: any origin, in every mode.
+    Any,
+    /// These origins (and, with `--auth local`, loopback ones).
+    List(Vec<HeaderValue>),
+}
 
 /// HTTP settings that are not authentication.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
     /// Largest request body accepted (413 above it).
     pub body_limit: usize,
-    /// Origins allowed by CORS; `None` allows any origin.
-    pub cors_origins: Option<Vec<HeaderValue>>,
+    /// A request body must arrive whole within this once its head is in (408 otherwise).
+    pub body_timeout: Duration,
+    /// Bodies at least this large are parsed at most `large_body_parses` at once.
+    pub large_body: usize,
+    pub large_body_parses: usize,
+    /// Origins allowed by CORS (and, with `--auth local`, at all).
+    pub cors_origins: CorsOrigins,
+    /// The listener's deadlines and connection caps.
+    pub net: net::NetConfig,
     /// The WebSocket channel's limits and heartbeat.
     pub ws: ws::WsConfig,
     /// Whether `/metrics` is on this router, and who may read it.
@@ -61,10 +82,49 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             body_limit: 10 * 1024 * 1024,
-            cors_origins: None,
+            body_timeout: Duration::from_secs(30),
+            large_body: 1024 * 1024,
+            large_body_parses: 2,
+            cors_origins: CorsOrigins::Default,
+            net: net::NetConfig::default(),
             metrics: metrics::Exposure::Public,
             ws: ws::WsConfig::default(),
         }
+    }
+}
+
+/// The places for large request bodies (`--large-body-parses`).
+#[derive(Debug)]
+pub struct LargeBodies {
+    places: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl LargeBodies {
+    fn new(places: usize) -> LargeBodies {
+        LargeBodies { places: Arc::new(Semaphore::new(places.max(1))), waiting: 0.into() }
+    }
+
+    /// Waits for a place; the body keeps it until its handler has answered.
+    pub async fn place(&self) -> tokio::sync::OwnedSemaphorePermit {
+        use std::sync::atomic::Ordering;
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = self.places.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match permit {
+            Ok(permit) => permit,
+            Err(_) => unreachable!("the large-body semaphore is never closed"),
+        }
+    }
+
+    /// Large bodies waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Places free now.
+    pub fn free(&self) -> usize {
+        self.places.available_permits()
     }
 }
 
@@ -78,6 +138,10 @@ pub struct AppState {
     pub executor: Executor,
     /// The open WebSocket connections.
     pub ws: Arc<ws::Connections>,
+    /// Places for large request bodies (`HttpConfig::large_body_parses`): parsing JSON takes
+    /// many times a body's size in memory, so only so many large ones are read and parsed at
+    /// once.
+    pub large_bodies: Arc<LargeBodies>,
     /// The built-in agents' assistants, which never change while serving: a run names one,
     /// so they are read here rather than from the store on every run.
     pub system_assistants: Arc<HashMap<AssistantId, Assistant>>,
@@ -110,7 +174,17 @@ impl AppState {
         let hub = Hub::default();
         let executor = Executor::new(store.clone(), hub.clone(), executor);
         let ws = Arc::new(ws::Connections::new(http.ws.clone()));
-        Ok(AppState { store, auth, http: Arc::new(http), hub, executor, ws, system_assistants })
+        let large_bodies = Arc::new(LargeBodies::new(http.large_body_parses));
+        Ok(AppState {
+            store,
+            auth,
+            http: Arc::new(http),
+            hub,
+            executor,
+            ws,
+            large_bodies,
+            system_assistants,
+        })
     }
 
     /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.
@@ -128,8 +202,9 @@ impl AppState {
 }
 
 /// The whole HTTP surface: the routes, `/openapi.json`, `/metrics` (unless configured off),
-/// JSON errors for unknown routes and methods, the request context on everything, the body
-/// limit and CORS.
+/// JSON errors for unknown routes and methods, the request context on everything (outermost,
+/// so CORS preflights are logged and `--auth local`'s Host and Origin checks come first),
+/// CORS, then authentication and the body's limits.
 pub fn app(state: AppState) -> Router {
     let (routes, openapi) = routes::router();
     let openapi = Arc::new(openapi);
@@ -146,26 +221,45 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.http.body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), context::authenticate))
+        .layer(cors(&state.http, state.auth.mode()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), context::middleware))
-        .layer(cors(&state.http))
         .with_state(state)
 }
 
-fn cors(http: &HttpConfig) -> CorsLayer {
-    let origins = match &http.cors_origins {
-        None => AllowOrigin::any(),
-        Some(list) => AllowOrigin::list(list.clone()),
+/// How long a browser may cache a preflight's answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// CORS. A preflight may ask for any request header (agent-chat-ui sends `x-auth-scheme`,
+/// and others their own): the answer allows the ones asked for, as LangGraph's server does.
+fn cors(http: &HttpConfig, mode: AuthMode) -> CorsLayer {
+    let origins = match (&http.cors_origins, mode) {
+        (CorsOrigins::Any, _) => AllowOrigin::any(),
+        (CorsOrigins::Default, AuthMode::Local) => {
+            AllowOrigin::predicate(|origin, _| context::is_loopback_origin(origin))
+        }
+        (CorsOrigins::Default, _) => AllowOrigin::any(),
+        (CorsOrigins::List(list), AuthMode::Local) => {
+            let list = list.clone();
+            AllowOrigin::predicate(move |origin, _| {
+                list.contains(origin) || context::is_loopback_origin(origin)
+            })
+        }
+        (CorsOrigins::List(list), _) => AllowOrigin::list(list.clone()),
     };
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-api-key"),
-            HeaderName::from_static("last-event-id"),
-            HeaderName::from_static("x-request-id"),
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::PUT,
+            Method::DELETE,
+            Method::HEAD,
+            Method::OPTIONS,
         ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(PREFLIGHT_MAX_AGE)
         .expose_headers([
             header::LOCATION,
             header::CONTENT_LOCATION,
@@ -174,8 +268,8 @@ fn cors(http: &HttpConfig) -> CorsLayer {
         ])
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish.
+/// Serves `app(state)` on `listener` (with the listener's limits, `net`) until `shutdown`
+/// completes, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -187,13 +281,6 @@ pub async fn serve(
         let _ = stopped.wait_for(|s| *s).await;
     };
     state.start(executor_stop).await.map_err(std::io::Error::other)?;
-    // Without TCP_NODELAY, a response written in parts (a streamed body) waits out the
-    // client's delayed ACK: 40 ms per request on Linux.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     // Upgraded connections outlive the HTTP server's graceful shutdown: tell them to close
     // (1001) when it starts, and give them a moment to say so to their clients.
     let connections = state.ws.clone();
@@ -202,7 +289,8 @@ pub async fn serve(
         shutdown.await;
         closing.shut_down();
     };
-    let result = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await;
+    let net = state.http.net.clone();
+    let result = net::serve(listener, app(state), net, shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), connections.all_closed()).await;
     let _ = stop.send(true);
     result

@@ -12,7 +12,7 @@ use server::config::{
 };
 use server::metrics::Exposure;
 use server::runs::ExecutorConfig;
-use server::{AppState, HttpConfig, serve, shutdown_signal};
+use server::{AppState, CorsOrigins, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -73,12 +73,15 @@ async fn open_store(args: &DatabaseArgs) -> Result<Store, String> {
 }
 
 fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
-    let cors_origins = match args.cors_origins.trim() {
-        "*" => None,
-        list => Some(
+    let cors_origins = match args.cors_origins.as_deref().map(str::trim) {
+        None => CorsOrigins::Default,
+        Some("*") => CorsOrigins::Any,
+        Some(list) => CorsOrigins::List(
             list.split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
                 .map(|o| {
-                    HeaderValue::from_str(o.trim())
+                    HeaderValue::from_str(o.trim_end_matches('/'))
                         .map_err(|_| format!("invalid CORS origin `{o}`"))
                 })
                 .collect::<Result<_, _>>()?,
@@ -89,7 +92,16 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
     } else {
         Exposure::Public
     });
-    Ok(HttpConfig { body_limit: args.body_limit, cors_origins, metrics, ws: args.ws.config() })
+    Ok(HttpConfig {
+        body_limit: args.body_limit,
+        body_timeout: std::time::Duration::from_secs(args.net.body_timeout),
+        large_body: args.net.large_body_size,
+        large_body_parses: usize::try_from(args.net.large_body_parses).unwrap_or(usize::MAX),
+        cors_origins,
+        net: args.net.config(),
+        metrics,
+        ws: args.ws.config(),
+    })
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), String> {
@@ -103,6 +115,15 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     }
     let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
     let http = http_config(&args)?;
+    if args.auth.auth == AuthMode::Local && http.cors_origins == CorsOrigins::Any {
+        tracing::warn!(
+            "--cors-origins '*' with --auth local: any web page the local user visits can \
+             read and write their threads"
+        );
+    }
+    if let Some(limit) = server::net::raise_descriptor_limit() {
+        tracing::info!(open_files = limit, "open file descriptor limit");
+    }
     let store = open_store(&args.database).await?;
     let concurrency = args.run_concurrency.max(1);
     let per_user = args.max_runs_per_user.unwrap_or(match args.auth.auth {
@@ -132,8 +153,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(addr = %metrics_addr, "metrics listening");
         lines.push_str(&format!("spindle metrics on http://{metrics_addr}/metrics\n"));
         let router = server::metrics::router(state.store.clone());
+        let net = args.net.config();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, router).await {
+            let forever = std::future::pending();
+            if let Err(e) = server::net::serve(metrics_listener, router, net, forever).await {
                 tracing::error!(error = %e, "the metrics listener failed");
             }
         });

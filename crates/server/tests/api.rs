@@ -754,7 +754,10 @@ async fn cors_allows_the_sdk_headers_and_exposes_locations() {
         .uri("/threads")
         .header("origin", "http://localhost:3000")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "x-api-key,content-type,last-event-id")
+        .header(
+            "access-control-request-headers",
+            "x-api-key,content-type,last-event-id,authorization",
+        )
         .body(Body::empty())
         .unwrap();
     let r = app.send(preflight).await;
