@@ -100,6 +100,111 @@ fn dechunk(mut body: &str) -> String {
     }
 }
 
+/// An SSE response read as it arrives, over a real socket (HTTP/1.0: the body ends with the
+/// connection, no chunking).
+struct SseClient {
+    stream: TcpStream,
+    buf: String,
+    head_done: bool,
+    /// Bytes read so far (headers included).
+    read: usize,
+}
+
+impl SseClient {
+    async fn open(
+        server: &Server,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let last = last_event_id.map(|id| format!("last-event-id: {id}\r\n")).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nhost: test\r\nx-api-key: {key}\r\n{last}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        SseClient { stream, buf: String::new(), head_done: false, read: 0 }
+    }
+
+    /// The next frame (comments skipped); `None` when the response has ended.
+    async fn frame(&mut self) -> Option<common_sse::Frame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if !self.head_done
+                && let Some(end) = self.buf.find("\r\n\r\n")
+            {
+                assert!(
+                    self.buf.starts_with("HTTP/1.0 200") || self.buf.starts_with("HTTP/1.1 200"),
+                    "{}",
+                    self.buf
+                );
+                self.buf.drain(..end + 4);
+                self.head_done = true;
+            }
+            if self.head_done
+                && let Some(end) = self.buf.find("\n\n")
+            {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(frame) = common_sse::parse(&block) {
+                    return Some(frame);
+                }
+                continue;
+            }
+            let mut chunk = vec![0; 64 * 1024];
+            let n = tokio::time::timeout(BOUND, self.stream.read(&mut chunk))
+                .await
+                .expect("no SSE data in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.read += n;
+            self.buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+    }
+
+    /// Frames until the response ends.
+    async fn rest(&mut self) -> Vec<common_sse::Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.frame().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// Parsing one SSE block.
+mod common_sse {
+    use serde_json::Value;
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub event: String,
+        pub data: Value,
+    }
+
+    pub fn parse(block: &str) -> Option<Frame> {
+        let (mut event, mut data) = (String::new(), String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if event.is_empty() {
+            return None;
+        }
+        let data = if data.is_empty() { Value::Null } else { serde_json::from_str(&data).unwrap() };
+        Some(Frame { event, data })
+    }
+}
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Client {
@@ -193,6 +298,19 @@ impl Client {
                 Some(Ok(Message::Close(None))) => return 1005,
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return 1006,
+            }
+        }
+    }
+
+    /// Event frames until one ends any run, in order.
+    async fn events_until_end_any(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let frame = self.expect("event").await;
+            let ends = is_terminal(&frame);
+            events.push(frame);
+            if ends {
+                return events;
             }
         }
     }
@@ -865,6 +983,211 @@ async fn user_subscription_and_cancel(backend: Backend) {
     server.stop().await;
 }
 
+/// Reads frames until a pong: every frame before it must pass `ok`.
+async fn until_pong(c: &mut Client, ok: impl Fn(&Value) -> bool) {
+    c.send(json!({"type": "ping"})).await;
+    loop {
+        let frame = c.frame().await;
+        if frame["type"] == "pong" {
+            return;
+        }
+        assert!(ok(&frame), "unexpected frame {frame}");
+    }
+}
+
+/// Issue #12, finding 2: Alice's live subscriptions to a thread (WebSocket `subscribe` and
+/// `subscribe_user`, SSE join, a run's SSE stream) end when she deletes it, each with a final
+/// frame that says so; Bob then creates a thread with the same id and runs on it, and none
+/// of his events reaches Alice.
+async fn deleted_thread_ends_subscriptions(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let alice = server.key("alice").await;
+    let bob = server.key("bob").await;
+    let thread = ids::ThreadId::new().to_string();
+    let (status, _) =
+        server.http(&alice, "POST", "/threads", Some(json!({"thread_id": thread}))).await;
+    assert_eq!(status, 200);
+
+    let mut ws = Client::connect(&server, Auth2::Header(&alice)).await;
+    ws.welcome().await;
+    ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    ws.expect("subscribed").await;
+    let mut user = Client::connect(&server, Auth2::Header(&alice)).await;
+    user.welcome().await;
+    user.send(json!({"type": "subscribe_user"})).await;
+    user.expect("subscribed").await;
+    let body = json!({"assistant_id": "echo", "input": hi("alice's secret")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    for c in [&mut ws, &mut user] {
+        while !is_terminal(&c.expect("event").await) {}
+    }
+    // The join replays from the start: once a frame came, it follows live.
+    let mut join = SseClient::open(
+        &server,
+        &alice,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    assert_eq!(join.frame().await.unwrap().event, "values");
+    // A long run streamed over SSE, deleted with its thread while it runs.
+    let slow = json!({"assistant_id": "synthetic", "input": {"n": 10000, "delay_ms": 20}, "stream_mode": ["custom"]});
+    let mut run_stream = SseClient::open(
+        &server,
+        &alice,
+        "POST",
+        &format!("/threads/{thread}/runs/stream"),
+        Some(slow),
+        None,
+    )
+    .await;
+    assert_eq!(run_stream.frame().await.unwrap().event, "metadata");
+    assert_eq!(run_stream.frame().await.unwrap().event, "custom");
+
+    let (status, _) = server.http(&alice, "DELETE", &format!("/threads/{thread}"), None).await;
+    assert_eq!(status, 204);
+
+    // Each subscription ends with a frame that says why.
+    let deleted = |frame: &Value| frame["type"] == "event" && frame["thread_id"] == thread.as_str();
+    loop {
+        let frame = ws.frame().await;
+        if frame["type"] == "thread_deleted" {
+            assert_eq!(frame["thread_id"], thread.as_str());
+            break;
+        }
+        assert!(deleted(&frame), "{frame}");
+    }
+    loop {
+        let frame = user.frame().await;
+        if frame["type"] == "thread_deleted" {
+            assert_eq!(frame["thread_id"], thread.as_str());
+            break;
+        }
+        assert!(deleted(&frame), "{frame}");
+    }
+    for stream in [&mut join, &mut run_stream] {
+        let rest = stream.rest().await;
+        let last = rest.last().expect("a final frame");
+        assert_eq!(last.event, "error", "{rest:?}");
+        assert_eq!(last.data["error"], "ThreadDeleted", "{rest:?}");
+    }
+
+    // Bob takes the id and runs on it, watched by his own socket.
+    let (status, t) =
+        server.http(&bob, "POST", "/threads", Some(json!({"thread_id": thread}))).await;
+    assert_eq!(status, 200, "{t}");
+    let mut bob_ws = Client::connect(&server, Auth2::Header(&bob)).await;
+    bob_ws.welcome().await;
+    bob_ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    bob_ws.expect("subscribed").await;
+    let body = json!({"assistant_id": "echo", "input": hi("bob's secret")});
+    let (status, run) =
+        server.http(&bob, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200, "{run}");
+    let bobs = bob_ws.events_until_end_any().await;
+    assert_eq!(bobs[0]["seq"], 1, "the new thread's seq starts again");
+
+    // Nothing of Bob's reached Alice.
+    until_pong(&mut ws, |_| false).await;
+    until_pong(&mut user, |_| false).await;
+    // And Alice cannot follow Bob's thread again.
+    ws.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": 0})).await;
+    assert_eq!(ws.frame().await["code"], "not_found");
+    server.stop().await;
+}
+
+/// Issue #12, finding 2 (defence in depth): an event published to the hub for another owner
+/// of the thread id is not delivered to the subscriber, on WebSocket or SSE.
+async fn foreign_events_are_not_delivered(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let alice = server.key("alice").await;
+    server.key("bob").await;
+    let bob_id = server.state.store.ensure_user("bob").await.unwrap().user_id;
+    let (_, t) = server.http(&alice, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let thread_id: ids::ThreadId = thread.parse().unwrap();
+    let body = json!({"assistant_id": "echo", "input": hi("one")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let mut ws = Client::connect(&server, Auth2::Header(&alice)).await;
+    ws.welcome().await;
+    ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    let last = ws.expect("subscribed").await["from_seq"].as_i64().unwrap() - 1;
+    let mut user = Client::connect(&server, Auth2::Header(&alice)).await;
+    user.welcome().await;
+    user.send(json!({"type": "subscribe_user"})).await;
+    user.expect("subscribed").await;
+    let mut join = SseClient::open(
+        &server,
+        &alice,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    assert_eq!(join.frame().await.unwrap().event, "values");
+
+    // Bob's event, for the same thread id, straight to the hub.
+    let forged = store::Event {
+        thread_id,
+        seq: last + 1,
+        run_id: None,
+        kind: store::EventKind::Values,
+        data: json!({"messages": [], "forged": true}),
+        created_at: chrono::Utc::now(),
+    };
+    server.state.hub.publish(bob_id, std::slice::from_ref(&forged));
+    server.state.hub.publish(bob_id, &[store::Event { seq: 1, ..forged }]);
+
+    let body = json!({"assistant_id": "echo", "input": hi("two")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let events = ws.events_until_end_any().await;
+    assert_eq!(events[0]["seq"], last + 1, "{events:?}");
+    assert!(events.iter().all(|e| e["data"].get("forged").is_none()), "{events:?}");
+    until_pong(&mut ws, |_| false).await;
+    until_pong(&mut user, |f| f["type"] == "event" && f["data"].get("forged").is_none()).await;
+    loop {
+        let frame = join.frame().await.unwrap();
+        assert!(frame.data.get("forged").is_none(), "{frame:?}");
+        if frame.data["messages"].as_array().is_some_and(|m| m.len() == 4) {
+            break;
+        }
+    }
+    drop(join);
+    server.stop().await;
+}
+
+/// `after_seq` beyond the thread's last seq (up to i64::MAX) is refused, and the connection
+/// stays usable.
+async fn after_seq_bounds(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let mut c = Client::connect(&server, Auth2::Header(&key)).await;
+    c.welcome().await;
+    for after in [i64::MAX, i64::MAX - 1, 1] {
+        c.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": after})).await;
+        let reply = c.expect("error").await;
+        assert_eq!(reply["code"], "invalid_message", "{reply}");
+        assert!(reply["detail"].as_str().unwrap().contains("after_seq"), "{reply}");
+    }
+    c.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": 0})).await;
+    assert_eq!(c.expect("subscribed").await["from_seq"], 1);
+    server.stop().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -897,4 +1220,7 @@ both_backends!(
     heartbeat,
     limits,
     user_subscription_and_cancel,
+    deleted_thread_ends_subscriptions,
+    foreign_events_are_not_delivered,
+    after_seq_bounds,
 );

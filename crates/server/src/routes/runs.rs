@@ -930,7 +930,7 @@ async fn join_thread_stream(
                 let event = match next {
                     Some(Ok(event)) => event,
                     Some(Err(e)) => {
-                        let data = json!({ "error": "StoreError", "message": e.to_string() });
+                        let data = e.sse_data();
                         let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
                         return;
                     }
@@ -1010,7 +1010,7 @@ async fn follow(
         let event = match next {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
-                let data = json!({ "error": "StoreError", "message": e.to_string() });
+                let data = e.sse_data();
                 return tx.send(sse_frame("error", &data.to_string(), None)).await.is_ok();
             }
             None => return true,
