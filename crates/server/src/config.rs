@@ -189,6 +189,11 @@ pub struct AuthArgs {
     /// Required `iss` claim.
     #[arg(long, env = "SPINDLE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Seconds a long-lived connection (WebSocket, SSE stream) trusts a check of its API key
+    /// before asking the database again whether it was revoked (0: at every command). A
+    /// revoked key's connections close within this; a JWT's close at its `exp`.
+    #[arg(long, env = "SPINDLE_AUTH_KEY_RECHECK", default_value_t = 1, value_name = "SECS")]
+    pub auth_key_recheck: u64,
 }
 
 impl AuthArgs {

@@ -52,8 +52,26 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Targets that log whole frames, headers or bodies (credentials among them: a WebSocket's
+/// first `auth` frame, `Authorization` headers) at debug or trace. They are held at `info`
+/// whatever `--log` asks for.
+const PAYLOAD_LOGGERS: [&str; 6] =
+    ["tungstenite", "tokio_tungstenite", "hyper", "hyper_util", "h2", "axum::serve"];
+
+/// The `--log` filter, with [`PAYLOAD_LOGGERS`] capped at `info` (directives given later win
+/// over earlier ones for the same target, and the most specific target wins).
+fn log_filter(directives: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGERS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(&args.log);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -101,7 +119,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
             args.listen
         ));
     }
-    let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
+    let auth = Auth::new(args.auth.auth, &args.auth.jwt())?
+        .with_key_recheck(std::time::Duration::from_secs(args.auth.auth_key_recheck));
     let http = http_config(&args)?;
     let store = open_store(&args.database).await?;
     let executor = ExecutorConfig {

@@ -34,7 +34,7 @@ use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
 
 use crate::AppState;
-use crate::auth::{AuthMode, Caller};
+use crate::auth::{AuthMode, Caller, Credential};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::hub::{Ended, Live, Notice, Published};
@@ -56,7 +56,8 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A frame over the hard size cap.
     pub const TOO_BIG: u16 = 1009;
-    /// No valid credential (in the handshake or the first `auth` frame, within its deadline).
+    /// No valid credential (in the handshake or the first `auth` frame, within its deadline), or
+    /// no longer: the API key was revoked or the JWT reached its `exp`.
     pub const UNAUTHENTICATED: u16 = 4001;
     /// The outbound queue went over its limit: the client reads too slowly.
     pub const SLOW_CONSUMER: u16 = 4008;
@@ -580,6 +581,8 @@ struct Conn {
     state: AppState,
     user: UserId,
     subject: String,
+    /// Re-checked before every command, and at a JWT's `exp` (closed 4001 when invalid).
+    credential: Credential,
     out: Outbound,
     /// Per-thread subscriptions: the log, then live.
     subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Published>, Ended>>>,
@@ -634,6 +637,7 @@ impl Conn {
             state,
             user: caller.user,
             subject: caller.subject,
+            credential: caller.credential,
             out,
             subs: StreamMap::new(),
             user_live: None,
@@ -671,10 +675,22 @@ impl Conn {
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut shutdown = self.state.ws.shutdown.subscribe();
         let mut heard = true;
+        // A JWT's connection ends at its `exp`.
+        let expiry = self.credential.expires_in();
+        let expired = async move {
+            match expiry {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => {
                     return Some((close::GOING_AWAY, "the server is shutting down".into()));
+                }
+                () = &mut expired => {
+                    return self.unauthenticated("the JWT has expired".into(), RequestId::new());
                 }
                 () = self.out.closed() => return None,
                 frame = stream.next() => {
@@ -723,8 +739,22 @@ impl Conn {
         }
     }
 
+    /// Tells the client its credential is no longer valid; the connection closes with 4001.
+    fn unauthenticated(&mut self, why: String, request_id: RequestId) -> Closing {
+        tracing::info!(reason = %why, "websocket credential no longer valid");
+        let detail = format!("{why}: authenticate again on a new connection");
+        let _ = self.out.error("unauthenticated", &detail, None, request_id);
+        Some((close::UNAUTHENTICATED, detail))
+    }
+
     async fn on_text(&mut self, text: &str) {
         let request_id = RequestId::new();
+        // Every command runs with a credential that is valid now (a key revoked since the
+        // connection opened, or a JWT past its `exp`, ends it).
+        if let Err(why) = self.state.auth.recheck(&self.state.store, &self.credential).await {
+            self.closing = self.unauthenticated(why, request_id);
+            return;
+        }
         let span = tracing::info_span!(
             "message",
             request_id = %request_id,

@@ -33,7 +33,10 @@ struct Server {
 
 impl Server {
     async fn start(store: Store, mode: AuthMode, ws: WsConfig) -> Server {
-        let auth = Auth::new(mode, &JwtConfig::default()).unwrap();
+        Server::start_with(store, Auth::new(mode, &JwtConfig::default()).unwrap(), ws).await
+    }
+
+    async fn start_with(store: Store, auth: Auth, ws: WsConfig) -> Server {
         let http = HttpConfig { ws, ..HttpConfig::default() };
         let state = AppState::new(store, auth, http).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1188,6 +1191,62 @@ async fn after_seq_bounds(backend: Backend) {
     server.stop().await;
 }
 
+/// Issue #12, finding 6: a socket whose API key is revoked is refused its next command
+/// (`unauthenticated`) and closed with 4001; its subscriptions go with it.
+async fn revoked_key_closes_the_socket(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let auth =
+        Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap().with_key_recheck(Duration::ZERO);
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let key = server.key("alice").await;
+    let other = server.key("bob").await;
+    let mut c = Client::connect(&server, Auth2::Header(&key)).await;
+    c.welcome().await;
+    let mut b = Client::connect(&server, Auth2::Header(&other)).await;
+    b.welcome().await;
+    c.send(json!({"type": "ping"})).await;
+    c.expect("pong").await;
+    let keys = server.state.store.list_api_keys().await.unwrap();
+    let alices = keys.iter().find(|k| key.starts_with(&k.prefix)).unwrap();
+    server.state.store.revoke_api_key(alices.key_id).await.unwrap();
+    c.send(json!({"type": "run", "assistant_id": "echo", "input": hi("after revoke")})).await;
+    let refused = c.expect("error").await;
+    assert_eq!(refused["code"], "unauthenticated", "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("revoked"), "{refused}");
+    assert_eq!(c.close_code().await, 4001);
+    // Bob's key still works.
+    b.send(json!({"type": "ping"})).await;
+    b.expect("pong").await;
+    server.stop().await;
+}
+
+/// Issue #12, finding 6: a socket authenticated with a JWT is closed with 4001 at the
+/// token's `exp` (a real exp two seconds ahead; the wait is on the close, bounded).
+async fn jwt_socket_closes_at_exp(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let jwt = JwtConfig { secret: Some(secret.into()), ..JwtConfig::default() };
+    let auth = Auth::new(AuthMode::Jwt, &jwt).unwrap();
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "dave", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut c = Client::connect(&server, Auth2::Protocol(&token)).await;
+    c.welcome().await;
+    c.send(json!({"type": "ping"})).await;
+    c.expect("pong").await;
+    let expired = c.expect("error").await;
+    assert_eq!(expired["code"], "unauthenticated", "{expired}");
+    assert!(expired["detail"].as_str().unwrap().contains("expired"), "{expired}");
+    assert!(chrono::Utc::now().timestamp() >= exp, "closed before exp");
+    assert_eq!(c.close_code().await, 4001);
+    server.stop().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1223,4 +1282,6 @@ both_backends!(
     deleted_thread_ends_subscriptions,
     foreign_events_are_not_delivered,
     after_seq_bounds,
+    revoked_key_closes_the_socket,
+    jwt_socket_closes_at_exp,
 );
