@@ -268,6 +268,11 @@ impl Auth {
         self
     }
 
+    /// How long a check of an API key is trusted (`--auth-key-recheck`).
+    pub fn key_recheck(&self) -> Duration {
+        self.key_recheck
+    }
+
     /// Whether a long-lived connection's credential is still valid: a JWT before its `exp`,
     /// an API key not revoked (asked of the store at most once per `--auth-key-recheck` per
     /// key; a store that does not answer keeps the connection). The error says why not.

@@ -127,6 +127,8 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub ws: WsArgs,
+    #[command(flatten)]
+    pub sse: SseArgs,
 }
 
 /// The WebSocket channel (`GET /ws`; docs/websocket.md).
@@ -164,6 +166,28 @@ impl WsArgs {
             max_subscriptions: self.ws_max_subscriptions,
             auth_timeout: Duration::from_secs(self.ws_auth_timeout),
             ..crate::ws::WsConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SseArgs {
+    /// Bytes of frames queued for one SSE stream before it waits for its client (a single
+    /// larger frame still goes out); catch-up reads from the log are bounded alike.
+    #[arg(long, env = "SPINDLE_SSE_MAX_BUFFER", default_value_t = 1024 * 1024)]
+    pub sse_max_buffer: usize,
+    /// Seconds an SSE stream may stay over --sse-max-buffer (its client not reading) before
+    /// it is dropped.
+    #[arg(long, env = "SPINDLE_SSE_SLOW_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_slow_timeout: u64,
+}
+
+impl SseArgs {
+    pub fn config(&self) -> crate::stream::SseConfig {
+        crate::stream::SseConfig {
+            max_buffer: self.sse_max_buffer,
+            slow_timeout: std::time::Duration::from_secs(self.sse_slow_timeout),
+            ..crate::stream::SseConfig::default()
         }
     }
 }

@@ -87,6 +87,8 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
                     if req.uri().path() != metrics::PATH {
                         metrics::session_opened(Transport::Http);
                     }
+                    // Long-lived responses (SSE streams) re-check it.
+                    req.extensions_mut().insert(caller.credential);
                     let context =
                         RequestContext { request_id, user: caller.user, subject: caller.subject };
                     req.extensions_mut().insert(context);

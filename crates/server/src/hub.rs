@@ -28,8 +28,15 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Events buffered per thread for live subscribers before a slow one must re-read the log.
 pub const CHANNEL_CAPACITY: usize = 1024;
-/// Events read from the log per query while catching up.
+/// Most events read from the log per query while catching up.
 const PAGE: u32 = 500;
+/// The first catch-up query's size: pages grow while they are small in bytes.
+const FIRST_PAGE: u32 = 8;
+/// About how many bytes of events one catch-up page may hold (pages of large events shrink,
+/// down to one event).
+const PAGE_BYTES: usize = 1024 * 1024;
+/// Events a subscription hands its reader ahead of it (each may be large).
+const AHEAD: usize = 8;
 
 /// A committed event as the hub hands it out: one allocation shared by every subscriber, and
 /// its WebSocket `event` frame serialized once for all of them (a fan-out to 1,000
@@ -161,6 +168,7 @@ impl<K: Eq + Hash + Copy> Channels<K> {
 pub struct Hub {
     threads: Arc<Channels<ThreadId>>,
     users: Arc<Channels<UserId>>,
+    sse: Arc<crate::stream::SseStats>,
 }
 
 impl Hub {
@@ -178,6 +186,11 @@ impl Hub {
     /// thread; a receiver that lags is told so (it must re-read from the log).
     pub fn subscribe_user(&self, owner: UserId) -> Live {
         Live { rx: Some(self.users.subscribe(owner)), hub: self.clone(), key: Key::User(owner) }
+    }
+
+    /// What this server's SSE streams hold (their queues are [`crate::stream::Outbox`]es).
+    pub fn sse_stats(&self) -> Arc<crate::stream::SseStats> {
+        self.sse.clone()
     }
 
     /// How many threads have a live channel (for tests and metrics).
@@ -240,7 +253,7 @@ impl Hub {
         after: i64,
         early: Option<Live>,
     ) -> mpsc::Receiver<Result<Arc<Published>, Ended>> {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(AHEAD);
         let tolerate_deleted = early.is_some();
         let mut live = early.unwrap_or_else(|| self.subscribe(thread));
         let hub = self.clone();
@@ -248,10 +261,11 @@ impl Hub {
             let mut last = after;
             // Whether the log has been read once: a thread missing after that was deleted.
             let mut existed = false;
+            let mut limit = FIRST_PAGE;
             // Catch up from the log, then follow live events; on lag, catch up again.
             loop {
                 loop {
-                    let page = match store.events_after(owner, thread, run, last, PAGE).await {
+                    let page = match store.events_after(owner, thread, run, last, limit).await {
                         Ok(page) => page,
                         Err(store::Error::NotFound { .. }) if tolerate_deleted => Vec::new(),
                         Err(store::Error::NotFound { .. }) if existed => {
@@ -264,7 +278,16 @@ impl Hub {
                         }
                     };
                     existed = true;
-                    let full = page.len() == PAGE as usize;
+                    let full = page.len() == limit as usize;
+                    // Pages bounded in bytes, not only in events.
+                    let bytes: usize = page.iter().map(|e| approx_size(&e.data)).sum();
+                    limit = if bytes > PAGE_BYTES {
+                        (limit / 2).max(1)
+                    } else if bytes < PAGE_BYTES / 2 {
+                        (limit * 2).min(PAGE)
+                    } else {
+                        limit
+                    };
                     for event in page {
                         last = event.seq;
                         let event = Arc::new(Published::new(owner, event));
@@ -356,6 +379,19 @@ impl Drop for Live {
         match self.key {
             Key::Thread(thread) => self.hub.threads.forget_if_unused(thread),
             Key::User(user) => self.hub.users.forget_if_unused(user),
+        }
+    }
+}
+
+/// About the size of a JSON value as text, without writing it.
+fn approx_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| approx_size(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map.iter().map(|(k, v)| k.len() + 4 + approx_size(v)).sum::<usize>()
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct HttpConfig {
     pub cors_origins: Option<Vec<HeaderValue>>,
     /// The WebSocket channel's limits and heartbeat.
     pub ws: ws::WsConfig,
+    /// SSE streams' byte budget and slow-client deadline.
+    pub sse: stream::SseConfig,
     /// Whether `/metrics` is on this router, and who may read it.
     pub metrics: metrics::Exposure,
 }
@@ -64,6 +66,7 @@ impl Default for HttpConfig {
             cors_origins: None,
             metrics: metrics::Exposure::Public,
             ws: ws::WsConfig::default(),
+            sse: stream::SseConfig::default(),
         }
     }
 }

@@ -107,7 +107,13 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
     } else {
         Exposure::Public
     });
-    Ok(HttpConfig { body_limit: args.body_limit, cors_origins, metrics, ws: args.ws.config() })
+    Ok(HttpConfig {
+        body_limit: args.body_limit,
+        cors_origins,
+        metrics,
+        ws: args.ws.config(),
+        sse: args.sse.config(),
+    })
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), String> {

@@ -37,7 +37,10 @@ impl Server {
     }
 
     async fn start_with(store: Store, auth: Auth, ws: WsConfig) -> Server {
-        let http = HttpConfig { ws, ..HttpConfig::default() };
+        Server::start_http(store, auth, HttpConfig { ws, ..HttpConfig::default() }).await
+    }
+
+    async fn start_http(store: Store, auth: Auth, http: HttpConfig) -> Server {
         let state = AppState::new(store, auth, http).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -111,6 +114,8 @@ struct SseClient {
     head_done: bool,
     /// Bytes read so far (headers included).
     read: usize,
+    /// How much of `buf` holds no frame end.
+    scanned: usize,
 }
 
 impl SseClient {
@@ -126,12 +131,18 @@ impl SseClient {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let last = last_event_id.map(|id| format!("last-event-id: {id}\r\n")).unwrap_or_default();
+        // A JWT goes in Authorization, an API key in x-api-key.
+        let credential = if key.starts_with("ey") {
+            format!("authorization: Bearer {key}")
+        } else {
+            format!("x-api-key: {key}")
+        };
         let request = format!(
-            "{method} {path} HTTP/1.0\r\nhost: test\r\nx-api-key: {key}\r\n{last}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nhost: test\r\n{credential}\r\n{last}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.unwrap();
-        SseClient { stream, buf: String::new(), head_done: false, read: 0 }
+        SseClient { stream, buf: String::new(), head_done: false, read: 0, scanned: 0 }
     }
 
     /// The next frame (comments skipped); `None` when the response has ended.
@@ -149,9 +160,12 @@ impl SseClient {
                 self.buf.drain(..end + 4);
                 self.head_done = true;
             }
+            // Searched from where the last search stopped (frames can be megabytes).
+            let from = self.scanned.min(self.buf.len());
             if self.head_done
-                && let Some(end) = self.buf.find("\n\n")
+                && let Some(end) = self.buf[from..].find("\n\n").map(|i| i + from)
             {
+                self.scanned = 0;
                 let block: String = self.buf.drain(..end + 2).collect();
                 if let Some(frame) = common_sse::parse(&block) {
                     return Some(frame);
@@ -167,6 +181,9 @@ impl SseClient {
                 return None;
             }
             self.read += n;
+            if self.head_done {
+                self.scanned = self.buf.len().saturating_sub(1);
+            }
             self.buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
         }
     }
@@ -1247,6 +1264,140 @@ async fn jwt_socket_closes_at_exp(backend: Backend) {
     server.stop().await;
 }
 
+/// Issue #12, finding 9: an SSE client that never reads, on a thread with large `values`
+/// events, is dropped once its queue is over the byte budget past the deadline, and what the
+/// server buffers for SSE stays bounded meanwhile; a client that reads gets everything.
+async fn slow_sse_client_is_dropped(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let budget = 256 * 1024;
+    let sse = server::stream::SseConfig {
+        max_buffer: budget,
+        slow_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
+    let http = HttpConfig { ws: fast(), sse, ..HttpConfig::default() };
+    let server = Server::start_http(db.store.clone(), auth, http).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let big = "x".repeat(500 * 1024);
+    let runs = 6;
+    for _ in 0..runs {
+        let body = json!({"assistant_id": "echo", "input": hi(&big)});
+        let (status, _) =
+            server.http(&key, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+        assert_eq!(status, 200);
+    }
+    let largest = 2 * runs * (big.len() + 200);
+
+    // A client with a tiny receive buffer that never reads.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(server.addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let request = format!(
+            "GET /threads/{thread}/stream HTTP/1.1\r\nhost: test\r\nx-api-key: {key}\r\nlast-event-id: -1\r\n\r\n"
+        );
+        slow.write_all(request.as_bytes()).await.unwrap();
+    }
+    // A client that reads everything.
+    let mut reader = SseClient::open(
+        &server,
+        &key,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    loop {
+        let frame = reader.frame().await.expect("the reading client's stream ended");
+        assert_eq!(frame.event, "values");
+        if frame.data["messages"].as_array().unwrap().len() == 2 * runs {
+            break;
+        }
+    }
+
+    let stats = server.state.hub.sse_stats();
+    let deadline = std::time::Instant::now() + BOUND;
+    let mut most = 0;
+    while stats.slow_dropped() == 0 {
+        most = most.max(stats.buffered_bytes());
+        assert!(std::time::Instant::now() < deadline, "the slow client was never dropped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most <= budget + largest, "buffered {most} bytes for SSE (budget {budget})");
+    // Dropped: nothing is held for it any more.
+    drop(reader);
+    let deadline = std::time::Instant::now() + BOUND;
+    while stats.buffered_bytes() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} bytes still buffered",
+            stats.buffered_bytes()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(slow);
+    server.stop().await;
+}
+
+/// Issue #12, finding 6 on SSE: a thread's stream joined with an API key ends (an `error`
+/// event) once the key is revoked; one joined with a JWT ends at the token's `exp`.
+async fn sse_streams_end_when_the_credential_lapses(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let jwt = JwtConfig { secret: Some(secret.into()), ..JwtConfig::default() };
+    let auth = Auth::new(AuthMode::KeysAndJwt, &jwt).unwrap().with_key_recheck(Duration::ZERO);
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let body = json!({"assistant_id": "echo", "input": hi("one")});
+    let (status, _) =
+        server.http(&key, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let path = format!("/threads/{thread}/stream");
+
+    let mut joined = SseClient::open(&server, &key, "GET", &path, None, Some("-1")).await;
+    assert_eq!(joined.frame().await.unwrap().event, "values");
+    let keys = server.state.store.list_api_keys().await.unwrap();
+    server.state.store.revoke_api_key(keys[0].key_id).await.unwrap();
+    let rest = tokio::time::timeout(BOUND, joined.rest()).await.expect("the stream did not end");
+    let last = rest.last().expect("a final frame");
+    assert_eq!((last.event.as_str(), &last.data["error"]), ("error", &json!("Unauthorized")));
+    assert!(last.data["message"].as_str().unwrap().contains("revoked"), "{rest:?}");
+
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "erin", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let (_, auth_header_thread) = {
+        let mut stream =
+            SseClient::open(&server, &token, "POST", "/threads", Some(json!({})), None).await;
+        let mut text = String::new();
+        use tokio::io::AsyncReadExt;
+        stream.stream.read_to_string(&mut text).await.unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        ((), serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let erins = auth_header_thread["thread_id"].as_str().unwrap().to_owned();
+    let mut joined =
+        SseClient::open(&server, &token, "GET", &format!("/threads/{erins}/stream"), None, None)
+            .await;
+    let rest = tokio::time::timeout(BOUND, joined.rest()).await.expect("the stream did not end");
+    let last = rest.last().expect("a final frame");
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert!(last.data["message"].as_str().unwrap().contains("expired"), "{rest:?}");
+    assert!(chrono::Utc::now().timestamp() >= exp, "ended before exp");
+    server.stop().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1284,4 +1435,6 @@ both_backends!(
     after_seq_bounds,
     revoked_key_closes_the_socket,
     jwt_socket_closes_at_exp,
+    slow_sse_client_is_dropped,
+    sse_streams_end_when_the_credential_lapses,
 );
