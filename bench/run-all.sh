@@ -56,6 +56,10 @@ spindle_flags=(--listen "127.0.0.1:$port" --log warn)
 if "$spindle" serve --help 2>/dev/null | grep -q -- --ws-max-connections-per-user; then
   spindle_flags+=(--ws-max-connections-per-user 100000)
 fi
+# Every client is on loopback here: the connection caps are for strangers, not the benchmark.
+if "$spindle" serve --help 2>/dev/null | grep -q -- --max-connections-per-address; then
+  spindle_flags+=(--max-connections 100000 --max-connections-per-address 100000)
+fi
 
 start_target() {
   local target="$1" log="$out/$1-server.log"

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 use base64::Engine;
@@ -86,6 +87,7 @@ impl std::fmt::Debug for JwtVerifier {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+    exp: i64,
 }
 
 impl JwtVerifier {
@@ -134,16 +136,34 @@ impl JwtVerifier {
         Ok(JwtVerifier { keys, audience: config.audience.clone(), issuer: config.issuer.clone() })
     }
 
-    fn verify(&self, token: &str) -> Result<String, String> {
+    /// The token's subject and expiry (`exp`, Unix seconds).
+    fn verify(&self, token: &str) -> Result<(String, i64), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        // RFC 7515 4.1.11: a `crit` extension the recipient does not understand makes the
+        // token invalid. We understand none.
+        if let Some(crit) = &header.crit {
+            return Err(format!(
+                "the token's header lists critical extensions this server does not support: {}",
+                crit.join(", ")
+            ));
+        }
         let candidates = self.keys.iter().filter(|(kid, alg, _)| {
             *alg == header.alg && (kid.is_none() || header.kid.is_none() || *kid == header.kid)
         });
         let mut last = format!("no configured key verifies {:?} tokens", header.alg);
         for (_, alg, key) in candidates {
             let mut validation = Validation::new(*alg);
-            validation.set_required_spec_claims(&["exp", "sub"]);
+            // The list replaces jsonwebtoken's defaults: a configured audience or issuer is
+            // required, not only checked when present.
+            let mut required = vec!["exp", "sub"];
+            if self.audience.is_some() {
+                required.push("aud");
+            }
+            if self.issuer.is_some() {
+                required.push("iss");
+            }
+            validation.set_required_spec_claims(&required);
             validation.validate_nbf = true;
             match &self.audience {
                 Some(aud) => validation.set_audience(&[aud]),
@@ -153,7 +173,9 @@ impl JwtVerifier {
                 validation.set_issuer(&[iss]);
             }
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) if !data.claims.sub.is_empty() => return Ok(data.claims.sub),
+                Ok(data) if !data.claims.sub.is_empty() => {
+                    return Ok((data.claims.sub, data.claims.exp));
+                }
                 Ok(_) => return Err("the token's sub claim is empty".into()),
                 Err(e) => last = e.to_string(),
             }
@@ -169,6 +191,10 @@ pub struct Auth {
     jwt: Option<JwtVerifier>,
     /// Subjects already resolved to users (users are never deleted, so this never goes stale).
     users: Arc<Mutex<HashMap<String, UserId>>>,
+    /// How long a long-lived connection trusts a check of its API key (`--auth-key-recheck`).
+    key_recheck: Duration,
+    /// When each key (by hash) was last found valid by [`Auth::recheck`].
+    key_checked: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// Who a request is from.
@@ -176,12 +202,113 @@ pub struct Auth {
 pub struct Caller {
     pub user: UserId,
     pub subject: String,
+    pub credential: Credential,
+}
+
+/// What a caller authenticated with, kept by long-lived connections (WebSocket, SSE streams)
+/// to check that it is still valid ([`Auth::recheck`]).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Local,
+    /// An API key, by its hash (revocable).
+    Key {
+        hash: String,
+    },
+    /// A JWT, valid until `expires_at` (Unix seconds).
+    Jwt {
+        expires_at: i64,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Local => f.write_str("Local"),
+            Credential::Key { .. } => f.write_str("Key"),
+            Credential::Jwt { expires_at } => write!(f, "Jwt(exp {expires_at})"),
+        }
+    }
+}
+
+impl Credential {
+    /// When the credential stops being valid by itself (a JWT's `exp`).
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        match self {
+            Credential::Jwt { expires_at } => {
+                let secs = u64::try_from(*expires_at).unwrap_or(0);
+                Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            }
+            _ => None,
+        }
+    }
+
+    /// How long from now until [`Credential::expires_at`] (zero if past).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at()
+            .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
 }
 
 impl Auth {
     pub fn new(mode: AuthMode, jwt: &JwtConfig) -> Result<Auth, String> {
         let jwt = if mode.jwt() { Some(JwtVerifier::new(jwt)?) } else { None };
-        Ok(Auth { mode, jwt, users: Arc::default() })
+        Ok(Auth {
+            mode,
+            jwt,
+            users: Arc::default(),
+            key_recheck: Duration::from_secs(1),
+            key_checked: Arc::default(),
+        })
+    }
+
+    /// How long a long-lived connection trusts a check of its API key before asking the store
+    /// again (zero: at every check).
+    pub fn with_key_recheck(mut self, interval: Duration) -> Auth {
+        self.key_recheck = interval;
+        self
+    }
+
+    /// How long a check of an API key is trusted (`--auth-key-recheck`).
+    pub fn key_recheck(&self) -> Duration {
+        self.key_recheck
+    }
+
+    /// Whether a long-lived connection's credential is still valid: a JWT before its `exp`,
+    /// an API key not revoked (asked of the store at most once per `--auth-key-recheck` per
+    /// key; a store that does not answer keeps the connection). The error says why not.
+    pub async fn recheck(&self, store: &Store, credential: &Credential) -> Result<(), String> {
+        match credential {
+            Credential::Local => Ok(()),
+            Credential::Jwt { .. } => match credential.expires_in() {
+                Some(left) if left.is_zero() => Err("the JWT has expired".into()),
+                _ => Ok(()),
+            },
+            Credential::Key { hash } => {
+                let fresh = |checked: &HashMap<String, Instant>| {
+                    checked.get(hash).is_some_and(|at| at.elapsed() < self.key_recheck)
+                };
+                if fresh(&self.key_checked.lock().unwrap_or_else(|e| e.into_inner())) {
+                    return Ok(());
+                }
+                match store.user_for_api_key(hash).await {
+                    Ok(Some(_)) => {
+                        let mut checked =
+                            self.key_checked.lock().unwrap_or_else(|e| e.into_inner());
+                        checked.retain(|_, at| at.elapsed() < self.key_recheck);
+                        checked.insert(hash.clone(), Instant::now());
+                        Ok(())
+                    }
+                    Ok(None) => {
+                        self.key_checked.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+                        Err("the API key has been revoked".into())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not re-check an API key; keeping the connection");
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -195,7 +322,7 @@ impl Auth {
         headers: &HeaderMap,
     ) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::Local {
-            return self.user(store, LOCAL_SUBJECT).await;
+            return self.user(store, LOCAL_SUBJECT, Credential::Local).await;
         }
         let unauthorized = |m: &str| ApiError::Unauthorized(m.to_owned());
         let api_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or_default());
@@ -213,7 +340,9 @@ impl Auth {
             }
             Some(token) => match &self.jwt {
                 Some(jwt) => match jwt.verify(token) {
-                    Ok(subject) => self.user(store, &subject).await,
+                    Ok((subject, expires_at)) => {
+                        self.user(store, &subject, Credential::Jwt { expires_at }).await
+                    }
                     Err(e) => Err(ApiError::Unauthorized(format!("invalid bearer token: {e}"))),
                 },
                 None => Err(unauthorized("invalid API key")),
@@ -231,13 +360,23 @@ impl Auth {
     }
 
     async fn key_user(&self, store: &Store, key: &str) -> Result<Caller, ApiError> {
-        match store.user_for_api_key(&hash_key(key)).await? {
-            Some(user) => Ok(Caller { user: user.user_id, subject: user.subject }),
+        let hash = hash_key(key);
+        match store.user_for_api_key(&hash).await? {
+            Some(user) => Ok(Caller {
+                user: user.user_id,
+                subject: user.subject,
+                credential: Credential::Key { hash },
+            }),
             None => Err(ApiError::Unauthorized("invalid or revoked API key".into())),
         }
     }
 
-    async fn user(&self, store: &Store, subject: &str) -> Result<Caller, ApiError> {
+    async fn user(
+        &self,
+        store: &Store,
+        subject: &str,
+        credential: Credential,
+    ) -> Result<Caller, ApiError> {
         let cached = self.users.lock().unwrap_or_else(|e| e.into_inner()).get(subject).copied();
         let user = match cached {
             Some(user) => user,
@@ -250,7 +389,7 @@ impl Auth {
                 user
             }
         };
-        Ok(Caller { user, subject: subject.to_owned() })
+        Ok(Caller { user, subject: subject.to_owned(), credential })
     }
 }
 

@@ -139,6 +139,8 @@ pub struct ServeArgs {
     pub net: NetArgs,
     #[command(flatten)]
     pub ws: WsArgs,
+    #[command(flatten)]
+    pub sse: SseArgs,
 }
 
 /// What a connection may hold, and for how long (docs/security.md).
@@ -227,6 +229,28 @@ impl WsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SseArgs {
+    /// Bytes of frames queued for one SSE stream before it waits for its client (a single
+    /// larger frame still goes out); catch-up reads from the log are bounded alike.
+    #[arg(long, env = "SPINDLE_SSE_MAX_BUFFER", default_value_t = 1024 * 1024)]
+    pub sse_max_buffer: usize,
+    /// Seconds an SSE stream may stay over --sse-max-buffer (its client not reading) before
+    /// it is dropped.
+    #[arg(long, env = "SPINDLE_SSE_SLOW_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_slow_timeout: u64,
+}
+
+impl SseArgs {
+    pub fn config(&self) -> crate::stream::SseConfig {
+        crate::stream::SseConfig {
+            max_buffer: self.sse_max_buffer,
+            slow_timeout: std::time::Duration::from_secs(self.sse_slow_timeout),
+            ..crate::stream::SseConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct AuthArgs {
     /// How requests authenticate: local (one local user; loopback addresses only), keys, jwt,
     /// or keys,jwt.
@@ -247,6 +271,11 @@ pub struct AuthArgs {
     /// Required `iss` claim.
     #[arg(long, env = "SPINDLE_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Seconds a long-lived connection (WebSocket, SSE stream) trusts a check of its API key
+    /// before asking the database again whether it was revoked (0: at every command). A
+    /// revoked key's connections close within this; a JWT's close at its `exp`.
+    #[arg(long, env = "SPINDLE_AUTH_KEY_RECHECK", default_value_t = 1, value_name = "SECS")]
+    pub auth_key_recheck: u64,
 }
 
 impl AuthArgs {

@@ -107,6 +107,8 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
                     metrics::session_opened(Transport::Http);
                 }
                 let request_id = current_request_id();
+                // Long-lived responses (SSE streams) re-check it.
+                parts.extensions.insert(caller.credential);
                 let context =
                     RequestContext { request_id, user: caller.user, subject: caller.subject };
                 parts.extensions.insert(context);

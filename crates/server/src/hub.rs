@@ -5,6 +5,15 @@
 //! channel of [`CHANNEL_CAPACITY`] events. A subscriber that falls further behind than that is
 //! told it lagged and re-reads the gap from the log: a slow reader never blocks a publisher and
 //! never loses an event.
+//!
+//! A thread id can be deleted and created again, by its owner or by another user (ids are
+//! client-chosen). Three things keep one incarnation's events from reaching another's
+//! subscribers: [`Hub::thread_deleted`] removes the thread's channel and tells its
+//! subscribers (and the owner's user channel) that the thread is gone, which ends every
+//! subscription to it ([`Ended::ThreadDeleted`]); a re-created thread therefore gets a new
+//! channel, and seqs restarting at 1 are never compared with the old ones; and every
+//! [`Published`] event carries its owner, which the live path checks before delivering
+//! (defence in depth: a subscription never delivers another user's event).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -19,8 +28,15 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Events buffered per thread for live subscribers before a slow one must re-read the log.
 pub const CHANNEL_CAPACITY: usize = 1024;
-/// Events read from the log per query while catching up.
+/// Most events read from the log per query while catching up.
 const PAGE: u32 = 500;
+/// The first catch-up query's size: pages grow while they are small in bytes.
+const FIRST_PAGE: u32 = 8;
+/// About how many bytes of events one catch-up page may hold (pages of large events shrink,
+/// down to one event).
+const PAGE_BYTES: usize = 1024 * 1024;
+/// Events a subscription hands its reader ahead of it (each may be large).
+const AHEAD: usize = 8;
 
 /// A committed event as the hub hands it out: one allocation shared by every subscriber, and
 /// its WebSocket `event` frame serialized once for all of them (a fan-out to 1,000
@@ -28,12 +44,19 @@ const PAGE: u32 = 500;
 #[derive(Debug)]
 pub struct Published {
     event: Event,
+    /// The thread's owner when the event was committed.
+    owner: UserId,
     ws_frame: OnceLock<Utf8Bytes>,
 }
 
 impl Published {
-    pub fn new(event: Event) -> Published {
-        Published { event, ws_frame: OnceLock::new() }
+    pub fn new(owner: UserId, event: Event) -> Published {
+        Published { event, owner, ws_frame: OnceLock::new() }
+    }
+
+    /// The owner of the event's thread.
+    pub fn owner(&self) -> UserId {
+        self.owner
     }
 
     /// The event's WebSocket frame (cheap to clone: the text is shared).
@@ -50,11 +73,54 @@ impl Deref for Published {
     }
 }
 
+/// What a live channel carries: committed events, and the end of a thread.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    Event(Arc<Published>),
+    /// `owner` deleted `thread`: its subscriptions end (a new thread with the id is another
+    /// channel).
+    Deleted {
+        thread: ThreadId,
+        owner: UserId,
+    },
+}
+
+/// Why a subscription ([`Hub::events`]) ended before its reader left.
+#[derive(Debug)]
+pub enum Ended {
+    /// The thread was deleted (by any route: `DELETE /threads/{id}`, a stateless run's end).
+    ThreadDeleted(ThreadId),
+    /// The log could not be read (the thread is missing or not the owner's, or the database
+    /// failed).
+    Store(store::Error),
+}
+
+impl Ended {
+    /// The `data` of the SSE `error` event that ends a stream for this reason.
+    pub fn sse_data(&self) -> serde_json::Value {
+        match self {
+            Ended::ThreadDeleted(thread) => serde_json::json!({
+                "error": "ThreadDeleted",
+                "message": format!("thread {thread} was deleted: this stream has ended"),
+            }),
+            Ended::Store(e) => {
+                serde_json::json!({ "error": "StoreError", "message": e.to_string() })
+            }
+        }
+    }
+}
+
+impl From<store::Error> for Ended {
+    fn from(e: store::Error) -> Ended {
+        Ended::Store(e)
+    }
+}
+
 /// Broadcast channels by key (a thread, or a user); a channel is removed once nobody listens
 /// (so ids nobody publishes to, such as a missing thread's, cost nothing once their
 /// subscribers leave).
 #[derive(Debug)]
-struct Channels<K>(Mutex<HashMap<K, broadcast::Sender<Arc<Published>>>>);
+struct Channels<K>(Mutex<HashMap<K, broadcast::Sender<Notice>>>);
 
 impl<K> Default for Channels<K> {
     fn default() -> Self {
@@ -63,11 +129,11 @@ impl<K> Default for Channels<K> {
 }
 
 impl<K: Eq + Hash + Copy> Channels<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, broadcast::Sender<Arc<Published>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, broadcast::Sender<Notice>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn subscribe(&self, key: K) -> broadcast::Receiver<Arc<Published>> {
+    fn subscribe(&self, key: K) -> broadcast::Receiver<Notice> {
         self.lock().entry(key).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
     }
 
@@ -78,8 +144,13 @@ impl<K: Eq + Hash + Copy> Channels<K> {
         }
     }
 
+    /// Removes `key`'s channel (its receivers see what was sent, then the end).
+    fn remove(&self, key: K) -> Option<broadcast::Sender<Notice>> {
+        self.lock().remove(&key)
+    }
+
     /// The sender of `key`'s channel if anyone listens.
-    fn sender(&self, key: K) -> Option<broadcast::Sender<Arc<Published>>> {
+    fn sender(&self, key: K) -> Option<broadcast::Sender<Notice>> {
         let mut channels = self.lock();
         match channels.get(&key) {
             Some(sender) if sender.receiver_count() == 0 => {
@@ -97,6 +168,7 @@ impl<K: Eq + Hash + Copy> Channels<K> {
 pub struct Hub {
     threads: Arc<Channels<ThreadId>>,
     users: Arc<Channels<UserId>>,
+    sse: Arc<crate::stream::SseStats>,
 }
 
 impl Hub {
@@ -116,6 +188,11 @@ impl Hub {
         Live { rx: Some(self.users.subscribe(owner)), hub: self.clone(), key: Key::User(owner) }
     }
 
+    /// What this server's SSE streams hold (their queues are [`crate::stream::Outbox`]es).
+    pub fn sse_stats(&self) -> Arc<crate::stream::SseStats> {
+        self.sse.clone()
+    }
+
     /// How many threads have a live channel (for tests and metrics).
     pub fn channels(&self) -> usize {
         self.threads.lock().len()
@@ -133,7 +210,7 @@ impl Hub {
             return;
         }
         for event in events {
-            let event = Arc::new(Published::new(event.clone()));
+            let event = Notice::Event(Arc::new(Published::new(owner, event.clone())));
             // An error means every receiver has gone; the next publish removes the channel.
             if let Some(sender) = &thread {
                 let _ = sender.send(event.clone());
@@ -144,11 +221,26 @@ impl Hub {
         }
     }
 
+    /// `owner` has deleted `thread` (after the commit): every subscription to it ends with
+    /// [`Ended::ThreadDeleted`] once it has what was published before, the channel goes (a
+    /// thread created again with the id gets a new one), and the owner's user channel is told
+    /// (a connection forgets the thread's last seq there).
+    pub fn thread_deleted(&self, owner: UserId, thread: ThreadId) {
+        if let Some(sender) = self.threads.remove(thread) {
+            let _ = sender.send(Notice::Deleted { thread, owner });
+        }
+        if let Some(sender) = self.users.sender(owner) {
+            let _ = sender.send(Notice::Deleted { thread, owner });
+        }
+    }
+
     /// Every event of `thread` (only `run`'s, if given) with `seq > after`, exactly once and
     /// in order: first from the log, then live, with no gap at the switch. The subscription
     /// to live events starts before the log is read, and live events already read from the
     /// log are skipped by `seq`. The stream ends when the receiver is dropped, or with an
-    /// error if the thread is missing or not the owner's.
+    /// error: the thread is missing or not the owner's, or it was deleted
+    /// ([`Ended::ThreadDeleted`], after every event published before the delete). Live events
+    /// of another owner (a thread id deleted and taken by another user) are never delivered.
     ///
     /// With `early`, a subscription taken before the run was created, a thread deleted
     /// meanwhile is not an error: every event of the run was published to it.
@@ -160,27 +252,46 @@ impl Hub {
         run: Option<RunId>,
         after: i64,
         early: Option<Live>,
-    ) -> mpsc::Receiver<Result<Arc<Published>, store::Error>> {
-        let (tx, rx) = mpsc::channel(256);
+    ) -> mpsc::Receiver<Result<Arc<Published>, Ended>> {
+        let (tx, rx) = mpsc::channel(AHEAD);
         let tolerate_deleted = early.is_some();
         let mut live = early.unwrap_or_else(|| self.subscribe(thread));
+        let hub = self.clone();
         tokio::spawn(async move {
             let mut last = after;
+            // Whether the log has been read once: a thread missing after that was deleted.
+            let mut existed = false;
+            let mut limit = FIRST_PAGE;
             // Catch up from the log, then follow live events; on lag, catch up again.
             loop {
                 loop {
-                    let page = match store.events_after(owner, thread, run, last, PAGE).await {
+                    let page = match store.events_after(owner, thread, run, last, limit).await {
                         Ok(page) => page,
                         Err(store::Error::NotFound { .. }) if tolerate_deleted => Vec::new(),
+                        Err(store::Error::NotFound { .. }) if existed => {
+                            let _ = tx.send(Err(Ended::ThreadDeleted(thread))).await;
+                            return;
+                        }
                         Err(e) => {
-                            let _ = tx.send(Err(e)).await;
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     };
-                    let full = page.len() == PAGE as usize;
+                    existed = true;
+                    let full = page.len() == limit as usize;
+                    // Pages bounded in bytes, not only in events.
+                    let bytes: usize = page.iter().map(|e| approx_size(&e.data)).sum();
+                    limit = if bytes > PAGE_BYTES {
+                        (limit / 2).max(1)
+                    } else if bytes < PAGE_BYTES / 2 {
+                        (limit * 2).min(PAGE)
+                    } else {
+                        limit
+                    };
                     for event in page {
                         last = event.seq;
-                        if tx.send(Ok(Arc::new(Published::new(event)))).await.is_err() {
+                        let event = Arc::new(Published::new(owner, event));
+                        if tx.send(Ok(event)).await.is_err() {
                             return;
                         }
                     }
@@ -194,7 +305,23 @@ impl Hub {
                         r = live.recv() => r,
                         () = tx.closed() => return,
                     };
-                    match received {
+                    let event = match received {
+                        Ok(Notice::Event(event)) => Ok(event),
+                        Ok(Notice::Deleted { owner: by, .. }) if by == owner => {
+                            let _ = tx.send(Err(Ended::ThreadDeleted(thread))).await;
+                            return;
+                        }
+                        // Another user's thread with this id went (this one was not created
+                        // yet): its channel went with it; follow the new one, from the log.
+                        Ok(Notice::Deleted { .. }) => {
+                            live = hub.subscribe(thread);
+                            break;
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match event {
+                        // Defence in depth: never another user's event.
+                        Ok(event) if event.owner != owner => {}
                         Ok(event) if event.seq <= last => {}
                         Ok(event) if run.is_some_and(|r| !belongs(&event, r)) => {}
                         Ok(event) => {
@@ -232,13 +359,13 @@ enum Key {
 /// [`Hub::subscribe_user`]). Dropping the last one of a channel removes the channel.
 #[derive(Debug)]
 pub struct Live {
-    rx: Option<broadcast::Receiver<Arc<Published>>>,
+    rx: Option<broadcast::Receiver<Notice>>,
     hub: Hub,
     key: Key,
 }
 
 impl Live {
-    pub async fn recv(&mut self) -> Result<Arc<Published>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Notice, broadcast::error::RecvError> {
         match &mut self.rx {
             Some(rx) => rx.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
@@ -252,6 +379,19 @@ impl Drop for Live {
         match self.key {
             Key::Thread(thread) => self.hub.threads.forget_if_unused(thread),
             Key::User(user) => self.hub.users.forget_if_unused(user),
+        }
+    }
+}
+
+/// About the size of a JSON value as text, without writing it.
+fn approx_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| approx_size(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map.iter().map(|(k, v)| k.len() + 4 + approx_size(v)).sum::<usize>()
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct HttpConfig {
     pub net: net::NetConfig,
     /// The WebSocket channel's limits and heartbeat.
     pub ws: ws::WsConfig,
+    /// SSE streams' byte budget and slow-client deadline.
+    pub sse: stream::SseConfig,
     /// Whether `/metrics` is on this router, and who may read it.
     pub metrics: metrics::Exposure,
 }
@@ -89,6 +91,7 @@ impl Default for HttpConfig {
             net: net::NetConfig::default(),
             metrics: metrics::Exposure::Public,
             ws: ws::WsConfig::default(),
+            sse: stream::SseConfig::default(),
         }
     }
 }

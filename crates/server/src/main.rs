@@ -52,8 +52,31 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Targets that log whole frames, headers or bodies (credentials among them: a WebSocket's
+/// first `auth` frame, `Authorization` headers) at debug or trace. They are held at `info`
+/// whatever `--log` asks for.
+const PAYLOAD_LOGGERS: [&str; 6] =
+    ["tungstenite", "tokio_tungstenite", "hyper", "hyper_util", "h2", "axum::serve"];
+
+/// The `--log` filter, with [`PAYLOAD_LOGGERS`] capped at `info` (directives given later win
+/// over earlier ones for the same target, and the most specific target wins).
+fn log_filter(directives: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Nothing is more verbose than `info` anyway (`--log warn`): leave those targets quieter.
+    if filter.max_level_hint().is_some_and(|most| most <= tracing::level_filters::LevelFilter::INFO)
+    {
+        return filter;
+    }
+    for target in PAYLOAD_LOGGERS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(&args.log);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -101,6 +124,7 @@ fn http_config(args: &ServeArgs) -> Result<HttpConfig, String> {
         net: args.net.config(),
         metrics,
         ws: args.ws.config(),
+        sse: args.sse.config(),
     })
 }
 
@@ -113,7 +137,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
             args.listen
         ));
     }
-    let auth = Auth::new(args.auth.auth, &args.auth.jwt())?;
+    let auth = Auth::new(args.auth.auth, &args.auth.jwt())?
+        .with_key_recheck(std::time::Duration::from_secs(args.auth.auth_key_recheck));
     let http = http_config(&args)?;
     if args.auth.auth == AuthMode::Local && http.cors_origins == CorsOrigins::Any {
         tracing::warn!(

@@ -156,6 +156,10 @@ fn describe() {
         "spindle_ws_slow_consumer_closes_total",
         "WebSocket connections closed with 4008 because the client read too slowly."
     );
+    describe_counter!(
+        "spindle_sse_slow_consumer_drops_total",
+        "SSE streams dropped because the client stopped reading (over --sse-max-buffer past --sse-slow-timeout)."
+    );
     describe_histogram!(
         "spindle_http_request_duration_seconds",
         metrics::Unit::Seconds,
@@ -183,6 +187,7 @@ fn describe() {
         "spindle_runs_created_total",
         "spindle_events_appended_total",
         "spindle_ws_slow_consumer_closes_total",
+        "spindle_sse_slow_consumer_drops_total",
     ] {
         counter!(name).increment(0);
     }
@@ -246,6 +251,10 @@ pub fn ws_connection_closed() {
 /// A WebSocket connection was closed with 4008 (slow consumer).
 pub fn ws_slow_consumer_closed() {
     counter!("spindle_ws_slow_consumer_closes_total").increment(1);
+}
+
+pub fn sse_slow_consumer_dropped() {
+    counter!("spindle_sse_slow_consumer_drops_total").increment(1);
 }
 
 /// A thread named by a client could not be used.

@@ -289,6 +289,7 @@ impl Executor {
             // A stateless run's thread goes with it, even when it never started.
             if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
                 self.inner.store.delete_thread(owner, run.thread_id).await?;
+                self.inner.hub.thread_deleted(owner, run.thread_id);
             }
             return Ok(());
         }
@@ -530,10 +531,13 @@ impl Executor {
         let finished = self.finish(&run, &mut sink, outcome).await;
         self.running().runs.remove(&run.run_id);
         self.announce(finished);
-        if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete")
-            && let Err(e) = self.inner.store.delete_thread(run.owner_id, run.thread_id).await
-        {
-            tracing::warn!(error = %e, "could not delete the thread of a stateless run");
+        if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
+            match self.inner.store.delete_thread(run.owner_id, run.thread_id).await {
+                Ok(()) => self.inner.hub.thread_deleted(run.owner_id, run.thread_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete the thread of a stateless run")
+                }
+            }
         }
     }
 

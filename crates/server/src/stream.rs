@@ -4,11 +4,274 @@
 //! among that event's frames), so a client that reconnects with its last id resumes exactly
 //! after the last frame it received.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::body::Bytes;
 use ids::{RunId, ThreadId};
 use serde_json::{Value, json};
-use store::{Event, EventKind};
+use store::{Event, EventKind, Store};
+use tokio::sync::Notify;
+
+use crate::auth::{Auth, Credential};
+
+/// Settings of SSE streams (`serve --sse-*`).
+#[derive(Clone, Debug)]
+pub struct SseConfig {
+    /// Bytes of frames queued for one stream before its producer waits (a single larger frame
+    /// still goes to a client that has taken everything else).
+    pub max_buffer: usize,
+    /// How long a stream may stay over `max_buffer` (its client not reading) before it is
+    /// dropped.
+    pub slow_timeout: Duration,
+    /// A `: heartbeat` comment after this long without frames.
+    pub heartbeat: Duration,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            max_buffer: 1024 * 1024,
+            slow_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What SSE streams hold, process-wide for one server (tests and metrics read it).
+#[derive(Debug, Default)]
+pub struct SseStats {
+    buffered: AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl SseStats {
+    /// Bytes of frames queued in SSE streams now, not yet taken by the response body.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Streams dropped because their client did not read.
+    pub fn slow_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a frame could not be queued: the stream must end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The client went away.
+    Gone,
+    /// The client stopped reading: over the byte budget past the deadline.
+    Slow,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<String>,
+    bytes: usize,
+    /// The response body was dropped (the client went away).
+    reader_gone: bool,
+    /// The producer has finished (or was dropped as slow).
+    ended: bool,
+    slow: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    readable: Notify,
+    writable: Notify,
+    stats: Arc<SseStats>,
+    config: SseConfig,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every queued frame.
+    fn clear(&self, queue: &mut Queue) {
+        self.stats.buffered.fetch_sub(queue.bytes, Ordering::Relaxed);
+        queue.frames.clear();
+        queue.bytes = 0;
+    }
+}
+
+/// The producing side of an SSE response: a queue bounded in bytes (see [`SseConfig`]).
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// An SSE response body fed by an [`Outbox`].
+pub fn outbox(
+    config: &SseConfig,
+    stats: Arc<SseStats>,
+) -> (Outbox, impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + use<>) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::default(),
+        readable: Notify::new(),
+        writable: Notify::new(),
+        stats,
+        config: config.clone(),
+    });
+    let reader = Reader(shared.clone());
+    let body = futures_util::stream::unfold(reader, |reader| async move {
+        let chunk = reader.next().await?;
+        Some((chunk, reader))
+    });
+    (Outbox { shared }, body)
+}
+
+impl Outbox {
+    /// Queues a frame; waits while the queue is over its budget, up to the slow deadline.
+    pub async fn send(&self, frame: String) -> Result<(), Stop> {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + shared.config.slow_timeout;
+        loop {
+            let writable = shared.writable.notified();
+            tokio::pin!(writable);
+            writable.as_mut().enable();
+            {
+                let mut queue = shared.lock();
+                if queue.reader_gone {
+                    return Err(Stop::Gone);
+                }
+                if queue.bytes == 0 || queue.bytes + frame.len() <= shared.config.max_buffer {
+                    queue.bytes += frame.len();
+                    shared.stats.buffered.fetch_add(frame.len(), Ordering::Relaxed);
+                    queue.frames.push_back(frame);
+                    drop(queue);
+                    shared.readable.notify_one();
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, writable).await.is_err() {
+                let mut queue = shared.lock();
+                queue.slow = true;
+                shared.clear(&mut queue);
+                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::sse_slow_consumer_dropped();
+                tracing::warn!(
+                    limit = shared.config.max_buffer,
+                    "dropping an SSE stream whose client does not read"
+                );
+                return Err(Stop::Slow);
+            }
+        }
+    }
+
+    /// Whether the client went away.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().reader_gone
+    }
+
+    /// Completes when the client goes away.
+    pub async fn closed(&self) {
+        loop {
+            let writable = self.shared.writable.notified();
+            tokio::pin!(writable);
+            writable.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            writable.await;
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.lock().ended = true;
+        self.shared.readable.notify_one();
+    }
+}
+
+struct Reader(Arc<Shared>);
+
+impl Reader {
+    /// The next chunk: the frames waiting go out together (one write, not one per frame), a
+    /// `: heartbeat` comment after the heartbeat interval without frames; an error for a
+    /// dropped slow stream (so the connection is closed), `None` at the end.
+    async fn next(&self) -> Option<Result<Bytes, std::io::Error>> {
+        let shared = &self.0;
+        loop {
+            let readable = shared.readable.notified();
+            tokio::pin!(readable);
+            readable.as_mut().enable();
+            {
+                let mut queue = shared.lock();
+                if queue.slow {
+                    return Some(Err(std::io::Error::other("slow SSE client dropped")));
+                }
+                if let Some(mut chunk) = queue.frames.pop_front() {
+                    while chunk.len() < 64 * 1024 {
+                        match queue.frames.pop_front() {
+                            Some(frame) => chunk.push_str(&frame),
+                            None => break,
+                        }
+                    }
+                    queue.bytes -= chunk.len();
+                    shared.stats.buffered.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    drop(queue);
+                    shared.writable.notify_waiters();
+                    return Some(Ok(Bytes::from(chunk)));
+                }
+                if queue.ended {
+                    return None;
+                }
+            }
+            if tokio::time::timeout(shared.config.heartbeat, readable).await.is_err() {
+                return Some(Ok(Bytes::from_static(b": heartbeat\n\n")));
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut queue = self.0.lock();
+        queue.reader_gone = true;
+        self.0.clear(&mut queue);
+        drop(queue);
+        self.0.writable.notify_waiters();
+    }
+}
+
+/// Completes, with the reason, when a long-lived stream's credential stops being valid: at a
+/// JWT's `exp`, or when a check of its API key (every `--auth-key-recheck`, at least 1 s)
+/// finds it revoked. Never, for `--auth local`.
+pub async fn credential_lapsed(
+    auth: &Auth,
+    store: &Store,
+    credential: &Credential,
+    every: Duration,
+) -> String {
+    if let Some(left) = credential.expires_in() {
+        tokio::time::sleep(left).await;
+        return "the JWT has expired".into();
+    }
+    if !matches!(credential, Credential::Key { .. }) {
+        return std::future::pending().await;
+    }
+    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(why) = auth.recheck(store, credential).await {
+            return why;
+        }
+    }
+}
+
+/// The `data` of the SSE `error` event that ends a stream whose credential lapsed.
+pub fn unauthorized_data(why: &str) -> Value {
+    json!({ "error": "Unauthorized", "message": format!("{why}: this stream has ended") })
+}
 
 /// A stream mode, as clients name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

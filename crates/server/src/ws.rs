@@ -10,7 +10,7 @@
 //! gap at the switch); `subscribe_user` follows the user's live channel and fills any gap in a
 //! thread it has already seen from the log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,10 +34,10 @@ use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
 
 use crate::AppState;
-use crate::auth::{AuthMode, Caller};
+use crate::auth::{AuthMode, Caller, Credential};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
-use crate::hub::{Live, Published};
+use crate::hub::{Ended, Live, Notice, Published};
 use crate::metrics::{self, LookupFailure, Transport};
 use crate::routes::runs::RunCreate;
 use crate::runs::CancelAction;
@@ -56,7 +56,8 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A frame over the hard size cap.
     pub const TOO_BIG: u16 = 1009;
-    /// No valid credential (in the handshake or the first `auth` frame, within its deadline).
+    /// No valid credential (in the handshake or the first `auth` frame, within its deadline), or
+    /// no longer: the API key was revoked or the JWT reached its `exp`.
     pub const UNAUTHENTICATED: u16 = 4001;
     /// The outbound queue went over its limit: the client reads too slowly.
     pub const SLOW_CONSUMER: u16 = 4008;
@@ -580,13 +581,17 @@ struct Conn {
     state: AppState,
     user: UserId,
     subject: String,
+    /// Re-checked before every command, and at a JWT's `exp` (closed 4001 when invalid).
+    credential: Credential,
     out: Outbound,
     /// Per-thread subscriptions: the log, then live.
-    subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Published>, store::Error>>>,
+    subs: StreamMap<ThreadId, ReceiverStream<Result<Arc<Published>, Ended>>>,
     /// The user's live channel, after `subscribe_user`.
     user_live: Option<Live>,
     /// The seq of the last event delivered per thread (no duplicates across subscriptions).
     delivered: HashMap<ThreadId, i64>,
+    /// Deleted threads whose delete the user's channel has not announced yet.
+    deleting: HashSet<ThreadId>,
     /// Frames answered with an error in a row.
     errors: u32,
     /// Set when the connection must close (slow consumer).
@@ -632,10 +637,12 @@ impl Conn {
             state,
             user: caller.user,
             subject: caller.subject,
+            credential: caller.credential,
             out,
             subs: StreamMap::new(),
             user_live: None,
             delivered: HashMap::new(),
+            deleting: HashSet::new(),
             errors: 0,
             closing: None,
         }
@@ -668,10 +675,22 @@ impl Conn {
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         let mut shutdown = self.state.ws.shutdown.subscribe();
         let mut heard = true;
+        // A JWT's connection ends at its `exp`.
+        let expiry = self.credential.expires_in();
+        let expired = async move {
+            match expiry {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 () = stopped(&mut shutdown) => {
                     return Some((close::GOING_AWAY, "the server is shutting down".into()));
+                }
+                () = &mut expired => {
+                    return self.unauthenticated("the JWT has expired".into(), RequestId::new());
                 }
                 () = self.out.closed() => return None,
                 frame = stream.next() => {
@@ -720,8 +739,22 @@ impl Conn {
         }
     }
 
+    /// Tells the client its credential is no longer valid; the connection closes with 4001.
+    fn unauthenticated(&mut self, why: String, request_id: RequestId) -> Closing {
+        tracing::info!(reason = %why, "websocket credential no longer valid");
+        let detail = format!("{why}: authenticate again on a new connection");
+        let _ = self.out.error("unauthenticated", &detail, None, request_id);
+        Some((close::UNAUTHENTICATED, detail))
+    }
+
     async fn on_text(&mut self, text: &str) {
         let request_id = RequestId::new();
+        // Every command runs with a credential that is valid now (a key revoked since the
+        // connection opened, or a JWT past its `exp`, ends it).
+        if let Err(why) = self.state.auth.recheck(&self.state.store, &self.credential).await {
+            self.closing = self.unauthenticated(why, request_id);
+            return;
+        }
         let span = tracing::info_span!(
             "message",
             request_id = %request_id,
@@ -769,6 +802,7 @@ impl Conn {
             "subscribe_user" => self.subscribe_user(r#ref.as_ref()),
             "unsubscribe_user" => {
                 self.user_live = None;
+                self.deleting.clear();
                 self.send(json!({"type": "unsubscribed", "thread_id": null, "ref": r#ref}));
                 Ok(())
             }
@@ -833,6 +867,16 @@ impl Conn {
             return Err(Failure::new("invalid_message", "after_seq: expected 0 or more"));
         }
         let current = crate::context::owned_thread(&self.state.store, self.user, thread).await?;
+        // No event after the thread's last was ever sent (and `after_seq + 1` must not wrap).
+        if let Some(n) = m.after_seq.filter(|n| *n > current.last_seq) {
+            return Err(Failure::new(
+                "invalid_message",
+                format!(
+                    "after_seq: expected at most {}, the thread's last seq (got {n})",
+                    current.last_seq
+                ),
+            ));
+        }
         let after = m.after_seq.unwrap_or(current.last_seq);
         self.follow(thread, after, None, m.after_seq.is_some(), r#ref);
         Ok(())
@@ -853,6 +897,7 @@ impl Conn {
         let events = self.state.hub.events(store, self.user, thread, None, after, early);
         self.subs.insert(thread, ReceiverStream::new(events));
         self.delivered.insert(thread, after);
+        self.deleting.remove(&thread);
         self.send(json!({
             "type": "subscribed",
             "thread_id": thread,
@@ -953,10 +998,20 @@ impl Conn {
     }
 
     /// An event (or error) from a per-thread subscription.
-    fn on_thread_event(&mut self, thread: ThreadId, item: Result<Arc<Published>, store::Error>) {
+    fn on_thread_event(&mut self, thread: ThreadId, item: Result<Arc<Published>, Ended>) {
         match item {
             Ok(event) => self.deliver(&event),
-            Err(e) => {
+            Err(Ended::ThreadDeleted(_)) => {
+                self.subs.remove(&thread);
+                self.delivered.remove(&thread);
+                // The old thread's events may still be queued on the user's channel before its
+                // own notice of the delete: skip them until it comes.
+                if self.user_live.is_some() {
+                    self.deleting.insert(thread);
+                }
+                self.send(thread_deleted_frame(thread));
+            }
+            Err(Ended::Store(e)) => {
                 self.subs.remove(&thread);
                 self.delivered.remove(&thread);
                 let failure = Failure::from(e);
@@ -969,16 +1024,31 @@ impl Conn {
 
     /// An event from the user's live channel: threads with their own subscription get their
     /// events from it; for others, a gap after an event already delivered is read from the log.
-    async fn on_user_event(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) {
+    /// A deleted thread's last seq is forgotten (the id may be created again, from seq 1).
+    async fn on_user_event(&mut self, item: Result<Notice, broadcast::error::RecvError>) {
         let event = match item {
-            Ok(event) => event,
+            Ok(Notice::Event(event)) => event,
+            Ok(Notice::Deleted { thread, owner }) => {
+                if owner == self.user
+                    && !self.deleting.remove(&thread)
+                    && !self.subs.contains_key(&thread)
+                    && self.delivered.remove(&thread).is_some()
+                {
+                    self.send(thread_deleted_frame(thread));
+                }
+                return;
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => return self.slow_consumer(),
             Err(broadcast::error::RecvError::Closed) => {
                 self.user_live = None;
                 return;
             }
         };
-        if self.subs.contains_key(&event.thread_id) {
+        // Defence in depth: never another user's event.
+        if event.owner() != self.user
+            || self.subs.contains_key(&event.thread_id)
+            || self.deleting.contains(&event.thread_id)
+        {
             return;
         }
         let thread = event.thread_id;
@@ -990,7 +1060,7 @@ impl Conn {
             match self.state.store.events_after(self.user, thread, None, last, limit).await {
                 Ok(page) if !page.is_empty() => {
                     for missed in page {
-                        self.deliver(&Published::new(missed));
+                        self.deliver(&Published::new(self.user, missed));
                     }
                 }
                 // The thread is gone or the log has nothing: deliver what came live.
@@ -1019,11 +1089,20 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-async fn recv_user(live: &mut Option<Live>) -> Result<Arc<Published>, broadcast::error::RecvError> {
+async fn recv_user(live: &mut Option<Live>) -> Result<Notice, broadcast::error::RecvError> {
     match live {
         Some(live) => live.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The frame that ends a subscription to a deleted thread.
+fn thread_deleted_frame(thread: ThreadId) -> Value {
+    json!({
+        "type": "thread_deleted",
+        "thread_id": thread,
+        "detail": format!("thread {thread} was deleted: this subscription has ended"),
+    })
 }
 
 /// An `error` frame.

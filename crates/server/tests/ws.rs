@@ -33,8 +33,14 @@ struct Server {
 
 impl Server {
     async fn start(store: Store, mode: AuthMode, ws: WsConfig) -> Server {
-        let auth = Auth::new(mode, &JwtConfig::default()).unwrap();
-        let http = HttpConfig { ws, ..HttpConfig::default() };
+        Server::start_with(store, Auth::new(mode, &JwtConfig::default()).unwrap(), ws).await
+    }
+
+    async fn start_with(store: Store, auth: Auth, ws: WsConfig) -> Server {
+        Server::start_http(store, auth, HttpConfig { ws, ..HttpConfig::default() }).await
+    }
+
+    async fn start_http(store: Store, auth: Auth, http: HttpConfig) -> Server {
         let state = AppState::new(store, auth, http).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -97,6 +103,125 @@ fn dechunk(mut body: &str) -> String {
         }
         out.push_str(&rest[..size]);
         body = &rest[size + 2..];
+    }
+}
+
+/// An SSE response read as it arrives, over a real socket (HTTP/1.0: the body ends with the
+/// connection, no chunking).
+struct SseClient {
+    stream: TcpStream,
+    buf: String,
+    head_done: bool,
+    /// Bytes read so far (headers included).
+    read: usize,
+    /// How much of `buf` holds no frame end.
+    scanned: usize,
+}
+
+impl SseClient {
+    async fn open(
+        server: &Server,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let last = last_event_id.map(|id| format!("last-event-id: {id}\r\n")).unwrap_or_default();
+        // A JWT goes in Authorization, an API key in x-api-key.
+        let credential = if key.starts_with("ey") {
+            format!("authorization: Bearer {key}")
+        } else {
+            format!("x-api-key: {key}")
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nhost: test\r\n{credential}\r\n{last}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        SseClient { stream, buf: String::new(), head_done: false, read: 0, scanned: 0 }
+    }
+
+    /// The next frame (comments skipped); `None` when the response has ended.
+    async fn frame(&mut self) -> Option<common_sse::Frame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if !self.head_done
+                && let Some(end) = self.buf.find("\r\n\r\n")
+            {
+                assert!(
+                    self.buf.starts_with("HTTP/1.0 200") || self.buf.starts_with("HTTP/1.1 200"),
+                    "{}",
+                    self.buf
+                );
+                self.buf.drain(..end + 4);
+                self.head_done = true;
+            }
+            // Searched from where the last search stopped (frames can be megabytes).
+            let from = self.scanned.min(self.buf.len());
+            if self.head_done
+                && let Some(end) = self.buf[from..].find("\n\n").map(|i| i + from)
+            {
+                self.scanned = 0;
+                let block: String = self.buf.drain(..end + 2).collect();
+                if let Some(frame) = common_sse::parse(&block) {
+                    return Some(frame);
+                }
+                continue;
+            }
+            let mut chunk = vec![0; 64 * 1024];
+            let n = tokio::time::timeout(BOUND, self.stream.read(&mut chunk))
+                .await
+                .expect("no SSE data in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.read += n;
+            if self.head_done {
+                self.scanned = self.buf.len().saturating_sub(1);
+            }
+            self.buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        }
+    }
+
+    /// Frames until the response ends.
+    async fn rest(&mut self) -> Vec<common_sse::Frame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.frame().await {
+            frames.push(frame);
+        }
+        frames
+    }
+}
+
+/// Parsing one SSE block.
+mod common_sse {
+    use serde_json::Value;
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub event: String,
+        pub data: Value,
+    }
+
+    pub fn parse(block: &str) -> Option<Frame> {
+        let (mut event, mut data) = (String::new(), String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if event.is_empty() {
+            return None;
+        }
+        let data = if data.is_empty() { Value::Null } else { serde_json::from_str(&data).unwrap() };
+        Some(Frame { event, data })
     }
 }
 
@@ -193,6 +318,19 @@ impl Client {
                 Some(Ok(Message::Close(None))) => return 1005,
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return 1006,
+            }
+        }
+    }
+
+    /// Event frames until one ends any run, in order.
+    async fn events_until_end_any(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let frame = self.expect("event").await;
+            let ends = is_terminal(&frame);
+            events.push(frame);
+            if ends {
+                return events;
             }
         }
     }
@@ -865,6 +1003,401 @@ async fn user_subscription_and_cancel(backend: Backend) {
     server.stop().await;
 }
 
+/// Reads frames until a pong: every frame before it must pass `ok`.
+async fn until_pong(c: &mut Client, ok: impl Fn(&Value) -> bool) {
+    c.send(json!({"type": "ping"})).await;
+    loop {
+        let frame = c.frame().await;
+        if frame["type"] == "pong" {
+            return;
+        }
+        assert!(ok(&frame), "unexpected frame {frame}");
+    }
+}
+
+/// Issue #12, finding 2: Alice's live subscriptions to a thread (WebSocket `subscribe` and
+/// `subscribe_user`, SSE join, a run's SSE stream) end when she deletes it, each with a final
+/// frame that says so; Bob then creates a thread with the same id and runs on it, and none
+/// of his events reaches Alice.
+async fn deleted_thread_ends_subscriptions(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let alice = server.key("alice").await;
+    let bob = server.key("bob").await;
+    let thread = ids::ThreadId::new().to_string();
+    let (status, _) =
+        server.http(&alice, "POST", "/threads", Some(json!({"thread_id": thread}))).await;
+    assert_eq!(status, 200);
+
+    let mut ws = Client::connect(&server, Auth2::Header(&alice)).await;
+    ws.welcome().await;
+    ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    ws.expect("subscribed").await;
+    let mut user = Client::connect(&server, Auth2::Header(&alice)).await;
+    user.welcome().await;
+    user.send(json!({"type": "subscribe_user"})).await;
+    user.expect("subscribed").await;
+    let body = json!({"assistant_id": "echo", "input": hi("alice's secret")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    for c in [&mut ws, &mut user] {
+        while !is_terminal(&c.expect("event").await) {}
+    }
+    // The join replays from the start: once a frame came, it follows live.
+    let mut join = SseClient::open(
+        &server,
+        &alice,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    assert_eq!(join.frame().await.unwrap().event, "values");
+    // A long run streamed over SSE, deleted with its thread while it runs.
+    let slow = json!({"assistant_id": "synthetic", "input": {"n": 10000, "delay_ms": 20}, "stream_mode": ["custom"]});
+    let mut run_stream = SseClient::open(
+        &server,
+        &alice,
+        "POST",
+        &format!("/threads/{thread}/runs/stream"),
+        Some(slow),
+        None,
+    )
+    .await;
+    assert_eq!(run_stream.frame().await.unwrap().event, "metadata");
+    assert_eq!(run_stream.frame().await.unwrap().event, "custom");
+
+    let (status, _) = server.http(&alice, "DELETE", &format!("/threads/{thread}"), None).await;
+    assert_eq!(status, 204);
+
+    // Each subscription ends with a frame that says why.
+    let deleted = |frame: &Value| frame["type"] == "event" && frame["thread_id"] == thread.as_str();
+    loop {
+        let frame = ws.frame().await;
+        if frame["type"] == "thread_deleted" {
+            assert_eq!(frame["thread_id"], thread.as_str());
+            break;
+        }
+        assert!(deleted(&frame), "{frame}");
+    }
+    loop {
+        let frame = user.frame().await;
+        if frame["type"] == "thread_deleted" {
+            assert_eq!(frame["thread_id"], thread.as_str());
+            break;
+        }
+        assert!(deleted(&frame), "{frame}");
+    }
+    for stream in [&mut join, &mut run_stream] {
+        let rest = stream.rest().await;
+        let last = rest.last().expect("a final frame");
+        assert_eq!(last.event, "error", "{rest:?}");
+        assert_eq!(last.data["error"], "ThreadDeleted", "{rest:?}");
+    }
+
+    // Bob takes the id and runs on it, watched by his own socket.
+    let (status, t) =
+        server.http(&bob, "POST", "/threads", Some(json!({"thread_id": thread}))).await;
+    assert_eq!(status, 200, "{t}");
+    let mut bob_ws = Client::connect(&server, Auth2::Header(&bob)).await;
+    bob_ws.welcome().await;
+    bob_ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    bob_ws.expect("subscribed").await;
+    let body = json!({"assistant_id": "echo", "input": hi("bob's secret")});
+    let (status, run) =
+        server.http(&bob, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200, "{run}");
+    let bobs = bob_ws.events_until_end_any().await;
+    assert_eq!(bobs[0]["seq"], 1, "the new thread's seq starts again");
+
+    // Nothing of Bob's reached Alice.
+    until_pong(&mut ws, |_| false).await;
+    until_pong(&mut user, |_| false).await;
+    // And Alice cannot follow Bob's thread again.
+    ws.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": 0})).await;
+    assert_eq!(ws.frame().await["code"], "not_found");
+    server.stop().await;
+}
+
+/// Issue #12, finding 2 (defence in depth): an event published to the hub for another owner
+/// of the thread id is not delivered to the subscriber, on WebSocket or SSE.
+async fn foreign_events_are_not_delivered(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let alice = server.key("alice").await;
+    server.key("bob").await;
+    let bob_id = server.state.store.ensure_user("bob").await.unwrap().user_id;
+    let (_, t) = server.http(&alice, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let thread_id: ids::ThreadId = thread.parse().unwrap();
+    let body = json!({"assistant_id": "echo", "input": hi("one")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let mut ws = Client::connect(&server, Auth2::Header(&alice)).await;
+    ws.welcome().await;
+    ws.send(json!({"type": "subscribe", "thread_id": thread})).await;
+    let last = ws.expect("subscribed").await["from_seq"].as_i64().unwrap() - 1;
+    let mut user = Client::connect(&server, Auth2::Header(&alice)).await;
+    user.welcome().await;
+    user.send(json!({"type": "subscribe_user"})).await;
+    user.expect("subscribed").await;
+    let mut join = SseClient::open(
+        &server,
+        &alice,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    assert_eq!(join.frame().await.unwrap().event, "values");
+
+    // Bob's event, for the same thread id, straight to the hub.
+    let forged = store::Event {
+        thread_id,
+        seq: last + 1,
+        run_id: None,
+        kind: store::EventKind::Values,
+        data: json!({"messages": [], "forged": true}),
+        created_at: chrono::Utc::now(),
+    };
+    server.state.hub.publish(bob_id, std::slice::from_ref(&forged));
+    server.state.hub.publish(bob_id, &[store::Event { seq: 1, ..forged }]);
+
+    let body = json!({"assistant_id": "echo", "input": hi("two")});
+    let (status, _) =
+        server.http(&alice, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let events = ws.events_until_end_any().await;
+    assert_eq!(events[0]["seq"], last + 1, "{events:?}");
+    assert!(events.iter().all(|e| e["data"].get("forged").is_none()), "{events:?}");
+    until_pong(&mut ws, |_| false).await;
+    until_pong(&mut user, |f| f["type"] == "event" && f["data"].get("forged").is_none()).await;
+    loop {
+        let frame = join.frame().await.unwrap();
+        assert!(frame.data.get("forged").is_none(), "{frame:?}");
+        if frame.data["messages"].as_array().is_some_and(|m| m.len() == 4) {
+            break;
+        }
+    }
+    drop(join);
+    server.stop().await;
+}
+
+/// `after_seq` beyond the thread's last seq (up to i64::MAX) is refused, and the connection
+/// stays usable.
+async fn after_seq_bounds(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let mut c = Client::connect(&server, Auth2::Header(&key)).await;
+    c.welcome().await;
+    for after in [i64::MAX, i64::MAX - 1, 1] {
+        c.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": after})).await;
+        let reply = c.expect("error").await;
+        assert_eq!(reply["code"], "invalid_message", "{reply}");
+        assert!(reply["detail"].as_str().unwrap().contains("after_seq"), "{reply}");
+    }
+    c.send(json!({"type": "subscribe", "thread_id": thread, "after_seq": 0})).await;
+    assert_eq!(c.expect("subscribed").await["from_seq"], 1);
+    server.stop().await;
+}
+
+/// Issue #12, finding 6: a socket whose API key is revoked is refused its next command
+/// (`unauthenticated`) and closed with 4001; its subscriptions go with it.
+async fn revoked_key_closes_the_socket(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let auth =
+        Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap().with_key_recheck(Duration::ZERO);
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let key = server.key("alice").await;
+    let other = server.key("bob").await;
+    let mut c = Client::connect(&server, Auth2::Header(&key)).await;
+    c.welcome().await;
+    let mut b = Client::connect(&server, Auth2::Header(&other)).await;
+    b.welcome().await;
+    c.send(json!({"type": "ping"})).await;
+    c.expect("pong").await;
+    let keys = server.state.store.list_api_keys().await.unwrap();
+    let alices = keys.iter().find(|k| key.starts_with(&k.prefix)).unwrap();
+    server.state.store.revoke_api_key(alices.key_id).await.unwrap();
+    c.send(json!({"type": "run", "assistant_id": "echo", "input": hi("after revoke")})).await;
+    let refused = c.expect("error").await;
+    assert_eq!(refused["code"], "unauthenticated", "{refused}");
+    assert!(refused["detail"].as_str().unwrap().contains("revoked"), "{refused}");
+    assert_eq!(c.close_code().await, 4001);
+    // Bob's key still works.
+    b.send(json!({"type": "ping"})).await;
+    b.expect("pong").await;
+    server.stop().await;
+}
+
+/// Issue #12, finding 6: a socket authenticated with a JWT is closed with 4001 at the
+/// token's `exp` (a real exp two seconds ahead; the wait is on the close, bounded).
+async fn jwt_socket_closes_at_exp(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let jwt = JwtConfig { secret: Some(secret.into()), ..JwtConfig::default() };
+    let auth = Auth::new(AuthMode::Jwt, &jwt).unwrap();
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "dave", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut c = Client::connect(&server, Auth2::Protocol(&token)).await;
+    c.welcome().await;
+    c.send(json!({"type": "ping"})).await;
+    c.expect("pong").await;
+    let expired = c.expect("error").await;
+    assert_eq!(expired["code"], "unauthenticated", "{expired}");
+    assert!(expired["detail"].as_str().unwrap().contains("expired"), "{expired}");
+    assert!(chrono::Utc::now().timestamp() >= exp, "closed before exp");
+    assert_eq!(c.close_code().await, 4001);
+    server.stop().await;
+}
+
+/// Issue #12, finding 9: an SSE client that never reads, on a thread with large `values`
+/// events, is dropped once its queue is over the byte budget past the deadline, and what the
+/// server buffers for SSE stays bounded meanwhile; a client that reads gets everything.
+async fn slow_sse_client_is_dropped(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let budget = 256 * 1024;
+    let sse = server::stream::SseConfig {
+        max_buffer: budget,
+        slow_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
+    let http = HttpConfig { ws: fast(), sse, ..HttpConfig::default() };
+    let server = Server::start_http(db.store.clone(), auth, http).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let big = "x".repeat(500 * 1024);
+    let runs = 6;
+    for _ in 0..runs {
+        let body = json!({"assistant_id": "echo", "input": hi(&big)});
+        let (status, _) =
+            server.http(&key, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+        assert_eq!(status, 200);
+    }
+    let largest = 2 * runs * (big.len() + 200);
+
+    // A client with a tiny receive buffer that never reads.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(server.addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let request = format!(
+            "GET /threads/{thread}/stream HTTP/1.1\r\nhost: test\r\nx-api-key: {key}\r\nlast-event-id: -1\r\n\r\n"
+        );
+        slow.write_all(request.as_bytes()).await.unwrap();
+    }
+    // A client that reads everything.
+    let mut reader = SseClient::open(
+        &server,
+        &key,
+        "GET",
+        &format!("/threads/{thread}/stream"),
+        None,
+        Some("-1"),
+    )
+    .await;
+    loop {
+        let frame = reader.frame().await.expect("the reading client's stream ended");
+        assert_eq!(frame.event, "values");
+        if frame.data["messages"].as_array().unwrap().len() == 2 * runs {
+            break;
+        }
+    }
+
+    let stats = server.state.hub.sse_stats();
+    let deadline = std::time::Instant::now() + BOUND;
+    let mut most = 0;
+    while stats.slow_dropped() == 0 {
+        most = most.max(stats.buffered_bytes());
+        assert!(std::time::Instant::now() < deadline, "the slow client was never dropped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most <= budget + largest, "buffered {most} bytes for SSE (budget {budget})");
+    // Dropped: nothing is held for it any more.
+    drop(reader);
+    let deadline = std::time::Instant::now() + BOUND;
+    while stats.buffered_bytes() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} bytes still buffered",
+            stats.buffered_bytes()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(slow);
+    server.stop().await;
+}
+
+/// Issue #12, finding 6 on SSE: a thread's stream joined with an API key ends (an `error`
+/// event) once the key is revoked; one joined with a JWT ends at the token's `exp`.
+async fn sse_streams_end_when_the_credential_lapses(backend: Backend) {
+    let Some(db) = db(backend).await else { return };
+    let secret = "a-test-secret-that-is-long-enough-for-hs256";
+    let jwt = JwtConfig { secret: Some(secret.into()), ..JwtConfig::default() };
+    let auth = Auth::new(AuthMode::KeysAndJwt, &jwt).unwrap().with_key_recheck(Duration::ZERO);
+    let server = Server::start_with(db.store.clone(), auth, fast()).await;
+    let key = server.key("alice").await;
+    let (_, t) = server.http(&key, "POST", "/threads", Some(json!({}))).await;
+    let thread = t["thread_id"].as_str().unwrap().to_owned();
+    let body = json!({"assistant_id": "echo", "input": hi("one")});
+    let (status, _) =
+        server.http(&key, "POST", &format!("/threads/{thread}/runs/wait"), Some(body)).await;
+    assert_eq!(status, 200);
+    let path = format!("/threads/{thread}/stream");
+
+    let mut joined = SseClient::open(&server, &key, "GET", &path, None, Some("-1")).await;
+    assert_eq!(joined.frame().await.unwrap().event, "values");
+    let keys = server.state.store.list_api_keys().await.unwrap();
+    server.state.store.revoke_api_key(keys[0].key_id).await.unwrap();
+    let rest = tokio::time::timeout(BOUND, joined.rest()).await.expect("the stream did not end");
+    let last = rest.last().expect("a final frame");
+    assert_eq!((last.event.as_str(), &last.data["error"]), ("error", &json!("Unauthorized")));
+    assert!(last.data["message"].as_str().unwrap().contains("revoked"), "{rest:?}");
+
+    let exp = chrono::Utc::now().timestamp() + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "erin", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let (_, auth_header_thread) = {
+        let mut stream =
+            SseClient::open(&server, &token, "POST", "/threads", Some(json!({})), None).await;
+        let mut text = String::new();
+        use tokio::io::AsyncReadExt;
+        stream.stream.read_to_string(&mut text).await.unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        ((), serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let erins = auth_header_thread["thread_id"].as_str().unwrap().to_owned();
+    let mut joined =
+        SseClient::open(&server, &token, "GET", &format!("/threads/{erins}/stream"), None, None)
+            .await;
+    let rest = tokio::time::timeout(BOUND, joined.rest()).await.expect("the stream did not end");
+    let last = rest.last().expect("a final frame");
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert!(last.data["message"].as_str().unwrap().contains("expired"), "{rest:?}");
+    assert!(chrono::Utc::now().timestamp() >= exp, "ended before exp");
+    server.stop().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -897,4 +1430,11 @@ both_backends!(
     heartbeat,
     limits,
     user_subscription_and_cancel,
+    deleted_thread_ends_subscriptions,
+    foreign_events_are_not_delivered,
+    after_seq_bounds,
+    revoked_key_closes_the_socket,
+    jwt_socket_closes_at_exp,
+    slow_sse_client_is_dropped,
+    sse_streams_end_when_the_credential_lapses,
 );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{Extension, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,12 +23,15 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::agents::Agent;
+use crate::auth::Credential;
 use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody, REQUEST_ID};
 use crate::hub::Live;
 use crate::metrics::{self, LookupFailure, Transport};
 use crate::runs::{CancelAction, EndWatch, Finished};
-use crate::stream::{Cursor, Framer, StreamMode, is_terminal};
+use crate::stream::{
+    Cursor, Framer, Outbox, StreamMode, credential_lapsed, is_terminal, unauthorized_data,
+};
 use crate::wire::RunOut;
 
 /// How often a waiting response writes a newline, and a stream a heartbeat comment.
@@ -457,6 +460,7 @@ async fn background(
 async fn streaming(
     state: &AppState,
     context: &RequestContext,
+    credential: Option<Credential>,
     thread: ThreadId,
     body: RunCreate,
     stateless: bool,
@@ -464,7 +468,17 @@ async fn streaming(
     let v = validate(state, context, thread, body, stateless).await?;
     let live = state.hub.subscribe(thread);
     let run = create(state, context, &v).await?;
-    Ok(sse(state, context.user, run, v.modes, Cursor::START, v.on_disconnect, Some(live)))
+    let credential = credential.unwrap_or(Credential::Local);
+    Ok(sse(
+        state,
+        context.user,
+        credential,
+        run,
+        v.modes,
+        Cursor::START,
+        v.on_disconnect,
+        Some(live),
+    ))
 }
 
 /// Creates a run and answers when it ends (subscribed to run ends before it exists).
@@ -544,10 +558,11 @@ async fn create_run(
 async fn stream_run(
     State(state): State<AppState>,
     context: RequestContext,
+    credential: Option<Extension<Credential>>,
     ThreadParam(thread): ThreadParam,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    streaming(&state, &context, thread, body, false).await
+    streaming(&state, &context, credential.map(|c| c.0), thread, body, false).await
 }
 
 /// Create a run and answer with the thread's values when it ends.
@@ -710,6 +725,7 @@ pub struct JoinStreamQuery {
 async fn join_stream(
     State(state): State<AppState>,
     context: RequestContext,
+    credential: Option<Extension<Credential>>,
     OwnedRun(run): OwnedRun,
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     request_headers: HeaderMap,
@@ -732,7 +748,8 @@ async fn join_stream(
     } else {
         OnDisconnect::Continue
     };
-    Ok(sse(&state, context.user, run, modes, cursor, on_disconnect, None))
+    let credential = credential.map_or(Credential::Local, |c| c.0);
+    Ok(sse(&state, context.user, credential, run, modes, cursor, on_disconnect, None))
 }
 
 /// The non-empty values of a query key, in order (the SDKs repeat a key for a list).
@@ -777,9 +794,10 @@ async fn create_stateless(
 async fn stream_stateless(
     State(state): State<AppState>,
     context: RequestContext,
+    credential: Option<Extension<Credential>>,
     ApiJson(body): ApiJson<RunCreate>,
 ) -> ApiResult<Response> {
-    streaming(&state, &context, ThreadId::new(), body, true).await
+    streaming(&state, &context, credential.map(|c| c.0), ThreadId::new(), body, true).await
 }
 
 /// Create a run on a new temporary thread and answer with its final values.
@@ -870,9 +888,11 @@ async fn final_body(state: &AppState, owner: UserId, run: &Run) -> Value {
 
 /// An SSE response with the run's events in `modes`, after `cursor`: `metadata` first, then
 /// the frames, heartbeats every [`HEARTBEAT`], and `end` when the run ends.
+#[allow(clippy::too_many_arguments, reason = "the stream's whole description")]
 fn sse(
     state: &AppState,
     owner: UserId,
+    credential: Credential,
     run: Run,
     modes: Vec<StreamMode>,
     cursor: Cursor,
@@ -880,14 +900,14 @@ fn sse(
     early: Option<Live>,
 ) -> Response {
     let response_headers = headers(&run, true);
-    let (tx, rx) = mpsc::channel::<String>(256);
+    let (tx, body) = crate::stream::outbox(&state.http.sse, state.hub.sse_stats());
     let state = state.clone();
     tokio::spawn(async move {
         // `metadata` opens a stream; a resumed stream goes on after the client's last frame.
         let metadata = json!({ "run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1 });
         let first = sse_frame("metadata", &metadata.to_string(), Some("0"));
         let delivered = (cursor != Cursor::START || tx.send(first).await.is_ok())
-            && follow(&state, owner, &run, modes, cursor, &tx, early).await;
+            && follow(&state, owner, &credential, &run, modes, cursor, &tx, early).await;
         if !delivered && on_disconnect == OnDisconnect::Cancel {
             tracing::info!(run_id = %run.run_id, "client went away: cancelling the run (on_disconnect=cancel)");
             if let Err(e) = state.executor.cancel_run(owner, &run, CancelAction::Interrupt).await {
@@ -895,7 +915,7 @@ fn sse(
             }
         }
     }.in_current_span());
-    let mut response = (response_headers, Body::from_stream(sse_body(rx))).into_response();
+    let mut response = (response_headers, Body::from_stream(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -910,28 +930,6 @@ fn sse_frame(event: &str, data: &str, id: Option<&str>) -> String {
     }
 }
 
-/// The body of an SSE response: the frames waiting in the channel go out together in one
-/// chunk (one write, not one per frame), and a `: heartbeat` comment goes out after
-/// [`HEARTBEAT`] without frames.
-fn sse_body(
-    rx: mpsc::Receiver<String>,
-) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    stream::unfold(rx, |mut rx| async move {
-        let mut chunk = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return None,
-            Err(_) => return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), rx)),
-        };
-        while chunk.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(frame) => chunk.push_str(&frame),
-                Err(_) => break,
-            }
-        }
-        Some((Ok(Bytes::from(chunk)), rx))
-    })
-}
-
 /// Join a thread's stream (SSE): the events of every run of the thread, live, in the
 /// requested modes (`values` by default), resuming after `Last-Event-ID`. It stays open until
 /// the client leaves; runs ending do not end it.
@@ -941,6 +939,7 @@ fn sse_body(
 async fn join_thread_stream(
     State(state): State<AppState>,
     context: RequestContext,
+    credential: Option<Extension<Credential>>,
     OwnedThread(thread): OwnedThread,
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     request_headers: HeaderMap,
@@ -952,8 +951,9 @@ async fn join_thread_stream(
         Some(text) => Cursor::parse(text).map_err(ApiError::invalid)?,
         None => Cursor { seq: thread.last_seq, frame: u32::MAX },
     };
-    let (tx, rx) = mpsc::channel::<String>(256);
+    let (tx, body) = crate::stream::outbox(&state.http.sse, state.hub.sse_stats());
     let (state, owner, thread_id) = (state.clone(), context.user, thread.thread_id);
+    let credential = credential.map_or(Credential::Local, |c| c.0);
     tokio::spawn(
         async move {
             let mut events = state.hub.events(
@@ -966,15 +966,23 @@ async fn join_thread_stream(
             );
             let mut framers: std::collections::HashMap<Option<RunId>, Framer> =
                 std::collections::HashMap::new();
+            let every = state.auth.key_recheck();
+            let lapsed = credential_lapsed(&state.auth, &state.store, &credential, every);
+            tokio::pin!(lapsed);
             loop {
                 let next = tokio::select! {
                     e = events.recv() => e,
                     () = tx.closed() => return,
+                    why = &mut lapsed => {
+                        let data = unauthorized_data(&why);
+                        let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
+                        return;
+                    }
                 };
                 let event = match next {
                     Some(Ok(event)) => event,
                     Some(Err(e)) => {
-                        let data = json!({ "error": "StoreError", "message": e.to_string() });
+                        let data = e.sse_data();
                         let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
                         return;
                     }
@@ -1009,7 +1017,7 @@ async fn join_thread_stream(
         }
         .in_current_span(),
     );
-    let mut response = Body::from_stream(sse_body(rx)).into_response();
+    let mut response = Body::from_stream(body).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -1017,13 +1025,15 @@ async fn join_thread_stream(
 }
 
 /// Sends the run's frames after `cursor` until the run ends. False if the client went away.
+#[allow(clippy::too_many_arguments, reason = "the stream's whole description")]
 async fn follow(
     state: &AppState,
     owner: UserId,
+    credential: &Credential,
     run: &Run,
     modes: Vec<StreamMode>,
     cursor: Cursor,
-    tx: &mpsc::Sender<String>,
+    tx: &Outbox,
     early: Option<Live>,
 ) -> bool {
     let mut framer = Framer::new(modes, run.run_id, run.thread_id);
@@ -1031,9 +1041,18 @@ async fn follow(
     let mut events =
         state.hub.events(state.store.clone(), owner, run.thread_id, Some(run.run_id), 0, early);
     let mut quiet_checks = 0;
+    let every = state.auth.key_recheck();
+    let lapsed = credential_lapsed(&state.auth, &state.store, credential, every);
+    tokio::pin!(lapsed);
     loop {
         let next = tokio::select! {
             e = events.recv() => e,
+            // The credential is no longer valid: the stream ends (the run goes on).
+            why = &mut lapsed => {
+                let data = unauthorized_data(&why);
+                let _ = tx.send(sse_frame("error", &data.to_string(), None)).await;
+                return true;
+            }
             () = tokio::time::sleep(HEARTBEAT) => {
                 // No event for a while: make sure the run has not ended unseen (a rollback
                 // deletes the run's events; another node may have ended it).
@@ -1054,7 +1073,7 @@ async fn follow(
         let event = match next {
             Some(Ok(event)) => event,
             Some(Err(e)) => {
-                let data = json!({ "error": "StoreError", "message": e.to_string() });
+                let data = e.sse_data();
                 return tx.send(sse_frame("error", &data.to_string(), None)).await.is_ok();
             }
             None => return true,

@@ -134,6 +134,8 @@ async fn delete_thread(
     ThreadKey(thread): ThreadKey,
 ) -> ApiResult<StatusCode> {
     state.store.delete_thread(context.user, thread).await?;
+    // Ends every live subscription to it (a thread with this id may be created again).
+    state.hub.thread_deleted(context.user, thread);
     Ok(StatusCode::NO_CONTENT)
 }
 
