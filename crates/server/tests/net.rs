@@ -515,28 +515,7 @@ async fn large_bodies_take_turns(backend: Backend) {
     server.stop().await;
 }
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(store::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(store::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+store::on_each_backend!(
     slow_clients_are_dropped_at_their_deadlines,
     connections_are_capped,
     local_mode_refuses_foreign_hosts_and_origins,

@@ -1398,28 +1398,7 @@ async fn sse_streams_end_when_the_credential_lapses(backend: Backend) {
     server.stop().await;
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(store::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(store::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+store::on_each_backend!(
     browser_flow,
     authentication,
     errors_keep_the_connection,

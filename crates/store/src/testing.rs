@@ -196,6 +196,30 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each named test body, `async fn name(backend: Backend)`, once per backend (the body
+/// makes its own database, or server): `mod sqlite { fn name() }` and `mod postgres { fn name() }`.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A new `echo` run on `thread` with no input (`enqueue`).
 pub fn new_run(thread: ThreadId) -> NewRun {
     NewRun {
