@@ -144,7 +144,9 @@ async fn connection(
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Deadlines::new(stream, activity.clone(), &config));
+    // The slot goes with the socket: an upgraded WebSocket keeps it (hyper hands the socket
+    // to the upgrade), so it counts against the caps for as long as it is open.
+    let io = TokioIo::new(Deadlines::new(stream, activity.clone(), &config, slot));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         // Counted when hyper hands the request over (its head is in), before any await.
         let busy = Busy::new(activity.clone());
@@ -171,7 +173,6 @@ async fn connection(
             log_connection_end(conn.await);
         }
     }
-    drop(slot);
 }
 
 fn log_connection_end(result: Result<(), hyper::Error>) {
@@ -260,11 +261,14 @@ pub struct Deadlines<T> {
     sleep: Pin<Box<Sleep>>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// The connection's place under the caps, given back when the socket is dropped.
+    _slot: Slot,
 }
 
 impl<T> Deadlines<T> {
-    fn new(inner: T, activity: Arc<Activity>, config: &NetConfig) -> Self {
+    fn new(inner: T, activity: Arc<Activity>, config: &NetConfig, slot: Slot) -> Self {
         Deadlines {
+            _slot: slot,
             inner,
             activity,
             phase: Phase::Idle,

@@ -356,6 +356,33 @@ async fn connections_are_capped(backend: Backend) {
         drop(open);
         server.stop().await;
     }
+    // An upgraded WebSocket keeps its place for as long as it is open (hyper hands the socket
+    // over to the upgrade; the place must go with it).
+    let http = HttpConfig {
+        net: NetConfig {
+            // Only the cap may close the extra connection.
+            header_timeout: Duration::from_secs(600),
+            max_connections_per_address: 2,
+            ..NetConfig::default()
+        },
+        ..HttpConfig::default()
+    };
+    let Some(server) = Server::start(backend, AuthMode::Keys, http).await else { return };
+    let key = server.key("alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut request = format!("ws://{}/ws", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("x-api-key", HeaderValue::from_str(&key).unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        // Upgraded and served by the channel (the HTTP connection has handed the socket over).
+        let welcome = ws.next().await.unwrap().unwrap();
+        assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome:?}");
+        sockets.push(ws);
+    }
+    let mut extra = server.connect().await;
+    assert!(closed(&mut extra).await.is_empty(), "two WebSockets hold both places");
+    drop(sockets);
+    server.stop().await;
 }
 
 /// With `--auth local`, a foreign Host or Origin is refused (even a "simple" text/plain POST,
