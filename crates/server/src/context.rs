@@ -118,6 +118,14 @@ pub async fn authenticate(State(state): State<AppState>, req: Request, next: Nex
                 return close_if(unread, e.into_response());
             }
         }
+    } else if !body.is_end_stream() {
+        // The routes anyone may call take no body: a stranger's body is never read (nor can
+        // it wait for a large-body place).
+        let refusal = ApiError::BadRequest(format!(
+            "{} takes no request body (it answers without credentials)",
+            parts.uri.path()
+        ));
+        return close_if(true, refusal.into_response());
     }
     let (bytes, _place) = match read_body(&state, &parts.headers, body).await {
         Ok(read) => read,
@@ -149,7 +157,7 @@ async fn read_body(
     }
     let mut place = None;
     if declared.is_some_and(|n| n >= http.large_body as u64) {
-        place = Some(large_body_place(state).await);
+        place = Some(large_body_place(state).await?);
     }
     let mut deadline = tokio::time::Instant::now() + http.body_timeout;
     let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0)).min(http.body_limit);
@@ -171,15 +179,24 @@ async fn read_body(
         bytes.extend_from_slice(&data);
         if place.is_none() && bytes.len() >= http.large_body {
             let waiting = tokio::time::Instant::now();
-            place = Some(large_body_place(state).await);
+            place = Some(large_body_place(state).await?);
             deadline += waiting.elapsed();
         }
     }
     Ok((Bytes::from(bytes), place))
 }
 
-async fn large_body_place(state: &AppState) -> OwnedSemaphorePermit {
-    state.large_bodies.place().await
+/// A large-body place, waited for at most `--body-timeout` (then 503: the server is busy with
+/// other large bodies), so a queue of them cannot hold a request for ever.
+async fn large_body_place(state: &AppState) -> Result<OwnedSemaphorePermit, Response> {
+    match tokio::time::timeout(state.http.body_timeout, state.large_bodies.place()).await {
+        Ok(place) => Ok(place),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "too many large request bodies at once (--large-body-parses {}): try again",
+            state.http.large_body_parses
+        ))
+        .into_response()),
+    }
 }
 
 fn too_large() -> ApiError {

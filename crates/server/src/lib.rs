@@ -111,9 +111,17 @@ impl LargeBodies {
     /// Waits for a place; the body keeps it until its handler has answered.
     pub async fn place(&self) -> tokio::sync::OwnedSemaphorePermit {
         use std::sync::atomic::Ordering;
+        /// Counts a waiter until it has a place or gives up (its request went away).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&self.waiting);
         let permit = self.places.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         match permit {
             Ok(permit) => permit,
             Err(_) => unreachable!("the large-body semaphore is never closed"),

@@ -491,9 +491,16 @@ impl Executor {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let owner = run.owner_id;
+            /// Gives the user's place back however the run's task ends (a panic included).
+            struct Held(Executor, UserId);
+            impl Drop for Held {
+                fn drop(&mut self) {
+                    self.0.user_left(self.1);
+                }
+            }
+            let held = Held(this.clone(), run.owner_id);
             this.execute(run, cancel, started).await;
-            this.user_left(owner);
+            drop(held);
             drop(place);
             this.place_freed();
         });

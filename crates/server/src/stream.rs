@@ -154,6 +154,9 @@ impl Outbox {
                 let mut queue = shared.lock();
                 queue.slow = true;
                 shared.clear(&mut queue);
+                drop(queue);
+                // The reader ends the response now, not at its next heartbeat.
+                shared.readable.notify_one();
                 shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::sse_slow_consumer_dropped();
                 tracing::warn!(

@@ -262,6 +262,21 @@ async fn slow_clients_are_dropped_at_their_deadlines(backend: Backend) {
     let refused = String::from_utf8_lossy(&refused).to_ascii_lowercase();
     assert!(refused.starts_with("http/1.1 401"), "{refused}");
     assert!(refused.contains("connection: close"), "{refused}");
+    // The routes anyone may call never read a stranger's body (nor queue it for a large-body
+    // place): refused at once.
+    for path in ["/ok", "/healthz", "/openapi.json"] {
+        let mut public = server.connect().await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n\r\nxx",
+            10 * 1024 * 1024
+        );
+        public.write_all(head.as_bytes()).await.unwrap();
+        let answer = closed(&mut public).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("takes no request body"), "{path}: {answer}");
+        assert!(answer.contains("connection: close"), "{path}: {answer}");
+    }
 
     let timed_out = closed(&mut slow_body).await;
     let timed_out = String::from_utf8_lossy(&timed_out).to_ascii_lowercase();
