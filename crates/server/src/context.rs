@@ -241,18 +241,13 @@ fn local_guard(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if let Some(host) = headers.get(header::HOST) {
         let loopback = host.to_str().ok().is_some_and(is_loopback_authority);
         if !loopback {
-            let shown =
-                String::from_utf8_lossy(host.as_bytes()).chars().take(100).collect::<String>();
+            let shown = shown(host);
             tracing::info!(host = %shown, "refused a request for a host that is not loopback");
-            return Some(close_if(
-                true,
-                error_response(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_host",
-                    format!(
-                        "Host `{shown}` is not this server: with --auth local, Spindle answers only \
+            return Some(forbidden(
+                "forbidden_host",
+                format!(
+                    "Host `{shown}` is not this server: with --auth local, Spindle answers only \
                      to loopback names (localhost, 127.0.0.1, [::1], any port)"
-                    ),
                 ),
             ));
         }
@@ -264,24 +259,30 @@ fn local_guard(state: &AppState, headers: &HeaderMap) -> Option<Response> {
             CorsOrigins::List(list) => list.contains(origin) || is_loopback_origin(origin),
         };
         if !allowed {
-            let shown =
-                String::from_utf8_lossy(origin.as_bytes()).chars().take(100).collect::<String>();
+            let shown = shown(origin);
             tracing::info!(origin = %shown, "refused a request from a foreign origin");
-            return Some(close_if(
-                true,
-                error_response(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
-                    format!(
-                        "Origin `{shown}` may not call this server: with --auth local, only \
+            return Some(forbidden(
+                "forbidden_origin",
+                format!(
+                    "Origin `{shown}` may not call this server: with --auth local, only \
                      loopback origins (http://localhost, http://127.0.0.1, http://[::1], any \
                      port) and those of --cors-origins may"
-                    ),
                 ),
             ));
         }
     }
     None
+}
+
+/// A header's value as a log line and an error message may show it (lossy, at most 100
+/// characters).
+fn shown(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).chars().take(100).collect()
+}
+
+/// A 403 that closes the connection (its body, if any, is not read).
+fn forbidden(code: &'static str, detail: String) -> Response {
+    close_if(true, error_response(StatusCode::FORBIDDEN, code, detail))
 }
 
 /// Whether `origin` is `http(s)://` a loopback host, with any port.
