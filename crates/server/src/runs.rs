@@ -672,7 +672,23 @@ pub fn first_step(
         events: vec![started],
         update: Box::new(move |current| apply_update(current, state_input.clone())),
         metadata: metadata.as_object().cloned().unwrap_or_default(),
+        from: None,
+        initial: None,
     })
+}
+
+/// A step the store refused: an invalid update fails the run as LangGraph's does.
+fn refused(e: store::Error) -> Stop {
+    match e {
+        store::Error::Invalid(message) => {
+            Stop::Failed { error: "InvalidUpdateError".into(), message }
+        }
+        other => other.into(),
+    }
+}
+
+fn no_checkpoint() -> Stop {
+    Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
 }
 
 /// Where an agent's events go: appended in the store (numbered there), then published.
@@ -748,11 +764,16 @@ impl Sink {
 
     /// Commits the run's first step (in one transaction with the buffered events and the
     /// `values` event of the new state); returns the thread's new values.
-    async fn commit_first(&mut self, first: FirstStep) -> Result<Value, Stop> {
+    async fn commit_first(&mut self, mut first: FirstStep) -> Result<Value, Stop> {
         self.check()?;
-        let FirstStep { events, update, metadata } = first;
-        self.buffer.extend(events);
-        self.commit(Some(update), &metadata, None).await
+        let mut events = std::mem::take(&mut self.buffer);
+        events.append(&mut first.events);
+        first.events = events;
+        let (owner, thread, run) = (self.run.owner_id, self.run.thread_id, self.run.run_id);
+        let step =
+            self.store.commit_first_step(owner, thread, run, first).await.map_err(refused)?;
+        self.hub.publish(owner, &step.events);
+        step.checkpoint.map(|c| c.values).ok_or_else(no_checkpoint)
     }
 
     /// The run's last step and its end (`success`) in one transaction.
@@ -765,7 +786,7 @@ impl Sink {
             kind: EventKind::AgentCompleted,
             data: json!({ "status": "success" }),
         };
-        let end = RunEnd { status: RunStatus::Success, error: None, event };
+        let end = RunEnd { status: RunStatus::Success, error: None, event, interrupted: false };
         self.commit(Some(apply), &metadata, Some(&end)).await
     }
 
@@ -790,17 +811,9 @@ impl Sink {
                 end,
             )
             .await
-            .map_err(|e| match e {
-                store::Error::Invalid(message) => {
-                    Stop::Failed { error: "InvalidUpdateError".into(), message }
-                }
-                other => other.into(),
-            })?;
+            .map_err(refused)?;
         self.hub.publish(self.run.owner_id, &step.events);
-        step.checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
-            error: "StoreError".into(),
-            message: "no checkpoint".into(),
-        })
+        step.checkpoint.map(|c| c.values).ok_or_else(no_checkpoint)
     }
 
     /// An event about a run that no longer exists (after a rollback).

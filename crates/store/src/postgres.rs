@@ -28,6 +28,22 @@ const CLAIM_LOCK: i64 = 0x5350_494e_444c_4501;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A checkpoint's `step` from its metadata column, as a `bigint` (−1 when it is missing or
+/// not an integer).
+macro_rules! step_of {
+    ($column:literal) => {
+        concat!(
+            "coalesce(case when jsonb_typeof(",
+            $column,
+            "->'step') = 'number' and (",
+            $column,
+            "->>'step') ~ '^-?[0-9]+$' then (",
+            $column,
+            "->>'step')::bigint end, -1)"
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]
@@ -315,9 +331,12 @@ impl PgStore {
         let id = run.thread_id;
         let at = now();
         let claim = first.is_some();
-        // The first step, computed from the state it will be written over.
+        // The first step, computed from the state it will be written over. A fork, or a step
+        // that may be a thread's first (its state before the input written first), is
+        // committed by the executor (`commit_first_step`): the run is claimed without it.
         let mut step: Option<(i64, Value, Vec<NewEvent>, Metadata)> = None;
-        if let Some(FirstStep { mut events, mut update, metadata }) = first {
+        let first = first.filter(|f| f.from.is_none() && f.initial.is_none());
+        if let Some(FirstStep { mut events, mut update, metadata, .. }) = first {
             let ((version, current), _) = self.state_of(owner, id).await?;
             // Refused (an invalid update): the run is created claimed, without the step, and
             // executing it meets the same refusal.
@@ -649,7 +668,8 @@ impl PgStore {
         error: Option<&str>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let run = set_run_status_in(&mut tx, owner, thread, id, status, error, true, false).await?;
+        let run = set_run_status_in(&mut tx, owner, thread, id, status, error, true, false, false)
+            .await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -659,15 +679,43 @@ impl PgStore {
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
+        from: Option<CheckpointId>,
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         // Written here without the known state: a run's next step reads the new one.
         self.forget(thread);
         let mut tx = self.pool.begin().await?;
-        let checkpoint = update_state_in(&mut tx, owner, thread, run, update, metadata).await?;
+        let checkpoint =
+            update_state_in(&mut tx, owner, thread, run, from, update, metadata).await?;
         tx.commit().await?;
         Ok(checkpoint)
+    }
+
+    pub async fn commit_first_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        first: FirstStep,
+    ) -> Result<Step> {
+        self.forget(thread);
+        let FirstStep { mut events, update, metadata, from, initial } = first;
+        let mut tx = self.pool.begin().await?;
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        if let (None, Some((values, initial_metadata))) = (from, initial)
+            && newest_checkpoint(&mut tx, thread).await?.is_none()
+        {
+            // The thread's first checkpoint: the state before the input, without a parent.
+            insert_checkpoint(&mut tx, thread, Some(run), None, &values, initial_metadata, -1)
+                .await?;
+        }
+        let checkpoint =
+            update_state_in(&mut tx, owner, thread, Some(run), from, update, &metadata).await?;
+        events.push(NewEvent::values(run, &checkpoint.values));
+        let events = append_in(&mut tx, owner, thread, &events).await?;
+        tx.commit().await?;
+        Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
     }
 
     #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
@@ -682,8 +730,10 @@ impl PgStore {
         end: Option<&RunEnd>,
     ) -> Result<Step> {
         // One round trip to `spindle_commit_step`, the update computed from the state this
-        // process knows (or has just read); stale, it reads and tries again.
-        for _ in 0..STALE_TRIES {
+        // process knows (or has just read); stale, it reads and tries again. An end that
+        // leaves the thread interrupted takes the transaction below.
+        let tries = if end.is_some_and(|e| e.interrupted) { 0 } else { STALE_TRIES };
+        for _ in 0..tries {
             let at = now();
             let mut all = events.to_vec();
             let (version, values) = match update.as_mut() {
@@ -984,7 +1034,7 @@ async fn commit_step_in(
         None => None,
         Some(update) => {
             let checkpoint =
-                update_state_in(&mut *tx, owner, thread, Some(run), update, metadata).await?;
+                update_state_in(&mut *tx, owner, thread, Some(run), None, update, metadata).await?;
             all.push(NewEvent::values(run, &checkpoint.values));
             Some(checkpoint)
         }
@@ -995,9 +1045,19 @@ async fn commit_step_in(
         Some(end) => {
             // The state update above took the thread's lock already, if there was one.
             let (lock, error) = (checkpoint.is_none(), end.error.as_deref());
-            let ended =
-                set_run_status_in(&mut *tx, owner, thread, run, end.status, error, lock, true)
-                    .await?;
+            let (status, interrupted) = (end.status, end.interrupted);
+            let ended = set_run_status_in(
+                &mut *tx,
+                owner,
+                thread,
+                run,
+                status,
+                error,
+                lock,
+                true,
+                interrupted,
+            )
+            .await?;
             all.push(end.event.clone());
             Some(ended)
         }
@@ -1008,13 +1068,15 @@ async fn commit_step_in(
     Ok(Step { checkpoint, events, ended })
 }
 
-/// Replaces the thread's values with `update(current)` and stores them as a checkpoint, in
-/// the caller's transaction.
+/// Replaces the thread's values with `update(base)` and stores them as a checkpoint, in the
+/// caller's transaction; `base` is the thread's values, or `from`'s (then `from` is the
+/// parent).
 async fn update_state_in(
     conn: &mut PgConnection,
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
+    from: Option<CheckpointId>,
     mut update: StateUpdate,
     metadata: &Metadata,
 ) -> Result<Checkpoint> {
@@ -1027,28 +1089,86 @@ async fn update_state_in(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| Error::not_found("thread", thread))?;
-    let values = update(current).map_err(Error::Invalid)?;
-    let at = now();
-    // One round trip: the thread's new values and the checkpoint that records them.
-    let sql = concat!(
-        "with t as (update threads set state_values = $4, state_version = nextval('state_versions'), state_updated_at = $6, updated_at = $6 where thread_id = $2)
-         insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-         values ($1, $2, $3,
-                 (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
-                 $4, $5, $6)
-         returning ",
-        checkpoint_cols!()
-    );
-    let row = sqlx::query(sql)
-        .bind(CheckpointId::new())
-        .bind(thread)
-        .bind(run)
-        .bind(pg_json("state values", &values)?)
-        .bind(pg_json("checkpoint metadata", metadata)?)
-        .bind(at)
-        .fetch_one(&mut *conn)
-        .await?;
-    let checkpoint = checkpoint_row(&row)?;
+    let (base, parent) = match from {
+        None => (current, newest_checkpoint(&mut *conn, thread).await?),
+        Some(from) => {
+            let (values, step): (Value, i64) = sqlx::query_as(concat!(
+                "select state_values, ",
+                step_of!("metadata"),
+                " from checkpoints where checkpoint_id = $1 and thread_id = $2"
+            ))
+            .bind(from)
+            .bind(thread)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::not_found("checkpoint", from))?;
+            (Some(values), Some((from, step)))
+        }
+    };
+    let values = update(base).map_err(Error::Invalid)?;
+    let step = parent.map_or(-1, |(_, step)| step + 1);
+    let parent = parent.map(|(id, _)| id);
+    let checkpoint =
+        insert_checkpoint(&mut *conn, thread, run, parent, &values, metadata.clone(), step).await?;
+    sqlx::query(
+        "update threads set state_values = $2, state_version = nextval('state_versions'), state_updated_at = $3, updated_at = $3 where thread_id = $1",
+    )
+    .bind(thread)
+    .bind(pg_json("state values", &values)?)
+    .bind(checkpoint.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(checkpoint)
+}
+
+/// The thread's newest checkpoint and its `step`.
+async fn newest_checkpoint(
+    conn: &mut PgConnection,
+    thread: ThreadId,
+) -> Result<Option<(CheckpointId, i64)>> {
+    Ok(sqlx::query_as(concat!(
+        "select checkpoint_id, ",
+        step_of!("metadata"),
+        " from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1"
+    ))
+    .bind(thread)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Inserts a checkpoint with `step` in its metadata.
+async fn insert_checkpoint(
+    conn: &mut PgConnection,
+    thread: ThreadId,
+    run: Option<RunId>,
+    parent: Option<CheckpointId>,
+    values: &Value,
+    mut metadata: Metadata,
+    step: i64,
+) -> Result<Checkpoint> {
+    metadata.insert("step".into(), step.into());
+    let checkpoint = Checkpoint {
+        checkpoint_id: CheckpointId::new(),
+        thread_id: thread,
+        run_id: run,
+        parent_checkpoint_id: parent,
+        values: values.clone(),
+        metadata,
+        created_at: now(),
+    };
+    sqlx::query(
+        "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(checkpoint.checkpoint_id)
+    .bind(thread)
+    .bind(run)
+    .bind(parent)
+    .bind(pg_json("state values", values)?)
+    .bind(pg_json("checkpoint metadata", &checkpoint.metadata)?)
+    .bind(checkpoint.created_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(checkpoint)
 }
 
@@ -1105,6 +1225,7 @@ async fn set_run_status_in(
     error: Option<&str>,
     lock: bool,
     only_running: bool,
+    interrupted: bool,
 ) -> Result<Run> {
     if lock {
         lock_owned_thread(conn, owner, thread).await?;
@@ -1138,7 +1259,7 @@ async fn set_run_status_in(
     )
     .bind(thread)
     .bind(updated.updated_at)
-    .bind(thread_status_after(status, 0).as_str())
+    .bind(thread_status_after(status, 0, interrupted).as_str())
     .execute(&mut *conn)
     .await?;
     Ok(updated)

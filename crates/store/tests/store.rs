@@ -552,7 +552,7 @@ async fn concurrent_state_updates_lose_nothing(store: &Store) {
                         .push(json!(n));
                     Ok(values)
                 });
-                store.update_state(owner, id, None, append, &Metadata::new()).await.unwrap()
+                store.update_state(owner, id, None, None, append, &Metadata::new()).await.unwrap()
             })
         })
         .collect();
@@ -567,7 +567,7 @@ async fn concurrent_state_updates_lose_nothing(store: &Store) {
     // A failing update changes nothing.
     let fail = Box::new(|_: Option<serde_json::Value>| Err("no".to_owned()));
     assert!(matches!(
-        store.update_state(owner, id, None, fail, &Metadata::new()).await,
+        store.update_state(owner, id, None, None, fail, &Metadata::new()).await,
         Err(Error::Invalid(_))
     ));
     assert_eq!(store.list_checkpoints(owner, id, 100, None).await.unwrap().len(), 32);
@@ -661,6 +661,8 @@ fn no_first_step() -> store::FirstStep {
         events: Vec::new(),
         update: Box::new(|current: Option<serde_json::Value>| Ok(current.unwrap_or(json!({})))),
         metadata: Metadata::new(),
+        from: None,
+        initial: None,
     }
 }
 
@@ -996,10 +998,15 @@ async fn steps_over_a_state_changed_elsewhere_lose_nothing(db: &TestDb) {
     here.get_or_create_thread(owner, thread, &Metadata::new()).await.unwrap();
     let none = Metadata::new();
     // Changed elsewhere after this process created the thread, before the run's first step.
-    elsewhere.update_state(owner, thread, None, push("elsewhere 1"), &none).await.unwrap();
+    elsewhere.update_state(owner, thread, None, None, push("elsewhere 1"), &none).await.unwrap();
     let run = new_run(thread);
-    let first =
-        store::FirstStep { events: Vec::new(), update: push("input"), metadata: none.clone() };
+    let first = store::FirstStep {
+        events: Vec::new(),
+        update: push("input"),
+        metadata: none.clone(),
+        from: None,
+        initial: None,
+    };
     let (created, _, step) =
         here.create_run_claiming(owner, &run, IfNotExists::Reject, first).await.unwrap();
     assert_eq!(created.status, RunStatus::Running);
@@ -1014,10 +1021,11 @@ async fn steps_over_a_state_changed_elsewhere_lose_nothing(db: &TestDb) {
             .unwrap();
     }
     // Changed elsewhere between two steps.
-    elsewhere.update_state(owner, thread, None, push("elsewhere 2"), &none).await.unwrap();
+    elsewhere.update_state(owner, thread, None, None, push("elsewhere 2"), &none).await.unwrap();
     let end = store::RunEnd {
         status: RunStatus::Success,
         error: None,
+        interrupted: false,
         event: NewEvent {
             run_id: Some(run.run_id),
             kind: EventKind::AgentCompleted,
@@ -1054,8 +1062,13 @@ async fn a_state_remembered_for_a_deleted_thread_is_not_reused(db: &TestDb) {
     let thread = ThreadId::new();
     let none = Metadata::new();
     here.get_or_create_thread(owner, thread, &none).await.unwrap();
-    let first =
-        store::FirstStep { events: Vec::new(), update: push("old"), metadata: none.clone() };
+    let first = store::FirstStep {
+        events: Vec::new(),
+        update: push("old"),
+        metadata: none.clone(),
+        from: None,
+        initial: None,
+    };
     let (_, _, step) = here
         .create_run_claiming(owner, &new_run(thread), IfNotExists::Reject, first)
         .await
@@ -1064,7 +1077,7 @@ async fn a_state_remembered_for_a_deleted_thread_is_not_reused(db: &TestDb) {
     // Elsewhere: the thread deleted, created again, its state written once (as here).
     elsewhere.delete_thread(owner, thread).await.unwrap();
     elsewhere.get_or_create_thread(owner, thread, &none).await.unwrap();
-    elsewhere.update_state(owner, thread, None, push("new"), &none).await.unwrap();
+    elsewhere.update_state(owner, thread, None, None, push("new"), &none).await.unwrap();
     let run = new_run(thread);
     elsewhere.create_run(owner, &run, IfNotExists::Reject).await.unwrap();
     // Here: a step of the new thread's run.

@@ -130,6 +130,7 @@ async fn update_state(
             context.user,
             thread.thread_id,
             None,
+            None,
             Box::new(move |current| apply_update(current, update.clone())),
             &metadata,
         )
