@@ -98,6 +98,7 @@ text_enum!(
         RunError = "run_error",
         RunCancelled = "run_cancelled",
         Custom = "custom",
+        Interrupt = "interrupt",
     }
 );
 

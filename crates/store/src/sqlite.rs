@@ -1358,7 +1358,8 @@ fn set_run_status_in(
 }
 
 /// Moves a run (with `only_running`, only a running one) to `status`, and its thread's status
-/// to match; `None` if no run moved.
+/// to match (`interrupted`: see `RunEnd::interrupted`); `None` if no run moved.
+#[allow(clippy::too_many_arguments, reason = "a run's move and its thread's, in one place")]
 fn move_run_in(
     c: &Connection,
     owner: UserId,
