@@ -1359,6 +1359,7 @@ fn set_run_status_in(
 
 /// Moves a run (with `only_running`, only a running one) to `status`, and its thread's status
 /// to match; `None` if no run moved.
+#[allow(clippy::too_many_arguments, reason = "one statement's parameters")]
 fn move_run_in(
     c: &Connection,
     owner: UserId,
