@@ -1555,6 +1555,7 @@ mod first_steps {
         steps_count_up_along_a_run,
         an_update_from_a_checkpoint_starts_a_branch,
         an_interrupted_end_leaves_the_thread_interrupted,
+        a_refused_first_step_writes_nothing,
     );
 }
 
@@ -1608,4 +1609,27 @@ async fn a_first_step_over_a_state_changed_elsewhere_loses_nothing(db: &TestDb) 
         .unwrap();
     assert_eq!(next.values, json!({"messages": ["first", "fork", "late", "next"]}));
     assert_eq!(here.get_checkpoint(owner, thread, next.checkpoint_id).await.unwrap(), next);
+}
+
+/// A first step its update refuses writes nothing, not even the state before the input: the
+/// run is created claimed without it (the executor meets the refusal), or the step fails.
+async fn a_refused_first_step_writes_nothing(db: &TestDb) {
+    let store = &db.store;
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let refuse = || -> store::StateUpdate { Box::new(|_| Err("refused".to_owned())) };
+    let thread = ThreadId::new();
+    let run = new_run(thread);
+    let first = first_step(refuse(), None, before_input());
+    let (created, _, step) =
+        store.create_run_claiming(owner, &run, IfNotExists::Create, first).await.unwrap();
+    assert_eq!(created.status, RunStatus::Running);
+    assert!(step.is_none());
+    assert!(history(store, owner, thread).await.is_empty());
+    let result = store
+        .commit_first_step(owner, thread, run.run_id, first_step(refuse(), None, before_input()))
+        .await;
+    assert!(matches!(result, Err(Error::Invalid(_))));
+    assert!(history(store, owner, thread).await.is_empty());
+    assert_eq!(store.get_thread(owner, thread).await.unwrap().values, None);
+    assert!(store.events_after(owner, thread, None, 0, 100).await.unwrap().is_empty());
 }
