@@ -29,18 +29,10 @@ const CLAIM_LOCK: i64 = 0x5350_494e_444c_4501;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A checkpoint's `step` from its metadata column, as a `bigint` (−1 when it is missing or
-/// not an integer).
+/// not an integer): `spindle_checkpoint_step` (migration 0008), which the run functions use.
 macro_rules! step_of {
     ($column:literal) => {
-        concat!(
-            "coalesce(case when jsonb_typeof(",
-            $column,
-            "->'step') = 'number' and (",
-            $column,
-            "->>'step') ~ '^-?[0-9]+$' then (",
-            $column,
-            "->>'step')::bigint end, -1)"
-        )
+        concat!("spindle_checkpoint_step(", $column, ")")
     };
 }
 
@@ -320,7 +312,7 @@ impl PgStore {
 
     /// Creates a run, claimed with its first step when `first` is given (see
     /// `Store::create_run_claiming`): one round trip to `spindle_start_run`, after a read of
-    /// the thread's state unless this process knows it.
+    /// the thread's state unless this process knows it (or, for a fork, of the checkpoint's).
     async fn start_run(
         &self,
         owner: UserId,
@@ -331,26 +323,47 @@ impl PgStore {
         let id = run.thread_id;
         let at = now();
         let claim = first.is_some();
-        // The first step, computed from the state it will be written over. A fork, or a step
-        // that may be a thread's first (its state before the input written first), is
-        // committed by the executor (`commit_first_step`): the run is claimed without it.
+        // The first step, computed from the state it will be written over: the thread's, or
+        // for a fork the checkpoint's (which never changes: no version to check).
         let mut step: Option<(i64, Value, Vec<NewEvent>, Metadata)> = None;
-        let first = first.filter(|f| f.from.is_none() && f.initial.is_none());
-        if let Some(FirstStep { mut events, mut update, metadata, .. }) = first {
-            let ((version, current), _) = self.state_of(owner, id).await?;
+        let (mut from, mut initial) = (None, None);
+        if let Some(first) = first {
+            let FirstStep { mut events, mut update, metadata, from: fork, initial: before } = first;
+            (from, initial) = (fork, before.filter(|_| fork.is_none()));
+            let base = match from {
+                None => {
+                    let ((version, current), _) = self.state_of(owner, id).await?;
+                    Some((version, current))
+                }
+                // Not found (or not the caller's): `spindle_start_run` says which, or leaves
+                // the run pending for the executor to meet it.
+                Some(from) => match self.fork_values(owner, id, from).await {
+                    Ok(values) => Some((0, Some(values))),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                },
+            };
             // Refused (an invalid update): the run is created claimed, without the step, and
             // executing it meets the same refusal.
-            if let Ok(values) = update(current) {
+            if let Some((version, current)) = base
+                && let Ok(values) = update(current)
+            {
                 events.push(NewEvent::values(run.run_id, &values));
                 step = Some((version, values, events, metadata));
             }
         }
+        // Minted in this order, so the initial checkpoint sorts before the step's.
+        let initial_id = initial.as_ref().map(|_| CheckpointId::new());
         let checkpoint_id = CheckpointId::new();
         let encoded =
             step.as_ref().map(|(_, _, events, _)| EncodedEvents::new(events)).transpose()?;
+        let initial_values =
+            initial.as_ref().map(|(v, _)| pg_json("state values", v)).transpose()?;
+        let initial_metadata =
+            initial.as_ref().map(|(_, m)| pg_json("checkpoint metadata", m)).transpose()?;
         let row = sqlx::query(
-            "select o_outcome, o_status, o_replaced, o_first_seq, o_parent, o_version
-             from spindle_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            "select o_outcome, o_status, o_replaced, o_first_seq, o_parent, o_version, o_step
+             from spindle_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         )
         .bind(run.run_id)
         .bind(id)
@@ -368,6 +381,10 @@ impl PgStore {
         .bind(step.as_ref().map(|(_, values, ..)| pg_json("state values", values)).transpose()?)
         .bind(checkpoint_id)
         .bind(step.as_ref().map(|(.., metadata)| pg_json("checkpoint metadata", metadata)).transpose()?)
+        .bind(from)
+        .bind(initial_id)
+        .bind(initial_values)
+        .bind(initial_metadata)
         .bind(encoded.as_ref().map(|e| &e.runs))
         .bind(encoded.as_ref().map(|e| &e.kinds))
         .bind(encoded.as_ref().map(|e| &e.data))
@@ -378,6 +395,10 @@ impl PgStore {
             "not_found" => return Err(Error::not_found("thread", id)),
             "conflict" => return Err(thread_conflict(id)),
             "busy" => return Err(Error::Conflict(THREAD_BUSY.into())),
+            "checkpoint_not_found" => {
+                let from = from.map(|id| id.to_string()).unwrap_or_default();
+                return Err(Error::not_found("checkpoint", from));
+            }
             _ => {}
         }
         let created = Run {
@@ -406,7 +427,7 @@ impl PgStore {
                     run_id: Some(run.run_id),
                     parent_checkpoint_id: row.try_get(4)?,
                     values,
-                    metadata,
+                    metadata: with_step(metadata, row.try_get(6)?),
                     created_at: at,
                 };
                 let events = numbered(id, first_seq, events, at);
@@ -415,6 +436,31 @@ impl PgStore {
             _ => None,
         };
         Ok((created, replaced, step))
+    }
+
+    /// A checkpoint's values, for a step that forks from it: [`Error::NotFound`] for a thread
+    /// the caller does not have, or a checkpoint the thread does not have.
+    async fn fork_values(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        from: CheckpointId,
+    ) -> Result<Value> {
+        let row: Option<(Option<CheckpointId>, Option<Value>)> = sqlx::query_as(
+            "select c.checkpoint_id, c.state_values
+             from threads t left join checkpoints c on c.thread_id = t.thread_id and c.checkpoint_id = $1
+             where t.thread_id = $2 and t.owner_id = $3",
+        )
+        .bind(from)
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Err(Error::not_found("thread", thread)),
+            Some((Some(_), Some(values))) => Ok(values),
+            Some(_) => Err(Error::not_found("checkpoint", from)),
+        }
     }
 
     pub async fn claim_runs(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
@@ -699,8 +745,23 @@ impl PgStore {
         run: RunId,
         first: FirstStep,
     ) -> Result<Step> {
+        let FirstStep { events, mut update, metadata, from, initial } = first;
+        let initial = initial.filter(|_| from.is_none());
+        // A fork's values are read once: they never change.
+        let fork = match from {
+            None => None,
+            Some(from) => Some((from, self.fork_values(owner, thread, from).await?)),
+        };
+        let first = First { fork: fork.as_ref(), initial: initial.as_ref() };
+        let step = self
+            .try_step(owner, thread, run, &events, Some(&mut update), &metadata, None, first)
+            .await?;
+        if let Some(step) = step {
+            return Ok(step);
+        }
+        // Stale every time (the state is being written by others as fast): under its lock.
         self.forget(thread);
-        let FirstStep { mut events, update, metadata, from, initial } = first;
+        let mut events = events;
         let mut tx = self.pool.begin().await?;
         lock_owned_thread(&mut tx, owner, thread).await?;
         if let (None, Some((values, initial_metadata))) = (from, initial)
@@ -729,17 +790,50 @@ impl PgStore {
         metadata: &Metadata,
         end: Option<&RunEnd>,
     ) -> Result<Step> {
-        // One round trip to `spindle_commit_step`, the update computed from the state this
-        // process knows (or has just read); stale, it reads and tries again. An end that
-        // leaves the thread interrupted takes the transaction below.
-        let tries = if end.is_some_and(|e| e.interrupted) { 0 } else { STALE_TRIES };
-        for _ in 0..tries {
+        let first = First { fork: None, initial: None };
+        let step = self
+            .try_step(owner, thread, run, events, update.as_mut(), metadata, end, first)
+            .await?;
+        if let Some(step) = step {
+            return Ok(step);
+        }
+        // Stale every time (the state is being written by others as fast): under its lock.
+        self.forget(thread);
+        let mut tx = self.pool.begin().await?;
+        let step =
+            commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
+                .await?;
+        tx.commit().await?;
+        Ok(step)
+    }
+
+    /// A step in one round trip to `spindle_commit_step`, the update computed from the state
+    /// this process knows (or has just read), or from the checkpoint it forks from; stale, it
+    /// reads and tries again. `None` when it was stale every time: the caller takes the
+    /// thread's lock and reads the state under it.
+    #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
+    async fn try_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        events: &[NewEvent],
+        mut update: Option<&mut StateUpdate>,
+        metadata: &Metadata,
+        end: Option<&RunEnd>,
+        first: First<'_>,
+    ) -> Result<Option<Step>> {
+        for _ in 0..STALE_TRIES {
             let at = now();
             let mut all = events.to_vec();
             let (version, values) = match update.as_mut() {
                 None => (0, None),
                 Some(update) => {
-                    let ((version, current), remembered) = self.state_of(owner, thread).await?;
+                    let ((version, current), remembered) = match first.fork {
+                        // No version: the function checks none for a fork.
+                        Some((_, values)) => ((0, Some(values.clone())), false),
+                        None => self.state_of(owner, thread).await?,
+                    };
                     let values = match update(current) {
                         Ok(values) => values,
                         // Refused on a remembered state, which may be stale: read it and ask
@@ -755,9 +849,12 @@ impl PgStore {
                 all.push(end.event.clone());
             }
             let encoded = EncodedEvents::new(&all)?;
+            // Minted in this order, so the initial checkpoint sorts before the step's.
+            let initial_id = first.initial.map(|_| CheckpointId::new());
             let checkpoint_id = CheckpointId::new();
+            let initial = first.initial;
             let row = sqlx::query(
-                "select * from spindle_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "select * from spindle_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(owner)
             .bind(thread)
@@ -767,8 +864,13 @@ impl PgStore {
             .bind(values.as_ref().map(|v| pg_json("state values", v)).transpose()?)
             .bind(checkpoint_id)
             .bind(pg_json("checkpoint metadata", metadata)?)
+            .bind(first.fork.map(|(from, _)| *from))
+            .bind(initial_id)
+            .bind(initial.map(|(v, _)| pg_json("state values", v)).transpose()?)
+            .bind(initial.map(|(_, m)| pg_json("checkpoint metadata", m)).transpose()?)
             .bind(end.map(|e| e.status.as_str()))
             .bind(end.and_then(|e| e.error.as_deref()))
+            .bind(end.map(|e| thread_status_after(e.status, 0, e.interrupted).as_str()))
             .bind(&encoded.runs)
             .bind(&encoded.kinds)
             .bind(&encoded.data)
@@ -777,6 +879,10 @@ impl PgStore {
             let outcome: String = row.try_get(0)?;
             match outcome.as_str() {
                 "not_found" => return Err(Error::not_found("thread", thread)),
+                "checkpoint_not_found" => {
+                    let from = first.fork.map(|(from, _)| from.to_string()).unwrap_or_default();
+                    return Err(Error::not_found("checkpoint", from));
+                }
                 "ended" => {
                     return Err(Error::Conflict(format!(
                         "run {run} is not running: it has already ended"
@@ -791,7 +897,7 @@ impl PgStore {
             let new_version: i64 = row.try_get(3)?;
             let ended = match end {
                 None => None,
-                Some(_) => Some(run_row_at(&row, 4)?),
+                Some(_) => Some(run_row_at(&row, 5)?),
             };
             // A run's end leaves the thread to whatever comes next: its state is read then.
             match (&ended, &values) {
@@ -807,23 +913,16 @@ impl PgStore {
                     run_id: Some(run),
                     parent_checkpoint_id: row.try_get(2)?,
                     values,
-                    metadata: metadata.clone(),
+                    metadata: with_step(metadata.clone(), row.try_get(4)?),
                     created_at: at,
                 }),
             };
             let first_seq: i64 = row.try_get(1)?;
             let events =
                 if all.is_empty() { Vec::new() } else { numbered(thread, first_seq, all, at) };
-            return Ok(Step { checkpoint, events, ended });
+            return Ok(Some(Step { checkpoint, events, ended }));
         }
-        // Stale every time (the state is being written by others as fast): under its lock.
-        self.forget(thread);
-        let mut tx = self.pool.begin().await?;
-        let step =
-            commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
-                .await?;
-        tx.commit().await?;
-        Ok(step)
+        Ok(None)
     }
 
     pub async fn get_checkpoint(
@@ -1136,6 +1235,20 @@ async fn newest_checkpoint(
     .await?)
 }
 
+/// What makes a step a run's first (see [`FirstStep`]): the checkpoint it forks from, with
+/// its values, or the state written before it on a thread without a checkpoint.
+#[derive(Clone, Copy)]
+struct First<'a> {
+    fork: Option<&'a (CheckpointId, Value)>,
+    initial: Option<&'a (Value, Metadata)>,
+}
+
+/// `metadata` with its checkpoint's `step`, as the store writes it.
+fn with_step(mut metadata: Metadata, step: i64) -> Metadata {
+    metadata.insert("step".into(), step.into());
+    metadata
+}
+
 /// Inserts a checkpoint with `step` in its metadata.
 async fn insert_checkpoint(
     conn: &mut PgConnection,
@@ -1143,10 +1256,10 @@ async fn insert_checkpoint(
     run: Option<RunId>,
     parent: Option<CheckpointId>,
     values: &Value,
-    mut metadata: Metadata,
+    metadata: Metadata,
     step: i64,
 ) -> Result<Checkpoint> {
-    metadata.insert("step".into(), step.into());
+    let metadata = with_step(metadata, step);
     let checkpoint = Checkpoint {
         checkpoint_id: CheckpointId::new(),
         thread_id: thread,

@@ -319,12 +319,19 @@ impl SqliteStore {
                 return Ok((created, replaced, None));
             }
             let (thread, id) = (created.thread_id, created.run_id);
+            let exec = |sql: &str| c.prepare_cached(sql)?.execute([]).map_err(Error::from);
+            exec("savepoint first_step")?;
             let step = match first_step_in(c, owner, thread, id, first) {
                 Ok(step) => Some(step),
-                // Refused before anything was written: the executor meets it again.
-                Err(Error::Invalid(_)) => None,
+                // Refused: what it wrote before (the state before the input) goes, and the
+                // executor meets the refusal again.
+                Err(Error::Invalid(_)) => {
+                    exec("rollback to first_step")?;
+                    None
+                }
                 Err(e) => return Err(e),
             };
+            exec("release first_step")?;
             Ok((created, replaced, step))
         })
         .await
