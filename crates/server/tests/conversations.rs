@@ -300,6 +300,10 @@ async fn human_in_the_loop_decisions_reach_the_agent(app: &TestApp) {
         let (status, _, frames) =
             app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
         assert_eq!(status, StatusCode::OK);
+        // The stream starts with the interrupted state, without the interrupt.
+        let first = frames.iter().find(|f| f.event == "values").unwrap();
+        assert_eq!(texts(&first.data), ["mail a@b.c"]);
+        assert!(first.data.get("__interrupt__").is_none(), "{first:?}");
         let last = frames.iter().rev().find(|f| f.event == "values").unwrap();
         let answer = texts(&last.data).pop().unwrap();
         assert_eq!(answer, format!("echo: mail a@b.c\nresumed with: {resume_value}"));
