@@ -277,19 +277,22 @@ async fn check_command(
         }
         Err(e) => return Err(e.into()),
     };
-    match found.status {
-        ThreadStatus::Busy => Ok(()),
-        ThreadStatus::Interrupted => {
-            let head = state.store.list_checkpoints(context.user, thread, 1, None).await?;
-            let pending = head.first().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
-            crate::runs::resume_value(resume, &pending).map(drop).map_err(|why| {
-                ApiError::Conflict(format!("command.resume: {why} (thread {thread})"))
-            })
-        }
-        status => Err(ApiError::Conflict(format!(
-            "thread {thread} is not interrupted (it is {status}): nothing to resume"
-        ))),
+    if found.status == ThreadStatus::Busy {
+        return Ok(());
     }
+    // Waiting is the newest checkpoint's: an interrupt, a breakpoint, or a run that stopped
+    // before its agent answered (cancelled, failed) has a pending task to resume.
+    let head = state.store.list_checkpoints(context.user, thread, 1, None).await?;
+    let pending = head.first().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
+    if !pending.next.iter().any(|n| n == agent.name()) {
+        return Err(ApiError::Conflict(format!(
+            "thread {thread} is not interrupted (it is {}): nothing to resume",
+            found.status
+        )));
+    }
+    crate::runs::resume_value(resume, &pending)
+        .map(drop)
+        .map_err(|why| ApiError::Conflict(format!("command.resume: {why} (thread {thread})")))
 }
 
 async fn validate(
