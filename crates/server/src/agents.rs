@@ -53,7 +53,8 @@ impl Agent {
 
     /// Runs the agent on the thread's state (the run's input already applied) and returns the
     /// AI message it adds. `resumed`: the value a human answered the agent's interrupt with
-    /// (a `command`'s resume); the reply then says it.
+    /// (a `command`'s resume); the reply then says it. A resumed `synthetic` streams its
+    /// events as any run does, with the resume run's input options.
     pub async fn run(
         self,
         state: &Value,
@@ -66,7 +67,7 @@ impl Agent {
             EventKind::AgentThinking,
             json!({ "node": self.name(), "text": "reading the last message" }),
         );
-        if self == Agent::Synthetic && resumed.is_none() {
+        if self == Agent::Synthetic {
             synthetic(input, sink).await?;
         }
         let reply = match resumed {

@@ -620,9 +620,10 @@ impl Executor {
 async fn drive(run: &Run, sink: &mut Sink, started: Option<Value>) -> Result<Value, Stop> {
     let agent = agent_of(&run.kwargs)?;
     let input = run.input.clone().unwrap_or(Value::Null);
-    let (state, resumed) = match run.kwargs.get("command").filter(|c| c.is_object()) {
+    let command = run.kwargs.get("command").filter(|c| c.is_object());
+    let (state, resumed) = match command {
         Some(command) => match resume(run, sink, agent, command).await? {
-            Resumed::Run { state, value } => (state, Some(value)),
+            Resumed::Run { state, value } => (state, value),
             Resumed::Ended(values) => return Ok(values),
         },
         None => {
@@ -645,7 +646,7 @@ async fn drive(run: &Run, sink: &mut Sink, started: Option<Value>) -> Result<Val
             (state, None)
         }
     };
-    if resumed.is_none()
+    if command.is_none()
         && let Some(value) = agent.interrupt_value(&input)
     {
         return sink.interrupt(agent, value).await;
@@ -671,8 +672,10 @@ fn stops_before(kwargs: &Value, agent: Agent) -> bool {
 
 /// How a `command` run goes on.
 enum Resumed {
-    /// The agent runs on `state`, given the resume `value`.
-    Run { state: Value, value: Value },
+    /// The agent runs on `state`, given the resume `value` when it had asked something (an
+    /// interrupt; a breakpoint asks nothing, and the value is not the agent's, as in
+    /// LangGraph).
+    Run { state: Value, value: Option<Value> },
     /// Nothing more to run (`goto: "__end__"`): the run has ended with these values.
     Ended(Value),
 }
@@ -691,16 +694,20 @@ async fn resume(
     let head = sink.store.list_checkpoints(owner, thread, 1, None).await?.into_iter().next();
     let pending = head.as_ref().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
     let waiting = pending.next.iter().any(|n| n == agent.name());
+    let asked = !pending.interrupts.is_empty();
     let value = match command.get("resume") {
-        None => Value::Null,
+        None => None,
         Some(_) if !waiting => {
             return Err(Stop::Failed {
                 error: "InvalidUpdateError".into(),
                 message: format!("thread {thread} is not interrupted: nothing to resume"),
             });
         }
-        Some(value) => resume_value(value, &pending)
-            .map_err(|message| Stop::Failed { error: "InvalidUpdateError".into(), message })?,
+        Some(value) => {
+            let value = resume_value(value, &pending)
+                .map_err(|message| Stop::Failed { error: "InvalidUpdateError".into(), message })?;
+            asked.then_some(value)
+        }
     };
     sink.push(EventKind::AgentStarted, started_event(agent, run.assistant_id));
     let mut state = head.map(|c| c.values).unwrap_or_else(|| json!({}));

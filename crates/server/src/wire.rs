@@ -301,7 +301,8 @@ pub struct ThreadStateOut {
     pub next: Vec<String>,
     #[schema(value_type = Vec<Object>)]
     pub tasks: Vec<Value>,
-    pub checkpoint: CheckpointRef,
+    /// `null` before the thread's first state (`useStream` without history tests that).
+    pub checkpoint: Option<CheckpointRef>,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     pub created_at: Option<DateTime<Utc>>,
@@ -312,12 +313,12 @@ pub struct ThreadStateOut {
 
 impl ThreadStateOut {
     /// The state of a thread that has no checkpoint yet.
-    pub fn empty(thread_id: ThreadId) -> Self {
+    pub fn empty() -> Self {
         ThreadStateOut {
             values: json!({}),
             next: Vec::new(),
             tasks: Vec::new(),
-            checkpoint: CheckpointRef::new(thread_id, None),
+            checkpoint: None,
             metadata: Map::new(),
             created_at: None,
             parent_checkpoint: None,
@@ -347,7 +348,7 @@ impl From<Checkpoint> for ThreadStateOut {
             values: c.values,
             next: pending.next,
             tasks,
-            checkpoint: CheckpointRef::new(c.thread_id, Some(c.checkpoint_id)),
+            checkpoint: Some(CheckpointRef::new(c.thread_id, Some(c.checkpoint_id))),
             metadata: c.metadata,
             created_at: Some(c.created_at),
             parent_checkpoint: c

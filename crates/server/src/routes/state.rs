@@ -57,7 +57,7 @@ async fn latest(
     thread: ThreadId,
 ) -> ApiResult<ThreadStateOut> {
     let newest = state.store.list_checkpoints(context.user, thread, 1, None).await?;
-    Ok(newest.into_iter().next().map_or_else(|| ThreadStateOut::empty(thread), Into::into))
+    Ok(newest.into_iter().next().map_or_else(ThreadStateOut::empty, Into::into))
 }
 
 /// The thread's current state.
@@ -110,7 +110,10 @@ async fn update_state(
     // The newest checkpoint is updated as without one; an older one gets a new branch.
     let from = match from {
         Some(from) => {
-            let head = latest(&state, &context, thread.thread_id).await?.checkpoint.checkpoint_id;
+            let head = latest(&state, &context, thread.thread_id)
+                .await?
+                .checkpoint
+                .and_then(|c| c.checkpoint_id);
             (head != Some(from)).then_some(from)
         }
         None => None,
