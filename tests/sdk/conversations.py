@@ -220,17 +220,23 @@ def new_thread(owner=alice) -> str:
     return owner.threads.create(metadata={"run": RUN})["thread_id"]
 
 
+def head_id(tid: str, owner=alice) -> str | None:
+    """The head checkpoint's id; None for a thread without checkpoints (LangGraph answers
+    `checkpoint: null` there, Spindle `{"thread_id", "checkpoint_id": null}`)."""
+    cp = owner.threads.get_state(tid)["checkpoint"]
+    return cp.get("checkpoint_id") if cp else None
+
+
 def head(tid: str, owner=alice) -> dict:
     """The head checkpoint as agent-chat-ui (SDK 1.8.10) sends it with every follow-up."""
-    cp = owner.threads.get_state(tid)["checkpoint"]
-    expect(cp is not None, f"thread {tid} has no head checkpoint")
-    return {"checkpoint_id": cp["checkpoint_id"], "checkpoint_ns": "", "checkpoint_map": {}}
+    checkpoint_id = head_id(tid, owner)
+    expect(checkpoint_id is not None, f"thread {tid} has no head checkpoint")
+    return {"checkpoint_id": checkpoint_id, "checkpoint_ns": "", "checkpoint_map": {}}
 
 
 def say(tid: str, text: str, owner=alice, agent: str = "echo", **options: Any) -> dict:
     """A chat turn: the message, with the head checkpoint if the thread has one."""
-    cp = owner.threads.get_state(tid)["checkpoint"]
-    checkpoint = head(tid, owner) if cp else None
+    checkpoint = head(tid, owner) if head_id(tid, owner) else None
     return owner.runs.wait(tid, agent, input=human(text, **options), checkpoint=checkpoint)
 
 
@@ -711,7 +717,6 @@ def check_first_run_starts_at_step_minus_one() -> None:
 def check_follow_ups_carry_the_head_checkpoint() -> None:
     tid = new_thread()
     first = alice.runs.wait(tid, "echo", input=human("one"))
-    cp = alice.threads.get_state(tid)["checkpoint"]
     forms = [
         (
             "checkpoint={checkpoint_id, checkpoint_ns, checkpoint_map} (agent-chat-ui)",
