@@ -953,8 +953,8 @@ def check_runs_wait() -> None:
     history = alice.threads.get_history(tid)
     expect_eq(
         [h["metadata"].get("source") for h in history],
-        ["loop", "input"],
-        "history after one run: checkpoint sources, newest first",
+        ["loop", "loop", "input"],
+        "history after one run (answer, input applied, the state before it): checkpoint sources, newest first",
     )
     expect_eq(
         alice.threads.search(metadata={"graph_id": "echo", "run": RUN}, ids=[tid])[0]["thread_id"],

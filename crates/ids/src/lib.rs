@@ -31,6 +31,8 @@ macro_rules! for_each_id {
         $m!(RequestId);
         $m!(ConnectionId);
         $m!(ApiKeyId);
+        $m!(TaskId);
+        $m!(InterruptId);
     };
 }
 
@@ -55,10 +57,12 @@ pub enum IdKind {
     Request,
     Connection,
     ApiKey,
+    Task,
+    Interrupt,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 9] = [
+    pub const ALL: [IdKind; 11] = [
         IdKind::User,
         IdKind::Assistant,
         IdKind::Thread,
@@ -68,6 +72,8 @@ impl IdKind {
         IdKind::Request,
         IdKind::Connection,
         IdKind::ApiKey,
+        IdKind::Task,
+        IdKind::Interrupt,
     ];
 
     /// The field name clients see, e.g. `thread_id`.
@@ -82,6 +88,8 @@ impl IdKind {
             IdKind::Request => "request_id",
             IdKind::Connection => "connection_id",
             IdKind::ApiKey => "key_id",
+            IdKind::Task => "task_id",
+            IdKind::Interrupt => "interrupt_id",
         }
     }
 }
@@ -372,6 +380,34 @@ id_type!(
     ApiKeyId,
     IdKind::ApiKey
 );
+
+id_type!(
+    /// A pending task of a checkpoint (an agent's node waiting to run, or interrupted).
+    TaskId,
+    IdKind::Task
+);
+
+id_type!(
+    /// One interrupt: a value an agent asks a human about. On the wire it is written as 32
+    /// lowercase hex digits without hyphens ([`InterruptId::simple`]), as LangGraph writes
+    /// interrupt ids: clients tell a resume map (`{interrupt id: value}`) from a plain value
+    /// by that form.
+    InterruptId,
+    IdKind::Interrupt
+);
+
+impl InterruptId {
+    /// The 32 lowercase hex digits clients see.
+    pub fn simple(&self) -> String {
+        self.0.simple().to_string()
+    }
+
+    /// Whether `text` has the form of an interrupt id as clients see it (32 lowercase hex
+    /// digits), which is how a resume map's keys are told from a value's.
+    pub fn is_simple_form(text: &str) -> bool {
+        text.len() == 32 && text.bytes().all(|b| HEX[usize::from(b)] & 0xF0 == 0)
+    }
+}
 
 impl AssistantId {
     /// The id LangGraph gives the assistant of a graph: `uuid5(ASSISTANT_NAMESPACE, name)`.

@@ -90,7 +90,9 @@ fn every_kind_has_its_field_name() {
             "message_id",
             "request_id",
             "connection_id",
-            "key_id"
+            "key_id",
+            "task_id",
+            "interrupt_id"
         ]
     );
 }

@@ -22,7 +22,7 @@ impl Agent {
         (
             Agent::Synthetic,
             "synthetic",
-            "Streams n custom events or message chunks (input fields n, mode, delay_ms), then echoes",
+            "Streams n custom events or message chunks (input fields n, mode, delay_ms), then echoes; with input field interrupt, first asks a human that value and answers with the resume value",
         ),
     ];
 
@@ -37,18 +37,42 @@ impl Agent {
         }
     }
 
+    /// Whether an input field is one of the agent's options rather than state.
+    pub fn is_option(self, field: &str) -> bool {
+        self == Agent::Synthetic && matches!(field, "n" | "mode" | "delay_ms" | "interrupt")
+    }
+
+    /// The value the agent interrupts its run with, asking a human, before it answers:
+    /// `synthetic`'s input field `interrupt` (any JSON but `null`).
+    pub fn interrupt_value(self, input: &Value) -> Option<Value> {
+        match self {
+            Agent::Synthetic => input.get("interrupt").filter(|v| !v.is_null()).cloned(),
+            Agent::Echo => None,
+        }
+    }
+
     /// Runs the agent on the thread's state (the run's input already applied) and returns the
-    /// AI message it adds.
-    pub async fn run(self, state: &Value, input: &Value, sink: &mut Sink) -> Result<Value, Stop> {
+    /// AI message it adds. `resumed`: the value a human answered the agent's interrupt with
+    /// (a `command`'s resume); the reply then says it.
+    pub async fn run(
+        self,
+        state: &Value,
+        input: &Value,
+        resumed: Option<&Value>,
+        sink: &mut Sink,
+    ) -> Result<Value, Stop> {
         let text = last_human_text(state);
         sink.push(
             EventKind::AgentThinking,
             json!({ "node": self.name(), "text": "reading the last message" }),
         );
-        if self == Agent::Synthetic {
+        if self == Agent::Synthetic && resumed.is_none() {
             synthetic(input, sink).await?;
         }
-        let reply = format!("echo: {text}");
+        let reply = match resumed {
+            Some(value) => format!("echo: {text}\nresumed with: {value}"),
+            None => format!("echo: {text}"),
+        };
         let id = MessageId::new().to_string();
         // Words and the spaces between them as separate chunks, as a model streams tokens.
         for chunk in split_words(&reply) {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::agents::Agent;
 use crate::hub::Hub;
 use crate::metrics;
-use crate::wire::apply_update;
+use crate::wire::{Interrupt, Pending, apply_update};
 
 /// How often the executor looks for claimable runs when nothing woke it (runs created on
 /// other nodes, runs freed by a crash).
@@ -611,25 +611,153 @@ impl Executor {
     }
 }
 
-/// Executes one run: applies its input to the thread's state, runs the agent, appends the
-/// agent's message and ends the run `success` (in one transaction). Returns the thread's
-/// values after the run; on an error the run has not ended yet (`finish` ends it).
+/// Executes one run: applies its input to the thread's state (or, for a `command`, resumes
+/// the interrupted state), runs the agent, appends the agent's message and ends the run
+/// `success` (in one transaction). An agent that stops on an interrupt, or a breakpoint
+/// before it (`interrupt_before`), ends the run `success` and leaves the thread
+/// `interrupted`. Returns the thread's values after the run (with `__interrupt__` when it
+/// stopped on one); on an error the run has not ended yet (`finish` ends it).
 async fn drive(run: &Run, sink: &mut Sink, started: Option<Value>) -> Result<Value, Stop> {
     let agent = agent_of(&run.kwargs)?;
     let input = run.input.clone().unwrap_or(Value::Null);
-    // The first step may have been committed with the run already (`create_run_claiming`).
-    let state = match started {
-        Some(state) => state,
+    let (state, resumed) = match run.kwargs.get("command").filter(|c| c.is_object()) {
+        Some(command) => match resume(run, sink, agent, command).await? {
+            Resumed::Run { state, value } => (state, Some(value)),
+            Resumed::Ended(values) => return Ok(values),
+        },
         None => {
-            let first = first_step(run.run_id, run.assistant_id, &run.kwargs, run.input.as_ref())?;
-            sink.commit_first(first).await?
+            // The first step may have been committed with the run already
+            // (`create_run_claiming`).
+            let state = match started {
+                Some(state) => state,
+                None => {
+                    let first =
+                        first_step(run.run_id, run.assistant_id, &run.kwargs, run.input.as_ref())?;
+                    sink.commit_first(first).await?
+                }
+            };
+            if stops_before(&run.kwargs, agent) {
+                // A static breakpoint: the state's pending task is the agent's.
+                sink.push(EventKind::Interrupt, json!({ "node": agent.name(), "interrupts": [] }));
+                sink.end_interrupted().await?;
+                return Ok(state);
+            }
+            (state, None)
         }
     };
-    let message = agent.run(&state, &input, sink).await?;
+    if resumed.is_none()
+        && let Some(value) = agent.interrupt_value(&input)
+    {
+        return sink.interrupt(agent, value).await;
+    }
+    let message = agent.run(&state, &input, resumed.as_ref(), sink).await?;
     let writes = json!({ agent.name(): { "messages": [message.clone()] } });
-    let metadata = json!({ "source": "loop", "step": 1, "run_id": run.run_id, "writes": writes });
+    let metadata =
+        json!({ "source": "loop", "run_id": run.run_id, "writes": writes, "parents": {} });
     // The last step and the run's end, in one transaction.
     sink.commit_final(json!({ "messages": [message] }), metadata).await
+}
+
+/// Whether `interrupt_before` (in the run's kwargs) names the agent's node, or is `*`.
+fn stops_before(kwargs: &Value, agent: Agent) -> bool {
+    match kwargs.get("interrupt_before") {
+        Some(Value::String(all)) => all == "*",
+        Some(Value::Array(nodes)) => {
+            nodes.iter().any(|n| n.as_str() == Some(agent.name()) || n.as_str() == Some("*"))
+        }
+        _ => false,
+    }
+}
+
+/// How a `command` run goes on.
+enum Resumed {
+    /// The agent runs on `state`, given the resume `value`.
+    Run { state: Value, value: Value },
+    /// Nothing more to run (`goto: "__end__"`): the run has ended with these values.
+    Ended(Value),
+}
+
+/// A `command` run (`{resume, update, goto}`): the thread's newest checkpoint must be waiting
+/// (on an interrupt or a breakpoint) when a `resume` is given: a resume queued behind a run
+/// that answered the interrupt finds nothing to resume and fails. `update` is applied first,
+/// as a step of its own; `goto: "__end__"` ends the run without running the agent.
+async fn resume(
+    run: &Run,
+    sink: &mut Sink,
+    agent: Agent,
+    command: &Value,
+) -> Result<Resumed, Stop> {
+    let (owner, thread) = (run.owner_id, run.thread_id);
+    let head = sink.store.list_checkpoints(owner, thread, 1, None).await?.into_iter().next();
+    let pending = head.as_ref().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
+    let waiting = pending.next.iter().any(|n| n == agent.name());
+    let value = match command.get("resume") {
+        None => Value::Null,
+        Some(_) if !waiting => {
+            return Err(Stop::Failed {
+                error: "InvalidUpdateError".into(),
+                message: format!("thread {thread} is not interrupted: nothing to resume"),
+            });
+        }
+        Some(value) => resume_value(value, &pending)
+            .map_err(|message| Stop::Failed { error: "InvalidUpdateError".into(), message })?,
+    };
+    sink.push(EventKind::AgentStarted, started_event(agent, run.assistant_id));
+    let mut state = head.map(|c| c.values).unwrap_or_else(|| json!({}));
+    if let Some(update) = command.get("update").filter(|u| !u.is_null()).cloned() {
+        let mut metadata = json!({ "source": "update", "run_id": run.run_id, "writes": { "__input__": update.clone() }, "parents": {} });
+        if waiting && let Some(map) = metadata.as_object_mut() {
+            // Still waiting for the agent (now with the update applied).
+            Pending::next(agent.name()).into_metadata(map);
+        }
+        state = sink.commit_update(update, metadata).await?;
+    }
+    match goto(command) {
+        Some("__end__") => {
+            // Answered without running the agent: a state that waits for nothing.
+            let metadata =
+                json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
+            Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
+        }
+        Some(_) => Ok(Resumed::Run { state, value }),
+        None if waiting || command.get("resume").is_some() => Ok(Resumed::Run { state, value }),
+        // An update alone on a thread that waits for nothing: nothing to run.
+        None => {
+            let metadata =
+                json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
+            Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
+        }
+    }
+}
+
+/// The node a command's `goto` names (a name, or a list of one).
+pub fn goto(command: &Value) -> Option<&str> {
+    match command.get("goto")? {
+        Value::String(node) => Some(node),
+        Value::Array(nodes) => nodes.first().and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The value a `resume` gives the pending interrupt: a map of interrupt ids (every key 32 hex
+/// digits, as LangGraph tells a map from a value) gives the value of the pending one's id;
+/// any other value is the value. A map naming an interrupt that is not pending is refused.
+pub fn resume_value(resume: &Value, pending: &Pending) -> Result<Value, String> {
+    let Some(map) = resume
+        .as_object()
+        .filter(|m| !m.is_empty() && m.keys().all(|k| ids::InterruptId::is_simple_form(k)))
+    else {
+        return Ok(resume.clone());
+    };
+    let ids: Vec<&str> = pending.interrupts.iter().map(|i| i.id.as_str()).collect();
+    if let Some(unknown) = map.keys().find(|k| !ids.contains(&k.as_str())) {
+        return Err(format!("interrupt {unknown} is not pending; pending: [{}]", ids.join(", ")));
+    }
+    Ok(ids.iter().find_map(|id| map.get(*id)).cloned().unwrap_or(Value::Null))
+}
+
+fn started_event(agent: Agent, assistant: AssistantId) -> Value {
+    json!({ "node": agent.name(), "assistant_id": assistant, "graph_id": agent.name() })
 }
 
 /// The agent a run's `graph_id` names.
@@ -642,7 +770,12 @@ fn agent_of(kwargs: &Value) -> Result<Agent, Stop> {
 }
 
 /// A run's first step: `agent_started`, and its input applied to the thread's state as a
-/// checkpoint (committed by the executor, or with the run by `create_run_claiming`).
+/// checkpoint (committed by the executor, or with the run by `create_run_claiming`) whose
+/// pending task is the agent's. On a thread without a checkpoint, the state before the input
+/// (`{"messages": []}`, waiting for `__start__`) is written first, as LangGraph's step −1:
+/// the first message then has a parent to fork from. A run from an older checkpoint
+/// (`checkpoint_id` in its kwargs) forks there; without input it copies that checkpoint
+/// (`source: "fork"`) and the agent answers again (regenerate).
 pub fn first_step(
     run: RunId,
     assistant: AssistantId,
@@ -653,26 +786,53 @@ pub fn first_step(
     let started = NewEvent {
         run_id: Some(run),
         kind: EventKind::AgentStarted,
-        data: json!({ "node": agent.name(), "assistant_id": assistant, "graph_id": agent.name() }),
+        data: started_event(agent, assistant),
     };
     let state_input = match input {
         Some(Value::Object(fields)) => {
-            // The agent's own options (synthetic's n, mode, delay_ms) are not state.
+            // The agent's own options (synthetic's n, mode, delay_ms, interrupt) are not state.
             let state: Map<String, Value> = fields
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "n" | "mode" | "delay_ms"))
+                .filter(|(k, _)| !agent.is_option(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             Value::Object(state)
         }
         _ => Value::Null,
     };
-    let metadata = json!({ "source": "input", "step": -1, "run_id": run });
+    let from = kwargs.get("checkpoint_id").and_then(Value::as_str).and_then(|id| id.parse().ok());
+    let source = if from.is_some() && state_input.is_null() { "fork" } else { "loop" };
+    let mut metadata = json!({ "source": source, "run_id": run, "writes": { "__start__": state_input }, "parents": {} })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Pending::next(agent.name()).into_metadata(&mut metadata);
+    let mut before = json!({ "source": "input", "run_id": run, "parents": {} })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Pending::next("__start__").into_metadata(&mut before);
     Ok(FirstStep {
         events: vec![started],
         update: Box::new(move |current| apply_update(current, state_input.clone())),
-        metadata: metadata.as_object().cloned().unwrap_or_default(),
+        metadata,
+        from,
+        initial: Some((json!({ "messages": [] }), before)),
     })
+}
+
+/// A step the store refused: an invalid update fails the run as LangGraph's does.
+fn refused(e: store::Error) -> Stop {
+    match e {
+        store::Error::Invalid(message) => {
+            Stop::Failed { error: "InvalidUpdateError".into(), message }
+        }
+        other => other.into(),
+    }
+}
+
+fn no_checkpoint() -> Stop {
+    Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
 }
 
 /// Where an agent's events go: appended in the store (numbered there), then published.
@@ -748,11 +908,80 @@ impl Sink {
 
     /// Commits the run's first step (in one transaction with the buffered events and the
     /// `values` event of the new state); returns the thread's new values.
-    async fn commit_first(&mut self, first: FirstStep) -> Result<Value, Stop> {
+    async fn commit_first(&mut self, mut first: FirstStep) -> Result<Value, Stop> {
         self.check()?;
-        let FirstStep { events, update, metadata } = first;
-        self.buffer.extend(events);
-        self.commit(Some(update), &metadata, None).await
+        let mut events = std::mem::take(&mut self.buffer);
+        events.append(&mut first.events);
+        first.events = events;
+        let (owner, thread, run) = (self.run.owner_id, self.run.thread_id, self.run.run_id);
+        let step =
+            self.store.commit_first_step(owner, thread, run, first).await.map_err(refused)?;
+        self.hub.publish(owner, &step.events);
+        step.checkpoint.map(|c| c.values).ok_or_else(no_checkpoint)
+    }
+
+    /// A state update as a step of the run (a command's `update`); returns the new values.
+    async fn commit_update(&mut self, update: Value, metadata: Value) -> Result<Value, Stop> {
+        self.check()?;
+        let metadata = metadata.as_object().cloned().unwrap_or_default();
+        let apply = Box::new(move |current| apply_update(current, update.clone()));
+        self.commit(Some(apply), &metadata, None).await
+    }
+
+    /// Stops the run on an interrupt with `value`: a checkpoint of the same values whose
+    /// pending task (the agent's) holds the interrupt, and the run's end (`success`, the
+    /// thread `interrupted`), in one transaction. Returns the values with `__interrupt__`.
+    async fn interrupt(&mut self, agent: Agent, value: Value) -> Result<Value, Stop> {
+        self.check()?;
+        let id = ids::InterruptId::new().simple();
+        let shown = json!([{ "value": value, "id": id }]);
+        let mut pending = Pending::next(agent.name());
+        pending.interrupts.push(Interrupt { id, value });
+        let mut metadata =
+            json!({ "source": "loop", "run_id": self.run.run_id, "writes": {}, "parents": {} })
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+        pending.into_metadata(&mut metadata);
+        self.push(EventKind::Interrupt, json!({ "node": agent.name(), "interrupts": shown }));
+        let end = self.end(true);
+        let mut values = self
+            .commit(
+                Some(Box::new(|current| apply_update(current, Value::Null))),
+                &metadata,
+                Some(&end),
+            )
+            .await?;
+        if let Some(map) = values.as_object_mut() {
+            map.insert("__interrupt__".into(), shown);
+        }
+        Ok(values)
+    }
+
+    /// Ends the run `success`, its thread `interrupted`, with the buffered events and no new
+    /// state (a breakpoint: the newest checkpoint waits for the agent already).
+    async fn end_interrupted(&mut self) -> Result<(), Stop> {
+        self.check()?;
+        let end = self.end(true);
+        let events = std::mem::take(&mut self.buffer);
+        let (owner, thread, run) = (self.run.owner_id, self.run.thread_id, self.run.run_id);
+        let step = self
+            .store
+            .commit_step(owner, thread, run, &events, None, &Map::new(), Some(&end))
+            .await
+            .map_err(refused)?;
+        self.hub.publish(owner, &step.events);
+        Ok(())
+    }
+
+    /// A `success` end, its thread left `interrupted` or not.
+    fn end(&self, interrupted: bool) -> RunEnd {
+        let event = NewEvent {
+            run_id: Some(self.run.run_id),
+            kind: EventKind::AgentCompleted,
+            data: json!({ "status": "success" }),
+        };
+        RunEnd { status: RunStatus::Success, error: None, event, interrupted }
     }
 
     /// The run's last step and its end (`success`) in one transaction.
@@ -760,12 +989,7 @@ impl Sink {
         self.check()?;
         let metadata = metadata.as_object().cloned().unwrap_or_default();
         let apply = Box::new(move |current| apply_update(current, update.clone()));
-        let event = NewEvent {
-            run_id: Some(self.run.run_id),
-            kind: EventKind::AgentCompleted,
-            data: json!({ "status": "success" }),
-        };
-        let end = RunEnd { status: RunStatus::Success, error: None, event };
+        let end = self.end(false);
         self.commit(Some(apply), &metadata, Some(&end)).await
     }
 
@@ -790,17 +1014,9 @@ impl Sink {
                 end,
             )
             .await
-            .map_err(|e| match e {
-                store::Error::Invalid(message) => {
-                    Stop::Failed { error: "InvalidUpdateError".into(), message }
-                }
-                other => other.into(),
-            })?;
+            .map_err(refused)?;
         self.hub.publish(self.run.owner_id, &step.events);
-        step.checkpoint.map(|c| c.values).ok_or_else(|| Stop::Failed {
-            error: "StoreError".into(),
-            message: "no checkpoint".into(),
-        })
+        step.checkpoint.map(|c| c.values).ok_or_else(no_checkpoint)
     }
 
     /// An event about a run that no longer exists (after a rollback).

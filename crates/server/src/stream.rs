@@ -372,11 +372,20 @@ pub struct Framer {
     /// Text so far of each message being streamed (for `messages/partial`).
     partial: HashMap<String, String>,
     announced: HashSet<String>,
+    /// The interrupts of an `interrupt` event, shown with the `values` of its step.
+    interrupts: Option<Value>,
 }
 
 impl Framer {
     pub fn new(modes: Vec<StreamMode>, run_id: RunId, thread_id: ThreadId) -> Framer {
-        Framer { modes, run_id, thread_id, partial: HashMap::new(), announced: HashSet::new() }
+        Framer {
+            modes,
+            run_id,
+            thread_id,
+            partial: HashMap::new(),
+            announced: HashSet::new(),
+            interrupts: None,
+        }
     }
 
     fn wants(&self, mode: StreamMode) -> bool {
@@ -401,8 +410,26 @@ impl Framer {
         let mut out: Vec<(String, Value)> = Vec::new();
         let node = event.data.get("node").cloned().unwrap_or(Value::Null);
         match event.kind {
-            EventKind::Values if self.wants(StreamMode::Values) => {
-                out.push(("values".into(), event.data.clone()))
+            EventKind::Values => {
+                // As LangGraph shows a state that stopped on an interrupt: `__interrupt__`
+                // beside the values.
+                let interrupts = self.interrupts.take();
+                if self.wants(StreamMode::Values) {
+                    let mut data = event.data.clone();
+                    if let (Some(interrupts), Some(map)) = (interrupts, data.as_object_mut()) {
+                        map.insert("__interrupt__".into(), interrupts);
+                    }
+                    out.push(("values".into(), data));
+                }
+            }
+            EventKind::Interrupt => {
+                let interrupts = event.data.get("interrupts").cloned().unwrap_or(json!([]));
+                if self.wants(StreamMode::Updates) {
+                    out.push(("updates".into(), json!({ "__interrupt__": interrupts.clone() })));
+                }
+                if interrupts.as_array().is_some_and(|i| !i.is_empty()) {
+                    self.interrupts = Some(interrupts);
+                }
             }
             EventKind::MessageDelta => {
                 let id = event.data["message_id"].as_str().unwrap_or_default().to_owned();

@@ -3,8 +3,8 @@
 //! normalisation and the `messages` reducer.
 
 use chrono::{DateTime, Utc};
-use ids::{AssistantId, CheckpointId, MessageId, RunId, ThreadId};
-use serde::Serialize;
+use ids::{AssistantId, CheckpointId, MessageId, RunId, TaskId, ThreadId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use store::{Assistant, Checkpoint, MultitaskStrategy, Run, RunStatus, Thread, ThreadStatus};
 use utoipa::ToSchema;
@@ -28,7 +28,8 @@ pub struct ThreadOut {
     /// The current state, `{"messages": [...]}` for chat agents; `{}` before the first.
     #[schema(value_type = Object)]
     pub values: Value,
-    /// Pending interrupts by task id (none: nothing in Spindle interrupts yet).
+    /// Pending interrupts by task id, while the thread is `interrupted`:
+    /// `{"<task id>": [{"id": "<interrupt id>", "value": ...}]}`.
     #[schema(value_type = Object)]
     pub interrupts: Value,
 }
@@ -47,6 +48,66 @@ impl From<Thread> for ThreadOut {
             values: t.values.unwrap_or_else(|| json!({})),
             interrupts: json!({}),
         }
+    }
+}
+
+impl ThreadOut {
+    /// The thread with the interrupts of its newest checkpoint (`head`), shown while the
+    /// thread is `interrupted`.
+    pub fn with_head(thread: Thread, head: Option<&Checkpoint>) -> Self {
+        let interrupted = thread.status == ThreadStatus::Interrupted;
+        let mut out = ThreadOut::from(thread);
+        if let Some(pending) = head.filter(|_| interrupted).and_then(|c| Pending::of(&c.metadata))
+            && let Some(task) = pending.task_id
+            && !pending.interrupts.is_empty()
+        {
+            out.interrupts = json!({ task.to_string(): pending.interrupts });
+        }
+        out
+    }
+}
+
+/// The key of a checkpoint's metadata under which Spindle keeps what is still to run from
+/// the checkpoint ([`Pending`]). Clients never see it: it is shown as the state's `next`,
+/// `tasks` and `interrupts`.
+pub const PENDING: &str = "__pending__";
+
+/// What a checkpoint has still to run: the nodes next, the id of their task, and the
+/// interrupts it stopped on (values asked of a human).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub next: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interrupts: Vec<Interrupt>,
+}
+
+/// One interrupt, as LangGraph shows it in a state: its id (32 hex digits) and value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interrupt {
+    pub id: String,
+    pub value: Value,
+}
+
+impl Pending {
+    /// `node` is to run next, as the task `task`.
+    pub fn next(node: &str) -> Pending {
+        Pending {
+            next: vec![node.to_owned()],
+            task_id: Some(TaskId::new()),
+            interrupts: Vec::new(),
+        }
+    }
+
+    /// The pending part of a checkpoint's metadata, if it has one.
+    pub fn of(metadata: &Map<String, Value>) -> Option<Pending> {
+        serde_json::from_value(metadata.get(PENDING)?.clone()).ok()
+    }
+
+    /// Puts it in a checkpoint's metadata.
+    pub fn into_metadata(self, metadata: &mut Map<String, Value>) {
+        metadata.insert(PENDING.into(), serde_json::to_value(self).unwrap_or(Value::Null));
     }
 }
 
@@ -235,7 +296,8 @@ impl CheckpointRef {
 pub struct ThreadStateOut {
     #[schema(value_type = Object)]
     pub values: Value,
-    /// Nodes to run next: none, the agent runs as one step.
+    /// Nodes to run next from this state (the agent's, or `__start__` before a thread's first
+    /// input); none once a run has answered.
     pub next: Vec<String>,
     #[schema(value_type = Vec<Object>)]
     pub tasks: Vec<Value>,
@@ -265,18 +327,33 @@ impl ThreadStateOut {
 }
 
 impl From<Checkpoint> for ThreadStateOut {
-    fn from(c: Checkpoint) -> Self {
+    fn from(mut c: Checkpoint) -> Self {
+        let pending = Pending::of(&c.metadata).unwrap_or_default();
+        c.metadata.remove(PENDING);
+        let interrupts: Vec<Value> =
+            pending.interrupts.iter().map(|i| json!({ "id": i.id, "value": i.value })).collect();
+        let tasks = pending
+            .next
+            .iter()
+            .map(|name| {
+                json!({
+                    "id": pending.task_id, "name": name, "path": ["__pregel_pull", name],
+                    "error": null, "interrupts": interrupts, "checkpoint": null, "state": null,
+                    "result": null,
+                })
+            })
+            .collect();
         ThreadStateOut {
             values: c.values,
-            next: Vec::new(),
-            tasks: Vec::new(),
+            next: pending.next,
+            tasks,
             checkpoint: CheckpointRef::new(c.thread_id, Some(c.checkpoint_id)),
             metadata: c.metadata,
             created_at: Some(c.created_at),
             parent_checkpoint: c
                 .parent_checkpoint_id
                 .map(|p| CheckpointRef::new(c.thread_id, Some(p))),
-            interrupts: Vec::new(),
+            interrupts,
         }
     }
 }

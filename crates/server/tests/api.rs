@@ -180,13 +180,13 @@ async fn state_updates_and_history(app: &TestApp) {
         .await
         .ok();
     assert_eq!(old2, old);
-    // Updating from an old checkpoint is refused, not silently applied to the latest.
+    // Updating an old checkpoint applies to it, as a new branch (not to the latest).
     let fork = json!({"values": {"k": 1}, "checkpoint_id": checkpoints[0]});
-    app.post(&key, &format!("/threads/{id}/state"), fork).await.error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unsupported",
-        "not the thread's latest",
-    );
+    app.post(&key, &format!("/threads/{id}/state"), fork).await.ok();
+    let head = app.get(&key, &format!("/threads/{id}/state")).await.ok();
+    assert_eq!(head["parent_checkpoint"]["checkpoint_id"], checkpoints[0]);
+    assert_eq!(head["values"]["messages"], old["values"]["messages"]);
+    assert_eq!(head["values"]["k"], 1);
 }
 
 async fn search_filters_pages_and_counts(app: &TestApp) {

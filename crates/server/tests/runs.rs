@@ -39,8 +39,8 @@ async fn new_thread(app: &TestApp, key: &str) -> String {
 }
 
 /// agent-chat-ui (`useStream` with `fetchStateHistory`) sends the thread's head checkpoint with
-/// every message after the first: that continues the thread. An older checkpoint (a fork) is
-/// not built yet (422, nothing stored); another thread's or user's checkpoint is a 404.
+/// every message after the first: that continues the thread (forks from older checkpoints are
+/// tested in `conversations.rs`); another thread's or user's checkpoint is a 404.
 async fn every_message_carrying_the_head_checkpoint_continues_the_thread(app: &TestApp) {
     let key = app.key("alice").await;
     let t = new_thread(app, &key).await;
@@ -68,18 +68,7 @@ async fn every_message_carrying_the_head_checkpoint_continues_the_thread(app: &T
     assert_eq!(texts.len(), 10, "{texts:?}");
     assert_eq!(texts[8], "m4");
     assert_eq!(texts[9], "echo: m4");
-    let history =
-        app.post(&key, &format!("/threads/{t}/history"), json!({"limit": 100})).await.ok();
     let runs_before = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
-    // An older checkpoint of the thread: a fork, not built yet.
-    let older = history.as_array().unwrap().last().unwrap()["checkpoint"]["checkpoint_id"].clone();
-    let mut fork = hi("fork");
-    fork["checkpoint_id"] = older;
-    app.post(&key, &format!("/threads/{t}/runs"), fork).await.error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unsupported",
-        "older checkpoint",
-    );
     // Another thread's checkpoint, and another user's: 404 like any foreign id.
     let other = new_thread(app, &key).await;
     app.post(&key, &format!("/threads/{other}/runs/wait"), hi("x")).await.ok();
@@ -140,11 +129,13 @@ async fn wait_returns_the_final_values_and_records_everything(app: &TestApp) {
     assert_eq!(thread["values"], values);
     assert_eq!(thread["metadata"]["graph_id"], "echo");
     assert_eq!(thread["metadata"]["assistant_id"], "046b5dc7-2108-582c-9c6c-31d556d138f0");
-    // One checkpoint when the input is applied, one when the run ends.
+    // The state before the input (a new thread's), one when the input is applied, one when
+    // the run ends.
     let history = app.post(&key, &format!("/threads/{t}/history"), json!({})).await.ok();
-    assert_eq!(history.as_array().unwrap().len(), 2);
+    assert_eq!(history.as_array().unwrap().len(), 3);
     assert_eq!(history[0]["metadata"]["source"], "loop");
-    assert_eq!(history[1]["metadata"]["source"], "input");
+    assert_eq!(history[1]["metadata"]["source"], "loop");
+    assert_eq!(history[2]["metadata"]["source"], "input");
     let state = app.get(&key, &format!("/threads/{t}/state")).await.ok();
     assert_eq!(state["next"], json!([]));
     // Listing, then joining a finished run, answers at once.
@@ -549,12 +540,16 @@ async fn invalid_run_requests_are_422_and_create_nothing(app: &TestApp) {
             "unsupported",
             "webhook is not supported",
         ),
-        (json!({"assistant_id": "echo", "command": {"resume": "x"}}), "unsupported", "command"),
         (json!({"assistant_id": "echo", "after_seconds": 5}), "unsupported", "after_seconds"),
         (
-            json!({"assistant_id": "echo", "interrupt_before": ["echo"]}),
-            "unsupported",
-            "interrupt_before",
+            json!({"assistant_id": "echo", "interrupt_before": {"node": "echo"}}),
+            "invalid_request",
+            "interrupt_before: expected",
+        ),
+        (
+            json!({"assistant_id": "echo", "command": "resume"}),
+            "invalid_request",
+            "command: expected an object",
         ),
         (
             json!({"assistant_id": "echo", "multitask_strategy": "sometimes"}),

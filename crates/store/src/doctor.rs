@@ -600,6 +600,7 @@ impl Store {
         let message =
             format!("ended by spindle doctor: running with no sign of life for more than {secs} s");
         let end = RunEnd {
+            interrupted: false,
             status: RunStatus::Error,
             error: Some(message.clone()),
             event: NewEvent {
@@ -637,7 +638,7 @@ pub(crate) fn settled_status(
     if current != ThreadStatus::Busy {
         return current;
     }
-    newest.map_or(ThreadStatus::Idle, |status| thread_status_after(status, 0))
+    newest.map_or(ThreadStatus::Idle, |status| thread_status_after(status, 0, false))
 }
 
 pub(crate) fn stale_finding(started: DateTime<Utc>, last: DateTime<Utc>) -> Finding {

@@ -582,21 +582,42 @@ impl Store {
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         let values = values.clone();
-        self.update_state(owner, thread, run, Box::new(move |_| Ok(values.clone())), metadata).await
+        let update = Box::new(move |_| Ok(values.clone()));
+        self.update_state(owner, thread, run, None, update, metadata).await
     }
 
     /// Replaces the thread's values with `update(current)` atomically (no update between the
-    /// read and the write is lost) and stores the result as a checkpoint. An error from
-    /// `update` becomes [`Error::Invalid`] and changes nothing.
+    /// read and the write is lost) and stores the result as a checkpoint, the thread's new
+    /// newest. With `from`, `current` is that checkpoint's values and it is the new one's
+    /// parent (a new branch when it was not the newest); a checkpoint the thread does not
+    /// have is [`Error::NotFound`]. An error from `update` becomes [`Error::Invalid`] and
+    /// changes nothing.
+    ///
+    /// Every checkpoint the store writes has `step` in its metadata: its parent's plus one
+    /// (a parent without an integer `step` counts as −1), −1 without a parent.
     pub async fn update_state(
         &self,
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
+        from: Option<CheckpointId>,
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        dispatch!(self.update_state(owner, thread, run, update, metadata))
+        dispatch!(self.update_state(owner, thread, run, from, update, metadata))
+    }
+
+    /// A claimed run's first step (see [`FirstStep`]), for a run that was created pending: its
+    /// events, its checkpoint (after `initial`'s, when that is written) and the `values` event,
+    /// in one transaction. Publish the events after this returns.
+    pub async fn commit_first_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        first: FirstStep,
+    ) -> Result<Step> {
+        dispatch!(self.commit_first_step(owner, thread, run, first))
     }
 
     /// One step of a run, in one transaction: appends `events`; with `update`, applies it as
@@ -628,7 +649,12 @@ impl Store {
         error: Option<&str>,
         event: &NewEvent,
     ) -> Result<(Run, Event)> {
-        let end = RunEnd { status, error: error.map(str::to_owned), event: event.clone() };
+        let end = RunEnd {
+            status,
+            error: error.map(str::to_owned),
+            event: event.clone(),
+            interrupted: false,
+        };
         let step =
             self.commit_step(owner, thread, run, &[], None, &Metadata::new(), Some(&end)).await?;
         match (step.ended, step.events.into_iter().last()) {

@@ -98,6 +98,7 @@ text_enum!(
         RunError = "run_error",
         RunCancelled = "run_cancelled",
         Custom = "custom",
+        Interrupt = "interrupt",
     }
 );
 
@@ -272,11 +273,22 @@ pub struct NewRun {
 }
 
 /// A run's first step (its input applied to the thread's state, with the events before it),
-/// for [`crate::Store::create_run_claiming`] to commit with the run when it claims it.
+/// committed by [`crate::Store::create_run_claiming`] with the run when it claims it, or by
+/// [`crate::Store::commit_first_step`].
 pub struct FirstStep {
     pub events: Vec<NewEvent>,
+    /// The step's values from the values it starts from: the thread's newest checkpoint's,
+    /// or `from`'s.
     pub update: StateUpdate,
     pub metadata: Metadata,
+    /// A fork: the step starts from this checkpoint of the thread rather than from the
+    /// newest: the update is given its values and the new checkpoint has it as parent. A
+    /// checkpoint the thread does not have is [`crate::Error::NotFound`], nothing written.
+    pub from: Option<CheckpointId>,
+    /// The state before the input, written first (as the step's parent) when the thread has
+    /// no checkpoint yet and `from` is `None`: LangGraph's step −1 state, so the first
+    /// message of a thread has a parent to fork from (edit it). Its values and metadata.
+    pub initial: Option<(Value, Metadata)>,
 }
 
 impl std::fmt::Debug for FirstStep {
@@ -284,6 +296,8 @@ impl std::fmt::Debug for FirstStep {
         f.debug_struct("FirstStep")
             .field("events", &self.events)
             .field("metadata", &self.metadata)
+            .field("from", &self.from)
+            .field("initial", &self.initial)
             .finish_non_exhaustive()
     }
 }
@@ -295,6 +309,9 @@ pub struct RunEnd {
     pub status: RunStatus,
     pub error: Option<String>,
     pub event: NewEvent,
+    /// The run stopped to ask a human (an interrupt, or a breakpoint): its thread becomes
+    /// `interrupted` rather than `idle`, unless another of its runs is active.
+    pub interrupted: bool,
 }
 
 /// What one step of a run committed.
@@ -348,11 +365,12 @@ pub struct Event {
 }
 
 /// The thread's status once a run has moved to `status` and `active` runs remain active.
-pub fn thread_status_after(status: RunStatus, active: i64) -> ThreadStatus {
+pub fn thread_status_after(status: RunStatus, active: i64, interrupted: bool) -> ThreadStatus {
     if active > 0 {
         return ThreadStatus::Busy;
     }
     match status {
+        RunStatus::Success if interrupted => ThreadStatus::Interrupted,
         RunStatus::Pending | RunStatus::Running => ThreadStatus::Busy,
         RunStatus::Success | RunStatus::Interrupted => ThreadStatus::Idle,
         RunStatus::Error | RunStatus::Timeout => ThreadStatus::Error,

@@ -28,6 +28,14 @@ const CLAIM_LOCK: i64 = 0x5350_494e_444c_4501;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A checkpoint's `step` from its metadata column, as a `bigint` (−1 when it is missing or
+/// not an integer): `spindle_checkpoint_step` (migration 0008), which the run functions use.
+macro_rules! step_of {
+    ($column:literal) => {
+        concat!("spindle_checkpoint_step(", $column, ")")
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Clone, Debug)]
@@ -304,7 +312,7 @@ impl PgStore {
 
     /// Creates a run, claimed with its first step when `first` is given (see
     /// `Store::create_run_claiming`): one round trip to `spindle_start_run`, after a read of
-    /// the thread's state unless this process knows it.
+    /// the thread's state unless this process knows it (or, for a fork, of the checkpoint's).
     async fn start_run(
         &self,
         owner: UserId,
@@ -315,23 +323,47 @@ impl PgStore {
         let id = run.thread_id;
         let at = now();
         let claim = first.is_some();
-        // The first step, computed from the state it will be written over.
+        // The first step, computed from the state it will be written over: the thread's, or
+        // for a fork the checkpoint's (which never changes: no version to check).
         let mut step: Option<(i64, Value, Vec<NewEvent>, Metadata)> = None;
-        if let Some(FirstStep { mut events, mut update, metadata }) = first {
-            let ((version, current), _) = self.state_of(owner, id).await?;
+        let (mut from, mut initial) = (None, None);
+        if let Some(first) = first {
+            let FirstStep { mut events, mut update, metadata, from: fork, initial: before } = first;
+            (from, initial) = (fork, before.filter(|_| fork.is_none()));
+            let base = match from {
+                None => {
+                    let ((version, current), _) = self.state_of(owner, id).await?;
+                    Some((version, current))
+                }
+                // Not found (or not the caller's): `spindle_start_run` says which, or leaves
+                // the run pending for the executor to meet it.
+                Some(from) => match self.fork_values(owner, id, from).await {
+                    Ok(values) => Some((0, Some(values))),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                },
+            };
             // Refused (an invalid update): the run is created claimed, without the step, and
             // executing it meets the same refusal.
-            if let Ok(values) = update(current) {
+            if let Some((version, current)) = base
+                && let Ok(values) = update(current)
+            {
                 events.push(NewEvent::values(run.run_id, &values));
                 step = Some((version, values, events, metadata));
             }
         }
+        // Minted in this order, so the initial checkpoint sorts before the step's.
+        let initial_id = initial.as_ref().map(|_| CheckpointId::new());
         let checkpoint_id = CheckpointId::new();
         let encoded =
             step.as_ref().map(|(_, _, events, _)| EncodedEvents::new(events)).transpose()?;
+        let initial_values =
+            initial.as_ref().map(|(v, _)| pg_json("state values", v)).transpose()?;
+        let initial_metadata =
+            initial.as_ref().map(|(_, m)| pg_json("checkpoint metadata", m)).transpose()?;
         let row = sqlx::query(
-            "select o_outcome, o_status, o_replaced, o_first_seq, o_parent, o_version
-             from spindle_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            "select o_outcome, o_status, o_replaced, o_first_seq, o_parent, o_version, o_step
+             from spindle_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         )
         .bind(run.run_id)
         .bind(id)
@@ -349,6 +381,10 @@ impl PgStore {
         .bind(step.as_ref().map(|(_, values, ..)| pg_json("state values", values)).transpose()?)
         .bind(checkpoint_id)
         .bind(step.as_ref().map(|(.., metadata)| pg_json("checkpoint metadata", metadata)).transpose()?)
+        .bind(from)
+        .bind(initial_id)
+        .bind(initial_values)
+        .bind(initial_metadata)
         .bind(encoded.as_ref().map(|e| &e.runs))
         .bind(encoded.as_ref().map(|e| &e.kinds))
         .bind(encoded.as_ref().map(|e| &e.data))
@@ -359,6 +395,10 @@ impl PgStore {
             "not_found" => return Err(Error::not_found("thread", id)),
             "conflict" => return Err(thread_conflict(id)),
             "busy" => return Err(Error::Conflict(THREAD_BUSY.into())),
+            "checkpoint_not_found" => {
+                let from = from.map(|id| id.to_string()).unwrap_or_default();
+                return Err(Error::not_found("checkpoint", from));
+            }
             _ => {}
         }
         let created = Run {
@@ -387,7 +427,7 @@ impl PgStore {
                     run_id: Some(run.run_id),
                     parent_checkpoint_id: row.try_get(4)?,
                     values,
-                    metadata,
+                    metadata: with_step(metadata, row.try_get(6)?),
                     created_at: at,
                 };
                 let events = numbered(id, first_seq, events, at);
@@ -396,6 +436,31 @@ impl PgStore {
             _ => None,
         };
         Ok((created, replaced, step))
+    }
+
+    /// A checkpoint's values, for a step that forks from it: [`Error::NotFound`] for a thread
+    /// the caller does not have, or a checkpoint the thread does not have.
+    async fn fork_values(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        from: CheckpointId,
+    ) -> Result<Value> {
+        let row: Option<(Option<CheckpointId>, Option<Value>)> = sqlx::query_as(
+            "select c.checkpoint_id, c.state_values
+             from threads t left join checkpoints c on c.thread_id = t.thread_id and c.checkpoint_id = $1
+             where t.thread_id = $2 and t.owner_id = $3",
+        )
+        .bind(from)
+        .bind(thread)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Err(Error::not_found("thread", thread)),
+            Some((Some(_), Some(values))) => Ok(values),
+            Some(_) => Err(Error::not_found("checkpoint", from)),
+        }
     }
 
     pub async fn claim_runs(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
@@ -649,7 +714,8 @@ impl PgStore {
         error: Option<&str>,
     ) -> Result<Run> {
         let mut tx = self.pool.begin().await?;
-        let run = set_run_status_in(&mut tx, owner, thread, id, status, error, true, false).await?;
+        let run = set_run_status_in(&mut tx, owner, thread, id, status, error, true, false, false)
+            .await?;
         tx.commit().await?;
         Ok(run)
     }
@@ -659,15 +725,58 @@ impl PgStore {
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
+        from: Option<CheckpointId>,
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
         // Written here without the known state: a run's next step reads the new one.
         self.forget(thread);
         let mut tx = self.pool.begin().await?;
-        let checkpoint = update_state_in(&mut tx, owner, thread, run, update, metadata).await?;
+        let checkpoint =
+            update_state_in(&mut tx, owner, thread, run, from, update, metadata).await?;
         tx.commit().await?;
         Ok(checkpoint)
+    }
+
+    pub async fn commit_first_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        first: FirstStep,
+    ) -> Result<Step> {
+        let FirstStep { events, mut update, metadata, from, initial } = first;
+        let initial = initial.filter(|_| from.is_none());
+        // A fork's values are read once: they never change.
+        let fork = match from {
+            None => None,
+            Some(from) => Some((from, self.fork_values(owner, thread, from).await?)),
+        };
+        let first = First { fork: fork.as_ref(), initial: initial.as_ref() };
+        let step = self
+            .try_step(owner, thread, run, &events, Some(&mut update), &metadata, None, first)
+            .await?;
+        if let Some(step) = step {
+            return Ok(step);
+        }
+        // Stale every time (the state is being written by others as fast): under its lock.
+        self.forget(thread);
+        let mut events = events;
+        let mut tx = self.pool.begin().await?;
+        lock_owned_thread(&mut tx, owner, thread).await?;
+        if let (None, Some((values, initial_metadata))) = (from, initial)
+            && newest_checkpoint(&mut tx, thread).await?.is_none()
+        {
+            // The thread's first checkpoint: the state before the input, without a parent.
+            insert_checkpoint(&mut tx, thread, Some(run), None, &values, initial_metadata, -1)
+                .await?;
+        }
+        let checkpoint =
+            update_state_in(&mut tx, owner, thread, Some(run), from, update, &metadata).await?;
+        events.push(NewEvent::values(run, &checkpoint.values));
+        let events = append_in(&mut tx, owner, thread, &events).await?;
+        tx.commit().await?;
+        Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
     }
 
     #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
@@ -681,15 +790,50 @@ impl PgStore {
         metadata: &Metadata,
         end: Option<&RunEnd>,
     ) -> Result<Step> {
-        // One round trip to `spindle_commit_step`, the update computed from the state this
-        // process knows (or has just read); stale, it reads and tries again.
+        let first = First { fork: None, initial: None };
+        let step = self
+            .try_step(owner, thread, run, events, update.as_mut(), metadata, end, first)
+            .await?;
+        if let Some(step) = step {
+            return Ok(step);
+        }
+        // Stale every time (the state is being written by others as fast): under its lock.
+        self.forget(thread);
+        let mut tx = self.pool.begin().await?;
+        let step =
+            commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
+                .await?;
+        tx.commit().await?;
+        Ok(step)
+    }
+
+    /// A step in one round trip to `spindle_commit_step`, the update computed from the state
+    /// this process knows (or has just read), or from the checkpoint it forks from; stale, it
+    /// reads and tries again. `None` when it was stale every time: the caller takes the
+    /// thread's lock and reads the state under it.
+    #[allow(clippy::too_many_arguments, reason = "mirrors Store::commit_step")]
+    async fn try_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        events: &[NewEvent],
+        mut update: Option<&mut StateUpdate>,
+        metadata: &Metadata,
+        end: Option<&RunEnd>,
+        first: First<'_>,
+    ) -> Result<Option<Step>> {
         for _ in 0..STALE_TRIES {
             let at = now();
             let mut all = events.to_vec();
             let (version, values) = match update.as_mut() {
                 None => (0, None),
                 Some(update) => {
-                    let ((version, current), remembered) = self.state_of(owner, thread).await?;
+                    let ((version, current), remembered) = match first.fork {
+                        // No version: the function checks none for a fork.
+                        Some((_, values)) => ((0, Some(values.clone())), false),
+                        None => self.state_of(owner, thread).await?,
+                    };
                     let values = match update(current) {
                         Ok(values) => values,
                         // Refused on a remembered state, which may be stale: read it and ask
@@ -705,9 +849,12 @@ impl PgStore {
                 all.push(end.event.clone());
             }
             let encoded = EncodedEvents::new(&all)?;
+            // Minted in this order, so the initial checkpoint sorts before the step's.
+            let initial_id = first.initial.map(|_| CheckpointId::new());
             let checkpoint_id = CheckpointId::new();
+            let initial = first.initial;
             let row = sqlx::query(
-                "select * from spindle_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "select * from spindle_commit_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             )
             .bind(owner)
             .bind(thread)
@@ -717,8 +864,13 @@ impl PgStore {
             .bind(values.as_ref().map(|v| pg_json("state values", v)).transpose()?)
             .bind(checkpoint_id)
             .bind(pg_json("checkpoint metadata", metadata)?)
+            .bind(first.fork.map(|(from, _)| *from))
+            .bind(initial_id)
+            .bind(initial.map(|(v, _)| pg_json("state values", v)).transpose()?)
+            .bind(initial.map(|(_, m)| pg_json("checkpoint metadata", m)).transpose()?)
             .bind(end.map(|e| e.status.as_str()))
             .bind(end.and_then(|e| e.error.as_deref()))
+            .bind(end.map(|e| thread_status_after(e.status, 0, e.interrupted).as_str()))
             .bind(&encoded.runs)
             .bind(&encoded.kinds)
             .bind(&encoded.data)
@@ -727,6 +879,10 @@ impl PgStore {
             let outcome: String = row.try_get(0)?;
             match outcome.as_str() {
                 "not_found" => return Err(Error::not_found("thread", thread)),
+                "checkpoint_not_found" => {
+                    let from = first.fork.map(|(from, _)| from.to_string()).unwrap_or_default();
+                    return Err(Error::not_found("checkpoint", from));
+                }
                 "ended" => {
                     return Err(Error::Conflict(format!(
                         "run {run} is not running: it has already ended"
@@ -741,7 +897,7 @@ impl PgStore {
             let new_version: i64 = row.try_get(3)?;
             let ended = match end {
                 None => None,
-                Some(_) => Some(run_row_at(&row, 4)?),
+                Some(_) => Some(run_row_at(&row, 5)?),
             };
             // A run's end leaves the thread to whatever comes next: its state is read then.
             match (&ended, &values) {
@@ -757,23 +913,16 @@ impl PgStore {
                     run_id: Some(run),
                     parent_checkpoint_id: row.try_get(2)?,
                     values,
-                    metadata: metadata.clone(),
+                    metadata: with_step(metadata.clone(), row.try_get(4)?),
                     created_at: at,
                 }),
             };
             let first_seq: i64 = row.try_get(1)?;
             let events =
                 if all.is_empty() { Vec::new() } else { numbered(thread, first_seq, all, at) };
-            return Ok(Step { checkpoint, events, ended });
+            return Ok(Some(Step { checkpoint, events, ended }));
         }
-        // Stale every time (the state is being written by others as fast): under its lock.
-        self.forget(thread);
-        let mut tx = self.pool.begin().await?;
-        let step =
-            commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
-                .await?;
-        tx.commit().await?;
-        Ok(step)
+        Ok(None)
     }
 
     pub async fn get_checkpoint(
@@ -984,7 +1133,7 @@ async fn commit_step_in(
         None => None,
         Some(update) => {
             let checkpoint =
-                update_state_in(&mut *tx, owner, thread, Some(run), update, metadata).await?;
+                update_state_in(&mut *tx, owner, thread, Some(run), None, update, metadata).await?;
             all.push(NewEvent::values(run, &checkpoint.values));
             Some(checkpoint)
         }
@@ -995,9 +1144,19 @@ async fn commit_step_in(
         Some(end) => {
             // The state update above took the thread's lock already, if there was one.
             let (lock, error) = (checkpoint.is_none(), end.error.as_deref());
-            let ended =
-                set_run_status_in(&mut *tx, owner, thread, run, end.status, error, lock, true)
-                    .await?;
+            let (status, interrupted) = (end.status, end.interrupted);
+            let ended = set_run_status_in(
+                &mut *tx,
+                owner,
+                thread,
+                run,
+                status,
+                error,
+                lock,
+                true,
+                interrupted,
+            )
+            .await?;
             all.push(end.event.clone());
             Some(ended)
         }
@@ -1008,13 +1167,15 @@ async fn commit_step_in(
     Ok(Step { checkpoint, events, ended })
 }
 
-/// Replaces the thread's values with `update(current)` and stores them as a checkpoint, in
-/// the caller's transaction.
+/// Replaces the thread's values with `update(base)` and stores them as a checkpoint, in the
+/// caller's transaction; `base` is the thread's values, or `from`'s (then `from` is the
+/// parent).
 async fn update_state_in(
     conn: &mut PgConnection,
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
+    from: Option<CheckpointId>,
     mut update: StateUpdate,
     metadata: &Metadata,
 ) -> Result<Checkpoint> {
@@ -1027,28 +1188,100 @@ async fn update_state_in(
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| Error::not_found("thread", thread))?;
-    let values = update(current).map_err(Error::Invalid)?;
-    let at = now();
-    // One round trip: the thread's new values and the checkpoint that records them.
-    let sql = concat!(
-        "with t as (update threads set state_values = $4, state_version = nextval('state_versions'), state_updated_at = $6, updated_at = $6 where thread_id = $2)
-         insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-         values ($1, $2, $3,
-                 (select checkpoint_id from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1),
-                 $4, $5, $6)
-         returning ",
-        checkpoint_cols!()
-    );
-    let row = sqlx::query(sql)
-        .bind(CheckpointId::new())
-        .bind(thread)
-        .bind(run)
-        .bind(pg_json("state values", &values)?)
-        .bind(pg_json("checkpoint metadata", metadata)?)
-        .bind(at)
-        .fetch_one(&mut *conn)
-        .await?;
-    let checkpoint = checkpoint_row(&row)?;
+    let (base, parent) = match from {
+        None => (current, newest_checkpoint(&mut *conn, thread).await?),
+        Some(from) => {
+            let (values, step): (Value, i64) = sqlx::query_as(concat!(
+                "select state_values, ",
+                step_of!("metadata"),
+                " from checkpoints where checkpoint_id = $1 and thread_id = $2"
+            ))
+            .bind(from)
+            .bind(thread)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::not_found("checkpoint", from))?;
+            (Some(values), Some((from, step)))
+        }
+    };
+    let values = update(base).map_err(Error::Invalid)?;
+    let step = parent.map_or(-1, |(_, step)| step + 1);
+    let parent = parent.map(|(id, _)| id);
+    let checkpoint =
+        insert_checkpoint(&mut *conn, thread, run, parent, &values, metadata.clone(), step).await?;
+    sqlx::query(
+        "update threads set state_values = $2, state_version = nextval('state_versions'), state_updated_at = $3, updated_at = $3 where thread_id = $1",
+    )
+    .bind(thread)
+    .bind(pg_json("state values", &values)?)
+    .bind(checkpoint.created_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(checkpoint)
+}
+
+/// The thread's newest checkpoint and its `step`.
+async fn newest_checkpoint(
+    conn: &mut PgConnection,
+    thread: ThreadId,
+) -> Result<Option<(CheckpointId, i64)>> {
+    Ok(sqlx::query_as(concat!(
+        "select checkpoint_id, ",
+        step_of!("metadata"),
+        " from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1"
+    ))
+    .bind(thread)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// What makes a step a run's first (see [`FirstStep`]): the checkpoint it forks from, with
+/// its values, or the state written before it on a thread without a checkpoint.
+#[derive(Clone, Copy)]
+struct First<'a> {
+    fork: Option<&'a (CheckpointId, Value)>,
+    initial: Option<&'a (Value, Metadata)>,
+}
+
+/// `metadata` with its checkpoint's `step`, as the store writes it.
+fn with_step(mut metadata: Metadata, step: i64) -> Metadata {
+    metadata.insert("step".into(), step.into());
+    metadata
+}
+
+/// Inserts a checkpoint with `step` in its metadata.
+async fn insert_checkpoint(
+    conn: &mut PgConnection,
+    thread: ThreadId,
+    run: Option<RunId>,
+    parent: Option<CheckpointId>,
+    values: &Value,
+    metadata: Metadata,
+    step: i64,
+) -> Result<Checkpoint> {
+    let metadata = with_step(metadata, step);
+    let checkpoint = Checkpoint {
+        checkpoint_id: CheckpointId::new(),
+        thread_id: thread,
+        run_id: run,
+        parent_checkpoint_id: parent,
+        values: values.clone(),
+        metadata,
+        created_at: now(),
+    };
+    sqlx::query(
+        "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(checkpoint.checkpoint_id)
+    .bind(thread)
+    .bind(run)
+    .bind(parent)
+    .bind(pg_json("state values", values)?)
+    .bind(pg_json("checkpoint metadata", &checkpoint.metadata)?)
+    .bind(checkpoint.created_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(checkpoint)
 }
 
@@ -1105,6 +1338,7 @@ async fn set_run_status_in(
     error: Option<&str>,
     lock: bool,
     only_running: bool,
+    interrupted: bool,
 ) -> Result<Run> {
     if lock {
         lock_owned_thread(conn, owner, thread).await?;
@@ -1138,7 +1372,7 @@ async fn set_run_status_in(
     )
     .bind(thread)
     .bind(updated.updated_at)
-    .bind(thread_status_after(status, 0).as_str())
+    .bind(thread_status_after(status, 0, interrupted).as_str())
     .execute(&mut *conn)
     .await?;
     Ok(updated)

@@ -312,32 +312,40 @@ impl SqliteStore {
         first: FirstStep,
     ) -> Result<(Run, Vec<RunId>, Option<Step>)> {
         let run = EncodedRun::new(run)?;
-        let events = encode_events(&first.events)?;
-        let metadata_text = json::encode("checkpoint metadata", &first.metadata, true)?;
+        let first = EncodedFirst::new(first)?;
         self.write(move |c| {
             let (created, replaced) = create_run_in(c, owner, &run, if_not_exists, true)?;
             if created.status != RunStatus::Running {
                 return Ok((created, replaced, None));
             }
             let (thread, id) = (created.thread_id, created.run_id);
-            let step = match commit_step_in(
-                c,
-                owner,
-                thread,
-                id,
-                events,
-                Some(first.update),
-                &metadata_text,
-                None,
-            ) {
+            let exec = |sql: &str| c.prepare_cached(sql)?.execute([]).map_err(Error::from);
+            exec("savepoint first_step")?;
+            let step = match first_step_in(c, owner, thread, id, first) {
                 Ok(step) => Some(step),
-                // Refused before anything was written: the executor meets it again.
-                Err(Error::Invalid(_)) => None,
+                // Refused: what it wrote before (the state before the input) goes, and the
+                // executor meets the refusal again.
+                Err(Error::Invalid(_)) => {
+                    exec("rollback to first_step")?;
+                    None
+                }
                 Err(e) => return Err(e),
             };
+            exec("release first_step")?;
             Ok((created, replaced, step))
         })
         .await
+    }
+
+    pub async fn commit_first_step(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        run: RunId,
+        first: FirstStep,
+    ) -> Result<Step> {
+        let first = EncodedFirst::new(first)?;
+        self.write(move |c| first_step_in(c, owner, thread, run, first)).await
     }
 
     pub async fn claim_runs(&self, limit: u32, per_user: u32) -> Result<Vec<Run>> {
@@ -542,11 +550,13 @@ impl SqliteStore {
         owner: UserId,
         thread: ThreadId,
         run: Option<RunId>,
+        from: Option<CheckpointId>,
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        let metadata_text = json::encode("checkpoint metadata", metadata, true)?;
-        self.write(move |c| Ok(update_state_in(c, owner, thread, run, update, &metadata_text)?.0))
+        json::encode("checkpoint metadata", metadata, true)?;
+        let metadata = metadata.clone();
+        self.write(move |c| Ok(update_state_in(c, owner, thread, run, from, update, metadata)?.0))
             .await
     }
 
@@ -562,14 +572,13 @@ impl SqliteStore {
         end: Option<&RunEnd>,
     ) -> Result<Step> {
         let events = encode_events(events)?;
-        let metadata_text = json::encode("checkpoint metadata", metadata, true)?;
+        json::encode("checkpoint metadata", metadata, true)?;
+        let metadata = metadata.clone();
         let end = end
             .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
             .transpose()?;
-        self.write(move |c| {
-            commit_step_in(c, owner, thread, run, events, update, &metadata_text, end)
-        })
-        .await
+        self.write(move |c| commit_step_in(c, owner, thread, run, events, update, metadata, end))
+            .await
     }
 
     pub async fn get_checkpoint(
@@ -985,7 +994,7 @@ fn commit_step_in(
     run: RunId,
     events: Vec<(NewEvent, String)>,
     update: Option<StateUpdate>,
-    metadata_text: &str,
+    metadata: Metadata,
     end: Option<(RunEnd, Vec<(NewEvent, String)>)>,
 ) -> Result<Step> {
     let mut all = events;
@@ -994,7 +1003,7 @@ fn commit_step_in(
         None => None,
         Some(update) => {
             let (checkpoint, values_text) =
-                update_state_in(c, owner, thread, Some(run), update, metadata_text)?;
+                update_state_in(c, owner, thread, Some(run), None, update, metadata)?;
             all.push((NewEvent::values(run, &checkpoint.values), values_text));
             Some(checkpoint)
         }
@@ -1005,10 +1014,11 @@ fn commit_step_in(
         Some((end, last)) => {
             // A run ends once: a second end (another node's recovery got there first)
             // is refused.
-            let ended = move_run_in(c, owner, thread, run, end.status, end.error.as_deref(), true)?
+            let (status, error) = (end.status, end.error.as_deref());
+            let ended = move_run_in(c, owner, thread, run, status, error, true, end.interrupted)?
                 .ok_or_else(|| {
-                    Error::Conflict(format!("run {run} is not running: it has already ended"))
-                })?;
+                Error::Conflict(format!("run {run} is not running: it has already ended"))
+            })?;
             all.extend(last);
             Some(ended)
         }
@@ -1188,40 +1198,139 @@ fn append_in(
     Ok(out)
 }
 
-/// Replaces the thread's values with `update(current)` and stores them as a checkpoint;
-/// returns it with its values as JSON text.
+/// A [`FirstStep`] with its events encoded (outside the writer).
+struct EncodedFirst {
+    events: Vec<(NewEvent, String)>,
+    update: StateUpdate,
+    metadata: Metadata,
+    from: Option<CheckpointId>,
+    initial: Option<(String, Metadata)>,
+}
+
+impl EncodedFirst {
+    fn new(first: FirstStep) -> Result<EncodedFirst> {
+        json::encode("checkpoint metadata", &first.metadata, true)?;
+        let initial = match first.initial {
+            None => None,
+            Some((values, metadata)) => {
+                json::encode("checkpoint metadata", &metadata, true)?;
+                Some((json::encode("state values", &values, true)?, metadata))
+            }
+        };
+        Ok(EncodedFirst {
+            events: encode_events(&first.events)?,
+            update: first.update,
+            metadata: first.metadata,
+            from: first.from,
+            initial,
+        })
+    }
+}
+
+/// A run's first step (see `Store::commit_first_step`), in the caller's transaction.
+fn first_step_in(
+    c: &Connection,
+    owner: UserId,
+    thread: ThreadId,
+    run: RunId,
+    first: EncodedFirst,
+) -> Result<Step> {
+    let EncodedFirst { mut events, update, metadata, from, initial } = first;
+    if let (None, Some((values_text, initial_metadata))) = (from, initial)
+        && newest_checkpoint(c, thread)?.is_none()
+    {
+        // The thread's first checkpoint: the state before the input, without a parent.
+        check_owner(c, owner, thread)?;
+        insert_checkpoint(c, thread, Some(run), None, &values_text, initial_metadata, -1)?;
+    }
+    let (checkpoint, values_text) =
+        update_state_in(c, owner, thread, Some(run), from, update, metadata)?;
+    events.push((NewEvent::values(run, &checkpoint.values), values_text));
+    let events = append_in(c, owner, thread, events)?;
+    Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
+}
+
+/// The thread's newest checkpoint and its `step` (a missing or non-integer step read as −1).
+fn newest_checkpoint(c: &Connection, thread: ThreadId) -> Result<Option<(CheckpointId, i64)>> {
+    Ok(c.prepare_cached(
+        "select checkpoint_id, coalesce(case when json_type(metadata, '$.step') = 'integer' then json_extract(metadata, '$.step') end, -1)
+         from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1",
+    )?
+    .query_row([thread], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()?)
+}
+
+/// `NotFound` unless the caller owns the thread.
+fn check_owner(c: &Connection, owner: UserId, thread: ThreadId) -> Result<()> {
+    c.prepare_cached("select 1 from threads where thread_id = ?1 and owner_id = ?2")?
+        .query_row(params![thread, owner], |_| Ok(()))
+        .optional()?
+        .ok_or_else(|| Error::not_found("thread", thread))
+}
+
+/// Inserts a checkpoint with `step` in its metadata; returns the metadata as written.
+fn insert_checkpoint(
+    c: &Connection,
+    thread: ThreadId,
+    run: Option<RunId>,
+    parent: Option<CheckpointId>,
+    values_text: &str,
+    mut metadata: Metadata,
+    step: i64,
+) -> Result<(CheckpointId, Metadata, DateTime<Utc>)> {
+    metadata.insert("step".into(), step.into());
+    let metadata_text = json::encode("checkpoint metadata", &metadata, true)?;
+    let checkpoint_id = CheckpointId::new();
+    let created_at = now();
+    c.prepare_cached(
+        "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
+         values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![checkpoint_id, thread, run, parent, values_text, metadata_text, micros(created_at)])?;
+    Ok((checkpoint_id, metadata, created_at))
+}
+
+/// Replaces the thread's values with `update(base)` and stores them as a checkpoint, `base`
+/// being the thread's values, or `from`'s (then `from` is the parent); returns it with its
+/// values as JSON text.
 fn update_state_in(
     c: &Connection,
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
+    from: Option<CheckpointId>,
     mut update: StateUpdate,
-    metadata_text: &str,
+    metadata: Metadata,
 ) -> Result<(Checkpoint, String)> {
     let current: Option<String> = c
         .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
         .query_row(params![thread, owner], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found("thread", thread))?;
-    let current = current.map(|text| serde_json::from_str(&text)).transpose()?;
-    let values = update(current).map_err(Error::Invalid)?;
+    let (base, parent) = match from {
+        None => (current, newest_checkpoint(c, thread)?),
+        Some(from) => {
+            let (values, step): (String, i64) = c
+                .prepare_cached(
+                    "select state_values, coalesce(case when json_type(metadata, '$.step') = 'integer' then json_extract(metadata, '$.step') end, -1)
+                     from checkpoints where checkpoint_id = ?1 and thread_id = ?2",
+                )?
+                .query_row(params![from, thread], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or_else(|| Error::not_found("checkpoint", from))?;
+            (Some(values), Some((from, step)))
+        }
+    };
+    let base = base.map(|text| serde_json::from_str(&text)).transpose()?;
+    let values = update(base).map_err(Error::Invalid)?;
     let values_text = json::encode("state values", &values, true)?;
-    let created_at = now();
-    let at = micros(created_at);
+    let step = parent.map_or(-1, |(_, step)| step + 1);
+    let parent = parent.map(|(id, _)| id);
+    let (checkpoint_id, metadata, created_at) =
+        insert_checkpoint(c, thread, run, parent, &values_text, metadata, step)?;
     c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3")?
-        .execute(params![values_text, at, thread])?;
-    let parent: Option<CheckpointId> = c
-        .prepare_cached("select checkpoint_id from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1")?
-        .query_row([thread], |r| r.get(0))
-        .optional()?;
-    let checkpoint_id = CheckpointId::new();
-    c.prepare_cached(
-        "insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id, state_values, metadata, created_at)
-         values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![checkpoint_id, thread, run, parent, values_text, metadata_text, at])?;
+        .execute(params![values_text, micros(created_at), thread])?;
     // Built from what was written, not read back: the values need no second parse.
-    let metadata = json_object(serde_json::from_str(metadata_text)?);
     let checkpoint = Checkpoint {
         checkpoint_id,
         thread_id: thread,
@@ -1251,12 +1360,13 @@ fn set_run_status_in(
     status: RunStatus,
     error: Option<&str>,
 ) -> Result<Run> {
-    move_run_in(c, owner, thread, id, status, error, false)?
+    move_run_in(c, owner, thread, id, status, error, false, false)?
         .ok_or_else(|| Error::not_found("run", id))
 }
 
 /// Moves a run (with `only_running`, only a running one) to `status`, and its thread's status
-/// to match; `None` if no run moved.
+/// to match (`interrupted`: see `RunEnd::interrupted`); `None` if no run moved.
+#[allow(clippy::too_many_arguments, reason = "a run's move and its thread's, in one place")]
 fn move_run_in(
     c: &Connection,
     owner: UserId,
@@ -1265,6 +1375,7 @@ fn move_run_in(
     status: RunStatus,
     error: Option<&str>,
     only_running: bool,
+    interrupted: bool,
 ) -> Result<Option<Run>> {
     let at = micros(now());
     // Two statements, not one with a flag parameter: a parameter beside `status` would make
@@ -1291,7 +1402,7 @@ fn move_run_in(
     };
     let active = i64::from(thread_active(c, thread)?);
     c.prepare_cached("update threads set status = ?1, updated_at = ?2 where thread_id = ?3")?
-        .execute(params![thread_status_after(status, active).as_str(), at, thread])?;
+        .execute(params![thread_status_after(status, active, interrupted).as_str(), at, thread])?;
     Ok(Some(run))
 }
 

@@ -89,7 +89,7 @@ async fn finished_thread(store: &Store, owner: UserId, status: RunStatus) -> (Th
     assert_eq!(store.claim_runs(10).await.unwrap().len(), 1);
     let update = Box::new(|_: Option<serde_json::Value>| Ok(json!({"messages": []})));
     let events = [event(Some(run.run_id), 1), event(Some(run.run_id), 2)];
-    let end = RunEnd { status, error: None, event: event(Some(run.run_id), 3) };
+    let end = RunEnd { status, error: None, event: event(Some(run.run_id), 3), interrupted: false };
     store
         .commit_step(owner, thread, run.run_id, &events, Some(update), &Metadata::new(), Some(&end))
         .await
@@ -470,7 +470,12 @@ async fn finished_thread_any(store: &Store, owner: UserId) {
 async fn end(store: &Store, owner: UserId, thread: ThreadId, run: RunId) {
     let update = Box::new(|_: Option<serde_json::Value>| Ok(json!({"messages": []})));
     let events = [event(Some(run), 1), event(Some(run), 2)];
-    let end = RunEnd { status: RunStatus::Success, error: None, event: event(Some(run), 3) };
+    let end = RunEnd {
+        status: RunStatus::Success,
+        error: None,
+        event: event(Some(run), 3),
+        interrupted: false,
+    };
     store
         .commit_step(owner, thread, run, &events, Some(update), &Metadata::new(), Some(&end))
         .await

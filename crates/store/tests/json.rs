@@ -75,6 +75,10 @@ async fn round_trip(store: &Store, owner: UserId, value: &Value) {
     assert_eq!(store.get_thread(owner, id).await.unwrap().values, Some(v()), "state values");
     let read = store.get_checkpoint(owner, id, checkpoint.checkpoint_id).await.unwrap();
     assert_eq!(read.values, v(), "checkpoint values");
+    // The store adds the checkpoint's step: the thread's first checkpoint's is -1.
+    let mut metadata = metadata;
+    metadata.insert("step".into(), json!(-1));
+    assert_eq!(checkpoint.metadata, metadata, "checkpoint metadata as written");
     assert_eq!(read.metadata, metadata, "checkpoint metadata");
 
     let event = NewEvent { run_id: None, kind: EventKind::Custom, data: value.clone() };

@@ -11,10 +11,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use ids::{RunId, ThreadId, UserId};
+use ids::{CheckpointId, RunId, ThreadId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus};
+use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus, ThreadStatus};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use utoipa::ToSchema;
@@ -32,7 +32,7 @@ use crate::runs::{CancelAction, EndWatch, Finished};
 use crate::stream::{
     Cursor, Framer, Outbox, StreamMode, credential_lapsed, is_terminal, unauthorized_data,
 };
-use crate::wire::RunOut;
+use crate::wire::{Pending, RunOut};
 
 /// How often a waiting response writes a newline, and a stream a heartbeat comment.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -113,7 +113,8 @@ pub struct RunCreate {
     durability: Option<String>,
     feedback_keys: Option<Vec<String>>,
     checkpoint_during: Option<bool>,
-    /// Not supported yet; set, it is refused.
+    /// Resumes an interrupted thread: `{"resume": value}` (or a map of interrupt id to value),
+    /// `update` (applied first), `goto` (`"__end__"` to answer without running the agent).
     #[schema(value_type = Option<Object>)]
     command: Option<Value>,
     webhook: Option<String>,
@@ -142,18 +143,6 @@ fn unsupported(field: &str) -> ApiError {
     ApiError::unsupported(field)
 }
 
-fn is_set(value: &Option<Value>) -> bool {
-    !matches!(value, None | Some(Value::Null))
-}
-
-fn nothing_to_interrupt(value: &Option<Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => true,
-        Some(Value::Array(nodes)) => nodes.is_empty(),
-        _ => false,
-    }
-}
-
 pub fn parse_modes(field: Option<OneOrMany>) -> ApiResult<Vec<StreamMode>> {
     let names = match field {
         None => vec!["values".to_owned()],
@@ -175,17 +164,17 @@ pub fn parse_modes(field: Option<OneOrMany>) -> ApiResult<Vec<StreamMode>> {
 
 /// A run from a checkpoint (`checkpoint: {checkpoint_id, checkpoint_ns, checkpoint_map}` or
 /// `checkpoint_id`, as the SDKs send them): the thread's head checkpoint continues the thread,
-/// as a run without one does (chat UIs send the head with every message after the first); a
-/// checkpoint of another thread or user, or of a thread that does not exist yet, is a 404 like
-/// any foreign id; an older checkpoint of the thread (a fork: regenerate, edit) is refused
-/// until forks are built (#13).
+/// as a run without one does (chat UIs send the head with every message after the first), and
+/// gives `None`; an older checkpoint of the thread is a fork (regenerate, edit), given back;
+/// a checkpoint of another thread or user, or of a thread that does not exist yet, is a 404
+/// like any foreign id.
 async fn check_checkpoint(
     state: &AppState,
     context: &RequestContext,
     thread: ThreadId,
     body: &RunCreate,
     stateless: bool,
-) -> ApiResult<()> {
+) -> ApiResult<Option<CheckpointId>> {
     let id = match super::state::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Some(id),
         None => match body.checkpoint_id.as_deref() {
@@ -193,7 +182,7 @@ async fn check_checkpoint(
             Some(text) => super::state::checkpoint_id("checkpoint_id", Some(&json!(text)))?,
         },
     };
-    let Some(id) = id else { return Ok(()) };
+    let Some(id) = id else { return Ok(None) };
     if let Some(ns) = body.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns"))
         && !(ns.is_null() || ns.as_str() == Some(""))
     {
@@ -211,12 +200,95 @@ async fn check_checkpoint(
         Err(e) => return Err(e.into()),
     };
     if head.first().is_some_and(|c| c.checkpoint_id == id) {
-        return Ok(());
+        return Ok(None);
     }
     match state.store.get_checkpoint(context.user, thread, id).await {
-        Ok(_) => Err(unsupported("starting a run from an older checkpoint of the thread (a fork)")),
+        Ok(_) => Ok(Some(id)),
         Err(store::Error::NotFound { .. }) => Err(not_found()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `interrupt_before` / `interrupt_after`: `"*"` or a list of node names (the built-in agents
+/// have one node each, named like the agent; other names are accepted and never met, as in
+/// LangGraph).
+fn check_nodes(field: &str, value: &Option<Value>) -> ApiResult<Option<Value>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(all)) if all == "*" => Ok(Some(json!("*"))),
+        Some(Value::Array(nodes)) if nodes.iter().all(Value::is_string) => {
+            Ok((!nodes.is_empty()).then(|| Value::Array(nodes.clone())))
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "{field}: expected \"*\" or a list of node names such as [\"echo\"], got {other}"
+        ))),
+    }
+}
+
+/// A `command` (`{resume, update, goto}`): resumes an interrupted thread. Refused with a 4xx
+/// that says why, before anything is stored: on a stateless run (422; LangGraph says 400), a
+/// resume of a thread that is not interrupted (409; LangGraph accepts it and does nothing), a
+/// resume map naming an interrupt that is not pending (409), a `goto` to a node the agent does
+/// not have, an `update` that is not a valid state update (422). A thread that is busy is
+/// checked when the run starts (it may be interrupted by then).
+async fn check_command(
+    state: &AppState,
+    context: &RequestContext,
+    thread: ThreadId,
+    command: &Value,
+    stateless: bool,
+    agent: Agent,
+) -> ApiResult<()> {
+    let Some(fields) = command.as_object() else {
+        return Err(ApiError::invalid(format!(
+            "command: expected an object with resume, update or goto, got {command}"
+        )));
+    };
+    if stateless {
+        return Err(ApiError::Invalid {
+            code: "thread_required",
+            detail: "You must provide a thread_id when resuming: a stateless run has no interrupted state".into(),
+        });
+    }
+    if fields.get("goto").is_some_and(|g| !g.is_null()) {
+        match crate::runs::goto(command) {
+            Some(node) if node == "__end__" || node == agent.name() => {}
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "command.goto: expected \"{}\" or \"__end__\" (the nodes of agent {}), got {}",
+                    agent.name(),
+                    agent.name(),
+                    fields["goto"]
+                )));
+            }
+        }
+    }
+    if let Some(update) = fields.get("update").filter(|u| !u.is_null()) {
+        crate::wire::apply_update(None, update.clone())
+            .map_err(|e| ApiError::invalid(format!("command.update: {e}")))?;
+    }
+    let Some(resume) = fields.get("resume") else { return Ok(()) };
+    let found = match state.store.get_thread(context.user, thread).await {
+        Ok(found) => found,
+        Err(store::Error::NotFound { .. }) => {
+            return Err(ApiError::NotFound(format!(
+                "thread {thread} not found: nothing to resume"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match found.status {
+        ThreadStatus::Busy => Ok(()),
+        ThreadStatus::Interrupted => {
+            let head = state.store.list_checkpoints(context.user, thread, 1, None).await?;
+            let pending = head.first().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
+            crate::runs::resume_value(resume, &pending).map(drop).map_err(|why| {
+                ApiError::Conflict(format!("command.resume: {why} (thread {thread})"))
+            })
+        }
+        status => Err(ApiError::Conflict(format!(
+            "thread {thread} is not interrupted (it is {status}): nothing to resume"
+        ))),
     }
 }
 
@@ -227,20 +299,15 @@ async fn validate(
     body: RunCreate,
     stateless: bool,
 ) -> ApiResult<Validated> {
-    if is_set(&body.command) {
-        return Err(unsupported("command (resuming an interrupt)"));
-    }
     if body.webhook.as_deref().is_some_and(|w| !w.is_empty()) {
         return Err(unsupported("webhook"));
     }
     if body.after_seconds.is_some_and(|s| s > 0.0) {
         return Err(unsupported("after_seconds"));
     }
-    if !nothing_to_interrupt(&body.interrupt_before) || !nothing_to_interrupt(&body.interrupt_after)
-    {
-        return Err(unsupported("interrupt_before/interrupt_after"));
-    }
-    check_checkpoint(state, context, thread_id, &body, stateless).await?;
+    let interrupt_before = check_nodes("interrupt_before", &body.interrupt_before)?;
+    let interrupt_after = check_nodes("interrupt_after", &body.interrupt_after)?;
+    let fork = check_checkpoint(state, context, thread_id, &body, stateless).await?;
     if let Some(durability) = body.durability.as_deref()
         && !matches!(durability, "sync" | "async" | "exit")
     {
@@ -265,6 +332,15 @@ async fn validate(
     let agent = Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
         ApiError::invalid(format!("assistant {assistant_ref} has no agent on this server"))
     })?;
+    let command = body.command.filter(|c| !c.is_null());
+    if let Some(command) = &command {
+        check_command(state, context, thread_id, command, stateless, agent).await?;
+        if fork.is_some() {
+            return Err(unsupported(
+                "a command with an older checkpoint than the thread's newest (resume from the newest)",
+            ));
+        }
+    }
     // Check the messages now so a bad input is a 422, not a failed run.
     if let Some(input) = &body.input {
         crate::wire::apply_update(None, input.clone())
@@ -272,7 +348,7 @@ async fn validate(
     }
     let on_completion = if stateless { Some(body.on_completion.unwrap_or_default()) } else { None };
     let on_disconnect = body.on_disconnect.unwrap_or_default();
-    let kwargs = json!({
+    let mut kwargs = json!({
         "graph_id": agent.name(),
         "input": body.input,
         "config": body.config.unwrap_or_else(|| json!({})),
@@ -285,6 +361,18 @@ async fn validate(
         "durability": body.durability,
         "feedback_keys": body.feedback_keys,
     });
+    // What the executor reads besides the input (see `runs::drive`).
+    if let Some(fields) = kwargs.as_object_mut() {
+        let mut set = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                fields.insert(key.into(), value);
+            }
+        };
+        set("command", command);
+        set("checkpoint_id", fork.map(|id| json!(id)));
+        set("interrupt_before", interrupt_before);
+        set("interrupt_after", interrupt_after);
+    }
     let mut thread_metadata = Map::new();
     thread_metadata.insert("graph_id".into(), agent.name().into());
     thread_metadata.insert("assistant_id".into(), assistant.assistant_id.to_string().into());
@@ -338,7 +426,9 @@ async fn create_now(state: &AppState, context: &RequestContext, v: &Validated) -
     // Its first step (the input applied) then commits with it, in the same transaction.
     let new_run = &v.new_run;
     let place = state.executor.try_reserve(new_run.run_id, thread, context.user);
-    let first = place.as_ref().and_then(|_| {
+    // A `command` resumes the thread's state: the executor reads it first (no first step).
+    let resumes = new_run.kwargs.get("command").is_some();
+    let first = place.as_ref().filter(|_| !resumes).and_then(|_| {
         crate::runs::first_step(
             new_run.run_id,
             new_run.assistant_id,

@@ -85,7 +85,8 @@ pub struct UpdateState {
     values: Value,
     /// The node the update is attributed to (recorded in the checkpoint's metadata).
     as_node: Option<String>,
-    /// Only the latest checkpoint may be updated.
+    /// The checkpoint to update (`{"checkpoint_id": ...}`): the result is a new checkpoint
+    /// whose parent it is, the thread's newest (a new branch when it was not the newest).
     #[schema(value_type = Option<Object>)]
     checkpoint: Option<Value>,
     #[schema(value_type = Option<String>)]
@@ -106,19 +107,31 @@ async fn update_state(
         Some(id) => Some(id),
         None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
     };
-    if let Some(from) = from {
-        let current = latest(&state, &context, thread.thread_id).await?.checkpoint.checkpoint_id;
-        if current != Some(from) {
-            return Err(ApiError::Invalid {
-                code: "unsupported",
-                detail: format!(
-                    "checkpoint {from} is not the thread's latest: updating an older checkpoint is not supported yet"
-                ),
-            });
+    // The newest checkpoint is updated as without one; an older one gets a new branch.
+    let from = match from {
+        Some(from) => {
+            let head = latest(&state, &context, thread.thread_id).await?.checkpoint.checkpoint_id;
+            (head != Some(from)).then_some(from)
         }
-    }
+        None => None,
+    };
     // Validate before writing so a bad update is a 422 that changes nothing.
-    apply_update(thread.values.clone(), body.values.clone()).map_err(ApiError::invalid)?;
+    let base = match from {
+        Some(from) => {
+            match state.store.get_checkpoint(context.user, thread.thread_id, from).await {
+                Ok(checkpoint) => Some(checkpoint.values),
+                Err(store::Error::NotFound { .. }) => {
+                    return Err(ApiError::NotFound(format!(
+                        "checkpoint {from} not found in thread {}",
+                        thread.thread_id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => thread.values.clone(),
+    };
+    apply_update(base, body.values.clone()).map_err(ApiError::invalid)?;
     let node = body.as_node.unwrap_or_else(|| "__input__".to_owned());
     let metadata =
         json!({ "source": "update", "writes": { node: body.values.clone() }, "parents": {} });
@@ -130,6 +143,7 @@ async fn update_state(
             context.user,
             thread.thread_id,
             None,
+            from,
             Box::new(move |current| apply_update(current, update.clone())),
             &metadata,
         )

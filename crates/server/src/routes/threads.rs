@@ -94,8 +94,26 @@ async fn create_thread(
 /// Get a thread.
 #[utoipa::path(get, path = "/threads/{thread_id}", tag = "threads", params(("thread_id" = String, Path, format = Uuid)),
     responses((status = 200, body = ThreadOut), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn get_thread(OwnedThread(thread): OwnedThread) -> Json<ThreadOut> {
-    Json(thread.into())
+async fn get_thread(
+    State(state): State<AppState>,
+    context: RequestContext,
+    OwnedThread(thread): OwnedThread,
+) -> ApiResult<Json<ThreadOut>> {
+    Ok(Json(thread_out(&state, &context, thread).await?))
+}
+
+/// A thread as clients see it: while it is `interrupted`, with its newest checkpoint's
+/// interrupts.
+pub(crate) async fn thread_out(
+    state: &AppState,
+    context: &RequestContext,
+    thread: store::Thread,
+) -> ApiResult<ThreadOut> {
+    if thread.status != ThreadStatus::Interrupted {
+        return Ok(thread.into());
+    }
+    let head = state.store.list_checkpoints(context.user, thread.thread_id, 1, None).await?;
+    Ok(ThreadOut::with_head(thread, head.first()))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -207,8 +225,10 @@ async fn search_threads(
     let filter = filter(body.metadata, body.values, body.ids, body.status);
     let threads = state.store.search_threads(context.user, &filter, &page).await?;
     let total = state.store.count_threads(context.user, &filter).await?;
-    let out: Vec<Value> =
-        threads.into_iter().map(|t| select_fields(ThreadOut::from(t), &select)).collect();
+    let mut out: Vec<Value> = Vec::with_capacity(threads.len());
+    for thread in threads {
+        out.push(select_fields(thread_out(&state, &context, thread).await?, &select));
+    }
     let mut headers = HeaderMap::new();
     headers.insert("x-pagination-total", total.into());
     Ok((headers, Json(out)))
