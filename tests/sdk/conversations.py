@@ -458,9 +458,15 @@ def expect_idle(tid: str, what: str) -> dict:
 
 
 def wait_until_running(tid: str, rid: str, what: str, limit: float = 20.0) -> None:
+    """Polls until the run is running: the race's second request is sent only then. The run
+    is given `SLOW` options so that it still runs when that request arrives."""
     deadline = time.monotonic() + limit
     while (status := alice.runs.get(tid, rid)["status"]) != "running":
-        expect(status == "pending", f"{what}: run {rid} is {status!r} before it was seen running")
+        expect(
+            status == "pending",
+            f"{what}: run {rid} is {status!r} before it was seen running: too short to race "
+            f"(it was given {SLOW}; a `synthetic` run must stream its events, resumes included)",
+        )
         expect(time.monotonic() < deadline, f"{what}: run {rid} still pending after {limit:.0f} s")
         time.sleep(0.02)
 
