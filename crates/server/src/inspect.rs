@@ -438,11 +438,37 @@ pub fn describe_lookup(found: &IdLookup, what: &str) -> Vec<String> {
         let parent = c
             .parent_checkpoint_id
             .map_or_else(|| "no parent".to_owned(), |p| format!("parent {p}"));
+        let step = c.metadata.get("step").map_or_else(|| "?".to_owned(), ToString::to_string);
+        let source = c.metadata.get("source").and_then(|v| v.as_str()).unwrap_or("?");
         lines.push(format!(
-            "a checkpoint of thread {}, {run}, {parent}, created {}",
+            "a checkpoint of thread {}, {run}, {parent}, step {step}, source {source}, created {}",
             c.thread_id,
             time(c.created_at)
         ));
+        if let Some(f) = &found.checkpoint_facts {
+            let head = if f.newest {
+                "the thread's newest checkpoint (its current state)"
+            } else {
+                "not the thread's newest"
+            };
+            let chain = if f.chain_whole {
+                format!("{} checkpoint(s) back to the thread's first", f.depth)
+            } else {
+                format!(
+                    "its chain of parents breaks after {} checkpoint(s) (see spindle doctor: checkpoint_parent_missing)",
+                    f.depth
+                )
+            };
+            let children = match f.children.len() {
+                0 => "no children (a branch's end)".to_owned(),
+                1 => format!("1 child: {}", f.children[0]),
+                n => format!(
+                    "{n} children, a fork point (branches start at {})",
+                    f.children.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            lines.push(format!("  {head}; {chain}; {children}"));
+        }
     }
     if let Some(u) = &found.user {
         lines.push(format!(

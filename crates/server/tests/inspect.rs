@@ -183,7 +183,34 @@ async fn inspect_names_each_kind_of_id_in_the_database(db: &TestDb) {
     assert!(out.contains("an assistant (built in): graph echo"), "{out}");
     assert!(out.contains("built-in graph `echo`"), "{out}");
     let out = inspect_in(db, &checkpoint.checkpoint_id.to_string());
-    assert!(out.contains(&format!("a checkpoint of thread {thread}, no run, no parent")), "{out}");
+    assert!(
+        out.contains(&format!("a checkpoint of thread {thread}, no run, no parent, step -1")),
+        "{out}"
+    );
+    assert!(
+        out.contains("the thread's newest checkpoint (its current state); 0 checkpoint(s) back to the thread's first; no children (a branch's end)"),
+        "{out}"
+    );
+    // A second state forked from the first makes it a fork point.
+    let same = values.clone();
+    let update = Box::new(move |_: Option<serde_json::Value>| Ok(same.clone()));
+    let first = checkpoint.checkpoint_id;
+    let none = Metadata::new();
+    let a = store.update_state(owner, thread, None, Some(first), update, &none).await.unwrap();
+    let same = values.clone();
+    let update = Box::new(move |_: Option<serde_json::Value>| Ok(same.clone()));
+    let b = store.update_state(owner, thread, None, Some(first), update, &none).await.unwrap();
+    let out = inspect_in(db, &first.to_string());
+    assert!(
+        out.contains(&format!("not the thread's newest; 0 checkpoint(s) back to the thread's first; 2 children, a fork point (branches start at {}, {})", a.checkpoint_id, b.checkpoint_id)),
+        "{out}"
+    );
+    let out = inspect_in(db, &b.checkpoint_id.to_string());
+    assert!(out.contains(&format!("parent {first}, step 0, source ?")), "{out}");
+    assert!(
+        out.contains("the thread's newest checkpoint (its current state); 1 checkpoint(s) back"),
+        "{out}"
+    );
     let out = inspect_in(db, &owner.to_string());
     assert!(out.contains("a user: subject alice"), "{out}");
     assert!(out.contains("1 thread(s), 1 API key(s)"), "{out}");

@@ -66,6 +66,9 @@ pub enum Check {
     CheckpointRunMissing,
     /// A checkpoint names a run of another thread.
     CheckpointRunInOtherThread,
+    /// A checkpoint whose parent is not an older checkpoint of its thread: its branch cannot
+    /// be followed back to the thread's first state.
+    CheckpointParentMissing,
     /// A row whose thread, owner or user is missing (a broken foreign key).
     MissingParent,
     /// An id column holding something that is not a UUID (or holding the nil UUID).
@@ -84,7 +87,7 @@ pub enum Severity {
 }
 
 impl Check {
-    pub const ALL: [Check; 14] = [
+    pub const ALL: [Check; 15] = [
         Check::BusyWithoutActiveRun,
         Check::ActiveRunNotBusy,
         Check::StaleRunningRun,
@@ -96,6 +99,7 @@ impl Check {
         Check::EventRunInOtherThread,
         Check::CheckpointRunMissing,
         Check::CheckpointRunInOtherThread,
+        Check::CheckpointParentMissing,
         Check::MissingParent,
         Check::InvalidId,
         Check::UnreadableJson,
@@ -114,6 +118,7 @@ impl Check {
             Check::EventRunInOtherThread => "event_run_in_other_thread",
             Check::CheckpointRunMissing => "checkpoint_run_missing",
             Check::CheckpointRunInOtherThread => "checkpoint_run_in_other_thread",
+            Check::CheckpointParentMissing => "checkpoint_parent_missing",
             Check::MissingParent => "missing_parent",
             Check::InvalidId => "invalid_id",
             Check::UnreadableJson => "unreadable_json",
@@ -134,6 +139,9 @@ impl Check {
             Check::EventRunInOtherThread => "events pointing at a run of another thread",
             Check::CheckpointRunMissing => "checkpoints pointing at a missing run",
             Check::CheckpointRunInOtherThread => "checkpoints pointing at a run of another thread",
+            Check::CheckpointParentMissing => {
+                "checkpoints whose parent is not an older checkpoint of their thread"
+            }
             Check::MissingParent => "rows whose thread, owner or user is missing",
             Check::InvalidId => "ids that are not valid UUIDs",
             Check::UnreadableJson => "JSON values this server cannot read back",
@@ -184,6 +192,9 @@ impl Check {
             | Check::CheckpointRunInOtherThread
             | Check::MissingParent => {
                 "foreign keys were bypassed (SQLite without `pragma foreign_keys`, PostgreSQL replication role): restore the rows from a backup or delete them by hand"
+            }
+            Check::CheckpointParentMissing => {
+                "the parent was deleted by hand, or by a rollback of the run that wrote it after a state update forked from it: the branch still reads, but history cannot link it to the rest; delete the branch's checkpoints by hand if it is not wanted"
             }
             Check::InvalidId => {
                 "written around Spindle (ids only come from the ids crate): correct or delete the row by hand"
@@ -504,10 +515,26 @@ pub struct IdLookup {
     pub run: Option<RunFacts>,
     pub assistant: Option<Assistant>,
     pub checkpoint: Option<Checkpoint>,
+    /// The checkpoint's place in its thread's tree of branches.
+    pub checkpoint_facts: Option<CheckpointFacts>,
     pub user: Option<UserFacts>,
     pub api_key: Option<ApiKey>,
     /// Threads (with their owners) whose current state holds a message with this id.
     pub message_threads: Vec<(ThreadId, UserId)>,
+}
+
+/// A checkpoint's place in its thread's tree of branches (forks make it a tree).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckpointFacts {
+    /// Checkpoints made from it, oldest first (at most 20): more than one makes it a fork
+    /// point.
+    pub children: Vec<CheckpointId>,
+    /// Whether it is the thread's newest checkpoint (its current state).
+    pub newest: bool,
+    /// How many checkpoints lead back from it to its thread's first (0 for the first), and
+    /// whether that chain is whole (every parent found in the thread, each older).
+    pub depth: i64,
+    pub chain_whole: bool,
 }
 
 impl IdLookup {
@@ -639,6 +666,24 @@ pub(crate) fn settled_status(
         return current;
     }
     newest.map_or(ThreadStatus::Idle, |status| thread_status_after(status, 0, false))
+}
+
+/// What is wrong with a checkpoint's parent, for [`Check::CheckpointParentMissing`].
+pub(crate) fn parent_detail(
+    checkpoint: &str,
+    parent: &str,
+    thread: Option<ThreadId>,
+    parent_thread: Option<ThreadId>,
+) -> String {
+    match parent_thread {
+        None => format!("checkpoint {checkpoint} has parent {parent}, which does not exist"),
+        Some(other) if Some(other) != thread => {
+            format!("checkpoint {checkpoint} has parent {parent}, a checkpoint of thread {other}")
+        }
+        Some(_) => {
+            format!("checkpoint {checkpoint} has parent {parent}, which is not older than it")
+        }
+    }
 }
 
 pub(crate) fn stale_finding(started: DateTime<Utc>, last: DateTime<Utc>) -> Finding {

@@ -1861,6 +1861,28 @@ async fn doctor_scan(
         out.push(finding.thread(thread).run(run));
     }
 
+    // Forks make a thread's checkpoints a tree: every parent an older checkpoint of the thread.
+    let rows: Vec<(CheckpointId, ThreadId, CheckpointId, Option<ThreadId>)> = sqlx::query_as(
+        "select c.checkpoint_id, c.thread_id, c.parent_checkpoint_id, p.thread_id
+         from checkpoints c left join checkpoints p on p.checkpoint_id = c.parent_checkpoint_id
+         where c.parent_checkpoint_id is not null
+           and c.parent_checkpoint_id <> '00000000-0000-0000-0000-000000000000'::uuid
+           and (p.checkpoint_id is null or p.thread_id <> c.thread_id or p.checkpoint_id >= c.checkpoint_id)
+         order by c.checkpoint_id limit $1",
+    )
+    .bind(limit)
+    .fetch_all(&mut *c)
+    .await?;
+    for (checkpoint, thread, parent, parent_thread) in rows {
+        let detail = doctor::parent_detail(
+            &checkpoint.to_string(),
+            &parent.to_string(),
+            Some(thread),
+            parent_thread,
+        );
+        out.push(Finding::new(Check::CheckpointParentMissing, detail).thread(Some(thread)));
+    }
+
     missing_parents(c, limit, &mut out).await?;
     invalid_ids(c, limit, &mut out).await?;
     unreadable_json(c, limit, &mut out).await?;
@@ -2086,6 +2108,39 @@ async fn inspect_in(c: &mut PgConnection, id: &AnyId) -> Result<IdLookup> {
     let sql = concat!("select ", checkpoint_cols!(), " from checkpoints where checkpoint_id = $1");
     let row = sqlx::query(sql).bind(id.checkpoint).fetch_optional(&mut *c).await?;
     found.checkpoint = row.as_ref().map(checkpoint_row).transpose()?;
+    if let Some(checkpoint) = &found.checkpoint {
+        let (me, thread) = (checkpoint.checkpoint_id, checkpoint.thread_id);
+        let children: Vec<CheckpointId> = sqlx::query_scalar(
+            "select checkpoint_id from checkpoints where thread_id = $2 and parent_checkpoint_id = $1
+             order by checkpoint_id limit 20",
+        )
+        .bind(me)
+        .bind(thread)
+        .fetch_all(&mut *c)
+        .await?;
+        let newest: bool = sqlx::query_scalar(
+            "select checkpoint_id = $1 from checkpoints where thread_id = $2 order by checkpoint_id desc limit 1",
+        )
+        .bind(me)
+        .bind(thread)
+        .fetch_one(&mut *c)
+        .await?;
+        let (depth, chain_whole): (i64, bool) = sqlx::query_as(
+            "with recursive chain(id, parent, n) as (
+                 select checkpoint_id, parent_checkpoint_id, 0::bigint from checkpoints where checkpoint_id = $1
+                 union all
+                 select p.checkpoint_id, p.parent_checkpoint_id, chain.n + 1 from chain
+                 join checkpoints p on p.checkpoint_id = chain.parent and p.thread_id = $2 and p.checkpoint_id < chain.id
+             )
+             select n, parent is null from chain order by n desc limit 1",
+        )
+        .bind(me)
+        .bind(thread)
+        .fetch_one(&mut *c)
+        .await?;
+        found.checkpoint_facts =
+            Some(doctor::CheckpointFacts { children, newest, depth, chain_whole });
+    }
     let row = sqlx::query(
         "select user_id, subject, created_at,
                 (select count(*) from threads where owner_id = $1), (select count(*) from api_keys where user_id = $1)

@@ -1831,6 +1831,27 @@ fn doctor_scan(c: &Connection, stale_before: i64) -> Result<(DoctorCounts, Vec<F
         Ok(finding.thread(id_opt::<ThreadId>(r, 1)?).run(id_opt::<RunId>(r, 2)?))
     })?);
 
+    // Forks make a thread's checkpoints a tree: every parent an older checkpoint of the thread.
+    let sql = "select c.checkpoint_id, c.thread_id, c.parent_checkpoint_id, p.thread_id
+               from checkpoints c left join checkpoints p on p.checkpoint_id = c.parent_checkpoint_id
+               where c.parent_checkpoint_id is not null and length(c.parent_checkpoint_id) = 16 and c.parent_checkpoint_id <> zeroblob(16)
+                 and (p.checkpoint_id is null or p.thread_id <> c.thread_id or p.checkpoint_id >= c.checkpoint_id)
+               order by c.checkpoint_id limit ?1";
+    out.extend(all(c, sql, [limit], |r| {
+        let checkpoint = id_text::<CheckpointId>(r, 0)?;
+        let parent = id_text::<CheckpointId>(r, 2)?;
+        let thread = id_opt::<ThreadId>(r, 1)?;
+        let parent_thread = match r.get_ref(3)? {
+            ValueRef::Null => None,
+            _ => id_opt::<ThreadId>(r, 3)?,
+        };
+        Ok(Finding::new(
+            Check::CheckpointParentMissing,
+            doctor::parent_detail(&checkpoint, &parent, thread, parent_thread),
+        )
+        .thread(thread))
+    })?);
+
     missing_parents(c, limit, &mut out)?;
     invalid_ids(c, limit, &mut out)?;
     unreadable_json(c, limit, &mut out)?;
@@ -2100,6 +2121,25 @@ fn inspect_in(c: &Connection, id: &AnyId) -> Result<IdLookup> {
     found.assistant = c.query_row(sql, [id.assistant], assistant_row).optional()?;
     let sql = concat!("select ", checkpoint_cols!(), " from checkpoints where checkpoint_id = ?1");
     found.checkpoint = c.query_row(sql, [id.checkpoint], checkpoint_row).optional()?;
+    if let Some(checkpoint) = &found.checkpoint {
+        let (me, thread) = (checkpoint.checkpoint_id, checkpoint.thread_id);
+        let sql = "select checkpoint_id from checkpoints where thread_id = ?2 and parent_checkpoint_id = ?1
+                   order by checkpoint_id limit 20";
+        let children = all(c, sql, params![me, thread], |r| r.get(0))?;
+        let sql = "select checkpoint_id = ?1 from checkpoints where thread_id = ?2 order by checkpoint_id desc limit 1";
+        let newest = c.query_row(sql, params![me, thread], |r| r.get(0))?;
+        let sql = "with recursive chain(id, parent, n) as (
+                       select checkpoint_id, parent_checkpoint_id, 0 from checkpoints where checkpoint_id = ?1
+                       union all
+                       select p.checkpoint_id, p.parent_checkpoint_id, chain.n + 1 from chain
+                       join checkpoints p on p.checkpoint_id = chain.parent and p.thread_id = ?2 and p.checkpoint_id < chain.id
+                   )
+                   select n, parent is null from chain order by n desc limit 1";
+        let (depth, chain_whole) =
+            c.query_row(sql, params![me, thread], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        found.checkpoint_facts =
+            Some(doctor::CheckpointFacts { children, newest, depth, chain_whole });
+    }
     let sql = "select user_id, subject, created_at from users where user_id = ?1";
     let user = c
         .query_row(sql, [id.user], |r| {

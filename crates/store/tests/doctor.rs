@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ids::{AssistantId, MessageId, RunId, ThreadId, UserId};
+use ids::{AssistantId, CheckpointId, MessageId, RunId, ThreadId, UserId};
 use serde_json::json;
 use store::doctor::{AnyId, Check, DoctorOptions, DoctorReport, Severity};
 use store::testing::{TestDb, new_run};
@@ -23,6 +23,7 @@ store::on_both_backends!(
     invalid_ids_are_reported,
     inspect_finds_each_kind_of_id,
     doctor_beside_a_busy_store_sees_a_consistent_database,
+    forks_are_a_tree_and_broken_parents_are_reported,
 );
 
 /// Runs raw SQL on the test database around the store, foreign keys off: SQLite by pragma,
@@ -500,4 +501,90 @@ async fn postgres_duplicate_seqs_are_reported() {
     assert_eq!(found(&report.findings), [(Check::SeqDuplicate, Some(thread))]);
     assert_eq!(report.findings[0].detail, "1 event(s) share a seq with another (2 twice)");
     assert!(!report.healthy());
+}
+
+/// Forks make a thread's checkpoints a tree: the doctor finds it healthy and `id inspect`
+/// tells a fork point, a branch's end and the newest; a parent that is missing, of another
+/// thread, or not older is reported (never fixed).
+async fn forks_are_a_tree_and_broken_parents_are_reported(db: &TestDb) {
+    let store = &db.store;
+    let owner = store.ensure_user("alice").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    store.create_thread(owner, thread, &Metadata::new()).await.unwrap();
+    let none = Metadata::new();
+    let put = |text: &str, from: Option<CheckpointId>| {
+        let values = json!({ "messages": [{ "type": "human", "content": text }] });
+        let update = Box::new(move |_: Option<serde_json::Value>| Ok(values.clone()));
+        store.update_state(owner, thread, None, from, update, &none)
+    };
+    let root = put("root", None).await.unwrap();
+    let a = put("a", None).await.unwrap();
+    let b = put("b", Some(root.checkpoint_id)).await.unwrap();
+    assert_eq!(b.parent_checkpoint_id, Some(root.checkpoint_id));
+    assert_eq!((root.metadata["step"].clone(), b.metadata["step"].clone()), (json!(-1), json!(0)));
+    assert!(doctor(store, false).await.healthy());
+
+    let look = |id: CheckpointId| async move {
+        let found = store.admin_inspect_id(&AnyId::parse(&id.to_string()).unwrap()).await.unwrap();
+        found.checkpoint_facts.unwrap()
+    };
+    let facts = look(root.checkpoint_id).await;
+    assert_eq!(facts.children, [a.checkpoint_id, b.checkpoint_id], "a fork point");
+    assert_eq!((facts.newest, facts.depth, facts.chain_whole), (false, 0, true));
+    let facts = look(b.checkpoint_id).await;
+    assert_eq!(facts.children, []);
+    assert_eq!((facts.newest, facts.depth, facts.chain_whole), (true, 1, true));
+    let facts = look(a.checkpoint_id).await;
+    assert_eq!((facts.newest, facts.depth), (false, 1));
+
+    // Broken by hand: a's parent deleted, b's parent another thread's checkpoint, and a
+    // third checkpoint made the parent of root, which is older than it.
+    let (other, _) = finished_thread(store, owner, RunStatus::Success).await;
+    let foreign = store.list_checkpoints(owner, other, 1, None).await.unwrap()[0].checkpoint_id;
+    let ghost = CheckpointId::new();
+    let c = put("c", None).await.unwrap();
+    let [ca, cb, cr, g, f, cc] =
+        [a.checkpoint_id, b.checkpoint_id, root.checkpoint_id, ghost, foreign, c.checkpoint_id]
+            .map(|id| lit(db, id.as_bytes()));
+    raw_both(
+        db,
+        &format!(
+            "update checkpoints set parent_checkpoint_id = {g} where checkpoint_id = {ca};
+             update checkpoints set parent_checkpoint_id = {f} where checkpoint_id = {cb};
+             update checkpoints set parent_checkpoint_id = {cc} where checkpoint_id = {cr};"
+        ),
+    )
+    .await;
+    let report = doctor(store, true).await;
+    let broken: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.check == Check::CheckpointParentMissing)
+        .map(|f| f.detail.clone())
+        .collect();
+    assert_eq!(
+        broken,
+        [
+            format!(
+                "checkpoint {} has parent {cr_parent}, which is not older than it",
+                root.checkpoint_id,
+                cr_parent = c.checkpoint_id
+            ),
+            format!("checkpoint {} has parent {ghost}, which does not exist", a.checkpoint_id),
+            format!(
+                "checkpoint {} has parent {foreign}, a checkpoint of thread {other}",
+                b.checkpoint_id
+            ),
+        ],
+        "{:#?}",
+        report.findings
+    );
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.severity == Severity::Error || f.check != Check::CheckpointParentMissing)
+    );
+    assert_eq!(report.repairs, [], "nothing here is safe to repair");
+    assert!(!look(a.checkpoint_id).await.chain_whole);
 }
