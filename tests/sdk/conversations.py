@@ -22,6 +22,8 @@ on how many checkpoints a run writes (Spindle writes fewer than LangGraph).
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import re
@@ -30,7 +32,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 from langgraph_sdk import get_sync_client
@@ -511,70 +513,98 @@ def expect_not_interrupted_error(tid: str, rid: str, what: str) -> None:
     )
 
 
+@contextlib.contextmanager
+def racing(tid: str, first: str, what: str) -> Iterator[None]:
+    """Around a race's second request and checks: a failure says how long the first run
+    lasted (server timestamps), since a first run that ends before the second request
+    arrives is no race."""
+    try:
+        yield
+    except CheckFailed as e:
+        try:
+            run = alice.runs.get(tid, first)
+        except NotFoundError:
+            raise e from None  # deleted (rollback): nothing to add
+        took = (timestamp(run["updated_at"]) - timestamp(run["created_at"])).total_seconds()
+        raise CheckFailed(
+            f"{e} (line {check_line(e)}) [the first run {first} is {run['status']!r} and lasted {took:.3f} s from "
+            f"created_at to updated_at; given {SLOW} it should run about 2 s]"
+        ) from None
+
+
+def timestamp(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def race_resume_first(strategy: str) -> None:
     """An interrupted thread; a (slow) resume is running; a new input arrives with `strategy`."""
     what = f"resume running, input with {strategy}"
     tid, iid = interrupted("race", **SLOW)
     first = alice.runs.create(tid, "synthetic", input=dict(SLOW), command={"resume": "R"})["run_id"]
     wait_until_running(tid, first, what)
-    new_input = human("new input", n=0)
+    with racing(tid, first, what):
+        new_input = human("new input", n=0)
 
-    if strategy == "reject":
-        e = expect_error(
-            ConflictError,
-            409,
-            lambda: alice.runs.create(
-                tid, "synthetic", input=new_input, multitask_strategy="reject"
-            ),
-            f"{what}: the input",
-        )
-        expect(
-            e.message.startswith("Thread is already running a task"),
-            f"{what}: 409 message {e.message!r}",
-        )
-        expect_eq(watch_runs(tid, [first], what), {first: "success"}, f"{what}: the resume's end")
-        values = alice.threads.get(tid)["values"]
-        expect_resumed(values, "R", "race", f"{what}: thread values")
-        expect(
-            ("human", "new input") not in texts(values),
-            f"{what}: the refused input is in {texts(values)}",
-        )
-        expect_idle(tid, what)
-        return
-
-    second = alice.runs.create(tid, "synthetic", input=new_input, multitask_strategy=strategy)[
-        "run_id"
-    ]
-    statuses = watch_runs(tid, [first, second], what)
-    values = alice.runs.join(tid, second)
-    expect_settled(tid, what)
-    expect_idle(tid, what)
-    expect_eq(
-        alice.threads.get(tid)["values"]["messages"], values["messages"], f"{what}: thread vs join"
-    )
-    expect_eq(
-        texts(values)[-2:],
-        [("human", "new input"), ("ai", "echo: new input")],
-        f"{what}: last messages",
-    )
-    if strategy == "enqueue":
-        expect_eq(statuses, {first: "success", second: "success"}, f"{what}: run statuses")
-        expect_resumed(
-            {"messages": messages(values)[:-2]}, "R", "race", f"{what}: the resume's reply"
-        )
-    else:
-        # The resume was cut off: the input applies to the interrupted state (abandoning it).
-        want = {first: "interrupted" if strategy == "interrupt" else None, second: "success"}
-        expect_eq(statuses, want, f"{what}: run statuses (None: deleted)")
-        expect_eq(texts(values)[0], ("human", "race"), f"{what}: first message")
-        expect_no_resume_reply(values, what)
-        if strategy == "rollback":
-            expect_error(
-                NotFoundError,
-                404,
-                lambda: alice.runs.get(tid, first),
-                f"{what}: the rolled-back resume",
+        if strategy == "reject":
+            e = expect_error(
+                ConflictError,
+                409,
+                lambda: alice.runs.create(
+                    tid, "synthetic", input=new_input, multitask_strategy="reject"
+                ),
+                f"{what}: the input",
             )
+            expect(
+                e.message.startswith("Thread is already running a task"),
+                f"{what}: 409 message {e.message!r}",
+            )
+            expect_eq(
+                watch_runs(tid, [first], what), {first: "success"}, f"{what}: the resume's end"
+            )
+            values = alice.threads.get(tid)["values"]
+            expect_resumed(values, "R", "race", f"{what}: thread values")
+            expect(
+                ("human", "new input") not in texts(values),
+                f"{what}: the refused input is in {texts(values)}",
+            )
+            expect_idle(tid, what)
+            return
+
+        second = alice.runs.create(tid, "synthetic", input=new_input, multitask_strategy=strategy)[
+            "run_id"
+        ]
+        statuses = watch_runs(tid, [first, second], what)
+        values = alice.runs.join(tid, second)
+        expect_settled(tid, what)
+        expect_idle(tid, what)
+        expect_eq(
+            alice.threads.get(tid)["values"]["messages"],
+            values["messages"],
+            f"{what}: thread vs join",
+        )
+        expect_eq(
+            texts(values)[-2:],
+            [("human", "new input"), ("ai", "echo: new input")],
+            f"{what}: last messages",
+        )
+        if strategy == "enqueue":
+            expect_eq(statuses, {first: "success", second: "success"}, f"{what}: run statuses")
+            expect_resumed(
+                {"messages": messages(values)[:-2]}, "R", "race", f"{what}: the resume's reply"
+            )
+        else:
+            # The resume was cut off: the input applies to the interrupted state (abandoning it).
+            want = {first: "interrupted" if strategy == "interrupt" else None, second: "success"}
+            expect_eq(statuses, want, f"{what}: run statuses (None: deleted)")
+            expect_eq(texts(values)[0], ("human", "race"), f"{what}: first message")
+            expect_no_resume_reply(values, what)
+            if strategy == "rollback":
+                expect_error(
+                    NotFoundError,
+                    404,
+                    lambda: alice.runs.get(tid, first),
+                    f"{what}: the rolled-back resume",
+                )
 
 
 def race_input_first(strategy: str) -> None:
@@ -584,105 +614,111 @@ def race_input_first(strategy: str) -> None:
     tid, iid = interrupted("race")
     first = alice.runs.create(tid, "synthetic", input=human("plain", **SLOW))["run_id"]
     wait_until_running(tid, first, what)
-    resume = lambda: alice.runs.create(  # noqa: E731
-        tid, "synthetic", command={"resume": "R"}, multitask_strategy=strategy
-    )
+    with racing(tid, first, what):
+        resume = lambda: alice.runs.create(  # noqa: E731
+            tid, "synthetic", command={"resume": "R"}, multitask_strategy=strategy
+        )
 
-    if strategy in ("reject", "enqueue"):
-        if strategy == "reject":
-            e = expect_error(ConflictError, 409, resume, f"{what}: the resume")
-            expect(
-                e.message.startswith("Thread is already running a task"),
-                f"{what}: 409 message {e.message!r}",
-            )
-            second = None
-        else:
-            # Spindle may refuse the resume at once, or queue it to fail when its turn comes
-            # (the thread is no longer interrupted by then); LangGraph runs it as a no-op.
-            try:
-                second = resume()["run_id"]
-            except ConflictError as e:
-                expect(not REFERENCE, f"{what}: LangGraph queues the resume, got 409 {e.body!r}")
-                expect("not interrupted" in e.message, f"{what}: 409 message {e.message!r}")
-                second = None
-        rids = [first] + ([second] if second else [])
-        statuses = watch_runs(tid, rids, what)
-        expect_eq(statuses[first], "success", f"{what}: the input's status")
-        if second:
-            if REFERENCE:
-                expect_eq(
-                    statuses[second],
-                    "success",
-                    f"{what}: the queued resume's status (LangGraph: a no-op)",
+        if strategy in ("reject", "enqueue"):
+            if strategy == "reject":
+                e = expect_error(ConflictError, 409, resume, f"{what}: the resume")
+                expect(
+                    e.message.startswith("Thread is already running a task"),
+                    f"{what}: 409 message {e.message!r}",
                 )
+                second = None
             else:
-                expect_eq(statuses[second], "error", f"{what}: the queued resume's status")
-                expect_not_interrupted_error(tid, second, what)
-        thread = expect_settled(tid, what)
-        expect(
-            thread["status"] != "interrupted",
-            f"{what}: the thread is interrupted again: {thread!r}",
-        )
-        values = thread["values"]
-        expect_eq(
-            texts(values)[-2:],
-            [("human", "plain"), ("ai", "echo: plain")],
-            f"{what}: last messages",
-        )
-        expect_no_resume_reply(values, what)
-        return
+                # Spindle may refuse the resume at once, or queue it to fail when its turn comes
+                # (the thread is no longer interrupted by then); LangGraph runs it as a no-op.
+                try:
+                    second = resume()["run_id"]
+                except ConflictError as e:
+                    expect(
+                        not REFERENCE, f"{what}: LangGraph queues the resume, got 409 {e.body!r}"
+                    )
+                    expect("not interrupted" in e.message, f"{what}: 409 message {e.message!r}")
+                    second = None
+            rids = [first] + ([second] if second else [])
+            statuses = watch_runs(tid, rids, what)
+            expect_eq(statuses[first], "success", f"{what}: the input's status")
+            if second:
+                if REFERENCE:
+                    expect_eq(
+                        statuses[second],
+                        "success",
+                        f"{what}: the queued resume's status (LangGraph: a no-op)",
+                    )
+                else:
+                    expect_eq(statuses[second], "error", f"{what}: the queued resume's status")
+                    expect_not_interrupted_error(tid, second, what)
+            thread = expect_settled(tid, what)
+            expect(
+                thread["status"] != "interrupted",
+                f"{what}: the thread is interrupted again: {thread!r}",
+            )
+            values = thread["values"]
+            expect_eq(
+                texts(values)[-2:],
+                [("human", "plain"), ("ai", "echo: plain")],
+                f"{what}: last messages",
+            )
+            expect_no_resume_reply(values, what)
+            return
 
-    second = resume()["run_id"]
-    statuses = watch_runs(tid, [first, second], what)
-    if strategy == "rollback":
-        expect_eq(
-            statuses, {first: None, second: "success"}, f"{what}: run statuses (None: deleted)"
-        )
-        expect_error(
-            NotFoundError, 404, lambda: alice.runs.get(tid, first), f"{what}: the rolled-back input"
-        )
-        values = alice.runs.join(tid, second)
-        expect_idle(tid, what)
-        expect_resumed(values, "R", "race", f"{what}: the resume's reply")
-        expect(
-            ("human", "plain") not in texts(values),
-            f"{what}: the rolled-back input is in {texts(values)}",
-        )
-        return
-    # `interrupt`: the input is cut off, but it may have stored its input before (as
-    # LangGraph does, and Spindle's first step), abandoning the interrupt, and leaving its
-    # agent's task pending. Either the cut-off input left nothing and the resume answers the
-    # interrupt; or it left its message and the resume runs that pending task, completing the
-    # input (LangGraph, with the value unused; Spindle, docs §18: "a resume then answers it");
-    # or the resume finds no interrupt and fails, saying so. Nothing is lost either way.
-    expect_eq(statuses[first], "interrupted", f"{what}: the cut-off input's status")
-    thread = expect_settled(tid, what)
-    values = thread["values"]
-    if ("human", "plain") not in texts(values):
-        expect_eq(
-            statuses[second],
-            "success",
-            f"{what}: the resume's status (the thread was still interrupted)",
-        )
-        expect_idle(tid, what)
-        expect_resumed(values, "R", "race", f"{what}: the resume's reply")
-    elif statuses[second] == "success":
-        expect_idle(tid, what)
-        expect_eq(
-            texts(values)[-2],
-            ("human", "plain"),
-            f"{what}: the message before the reply (the resume completes the cut-off input)",
-        )
-        expect_reply(values, "plain", "R", f"{what}: the reply to the cut-off input")
-    else:
-        expect(not REFERENCE, f"{what}: LangGraph runs the resume, got {statuses[second]!r}")
-        expect_eq(statuses[second], "error", f"{what}: the resume's status")
-        expect_not_interrupted_error(tid, second, what)
-        expect(
-            thread["status"] != "interrupted",
-            f"{what}: thread status {thread['status']!r} with the interrupt abandoned",
-        )
-        expect_no_resume_reply(values, what)
+        second = resume()["run_id"]
+        statuses = watch_runs(tid, [first, second], what)
+        if strategy == "rollback":
+            expect_eq(
+                statuses, {first: None, second: "success"}, f"{what}: run statuses (None: deleted)"
+            )
+            expect_error(
+                NotFoundError,
+                404,
+                lambda: alice.runs.get(tid, first),
+                f"{what}: the rolled-back input",
+            )
+            values = alice.runs.join(tid, second)
+            expect_idle(tid, what)
+            expect_resumed(values, "R", "race", f"{what}: the resume's reply")
+            expect(
+                ("human", "plain") not in texts(values),
+                f"{what}: the rolled-back input is in {texts(values)}",
+            )
+            return
+        # `interrupt`: the input is cut off, but it may have stored its input before (as
+        # LangGraph does, and Spindle's first step), abandoning the interrupt, and leaving its
+        # agent's task pending. Either the cut-off input left nothing and the resume answers the
+        # interrupt; or it left its message and the resume runs that pending task, completing the
+        # input (LangGraph, with the value unused; Spindle, docs §18: "a resume then answers it");
+        # or the resume finds no interrupt and fails, saying so. Nothing is lost either way.
+        expect_eq(statuses[first], "interrupted", f"{what}: the cut-off input's status")
+        thread = expect_settled(tid, what)
+        values = thread["values"]
+        if ("human", "plain") not in texts(values):
+            expect_eq(
+                statuses[second],
+                "success",
+                f"{what}: the resume's status (the thread was still interrupted)",
+            )
+            expect_idle(tid, what)
+            expect_resumed(values, "R", "race", f"{what}: the resume's reply")
+        elif statuses[second] == "success":
+            expect_idle(tid, what)
+            expect_eq(
+                texts(values)[-2],
+                ("human", "plain"),
+                f"{what}: the message before the reply (the resume completes the cut-off input)",
+            )
+            expect_reply(values, "plain", "R", f"{what}: the reply to the cut-off input")
+        else:
+            expect(not REFERENCE, f"{what}: LangGraph runs the resume, got {statuses[second]!r}")
+            expect_eq(statuses[second], "error", f"{what}: the resume's status")
+            expect_not_interrupted_error(tid, second, what)
+            expect(
+                thread["status"] != "interrupted",
+                f"{what}: thread status {thread['status']!r} with the interrupt abandoned",
+            )
+            expect_no_resume_reply(values, what)
 
 
 def expect_reply(values: Any, text: str, unused: Any, what: str) -> None:
