@@ -704,7 +704,13 @@ async fn resume(
     };
     sink.push(EventKind::AgentStarted, started_event(agent, run.assistant_id));
     let mut state = head.map(|c| c.values).unwrap_or_else(|| json!({}));
-    if let Some(update) = command.get("update").filter(|u| !u.is_null()).cloned() {
+    let update = command.get("update").filter(|u| !u.is_null()).cloned();
+    if update.is_none() {
+        // As LangGraph's resume stream starts: the interrupted state, without the interrupt
+        // (clients clear the interrupt they show at a new run's first `values`).
+        sink.push(EventKind::Values, state.clone());
+    }
+    if let Some(update) = update {
         let mut metadata = json!({ "source": "update", "run_id": run.run_id, "writes": { "__input__": update.clone() }, "parents": {} });
         if waiting && let Some(map) = metadata.as_object_mut() {
             // Still waiting for the agent (now with the update applied).

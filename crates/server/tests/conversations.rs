@@ -25,6 +25,7 @@ both_backends!(
     updating_an_older_checkpoint_starts_a_branch,
     two_forks_from_one_checkpoint_at_once_make_two_branches,
     a_resume_racing_new_input_follows_each_multitask_strategy,
+    a_resume_queued_behind_an_answer_finds_nothing_to_resume,
 );
 
 fn human(text: &str) -> Value {
@@ -299,6 +300,10 @@ async fn human_in_the_loop_decisions_reach_the_agent(app: &TestApp) {
         let (status, _, frames) =
             app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
         assert_eq!(status, StatusCode::OK);
+        // The stream starts with the interrupted state, without the interrupt.
+        let first = frames.iter().find(|f| f.event == "values").unwrap();
+        assert_eq!(texts(&first.data), ["mail a@b.c"]);
+        assert!(first.data.get("__interrupt__").is_none(), "{first:?}");
         let last = frames.iter().rev().find(|f| f.event == "values").unwrap();
         let answer = texts(&last.data).pop().unwrap();
         assert_eq!(answer, format!("echo: mail a@b.c\nresumed with: {resume_value}"));
@@ -593,4 +598,42 @@ async fn a_resume_racing_new_input_follows_each_multitask_strategy(app: &TestApp
         assert_eq!(th["status"], "idle", "{strategy}: {th}");
         assert_one_tree(&history(app, &key, &t).await);
     }
+}
+
+/// A resume accepted while the thread was busy, queued behind a run that answers (and so
+/// abandons the interrupt): when it starts there is nothing to resume, and it ends `error`
+/// saying so; the thread's state is the other run's. If the other run has ended before the
+/// resume is created, the resume is refused at once (409) instead: either way nothing is lost.
+async fn a_resume_queued_behind_an_answer_finds_nothing_to_resume(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    wait(app, &key, &t, asking("first", json!("?"))).await;
+    let mut input = human("answer this");
+    input["n"] = json!(20);
+    input["delay_ms"] = json!(50);
+    let body = json!({"assistant_id": "synthetic", "input": input});
+    let slow = app.post(&key, &format!("/threads/{t}/runs"), body).await.ok();
+    let slow_id = slow["run_id"].as_str().unwrap().to_owned();
+    app.wait_for_status(&key, &t, &slow_id, |s| s == "running").await;
+    let reply = app.post(&key, &format!("/threads/{t}/runs"), resume(json!("late"))).await;
+    // The thread's status follows its last run: `error` for a resume that failed.
+    let mut status = "idle";
+    if reply.status == StatusCode::CONFLICT {
+        reply.error(StatusCode::CONFLICT, "conflict", "nothing to resume");
+    } else {
+        let resumed = reply.ok();
+        let id = resumed["run_id"].as_str().unwrap();
+        let done = app.wait_for_status(&key, &t, id, |s| !matches!(s, "pending" | "running")).await;
+        assert_eq!(done["status"], "error", "{done}");
+        let owner = app.store().ensure_user("alice").await.unwrap().user_id;
+        let run = app.store().get_run(owner, t.parse().unwrap(), id.parse().unwrap()).await;
+        let error = run.unwrap().error.unwrap_or_default();
+        assert!(error.contains("is not interrupted: nothing to resume"), "{error}");
+        status = "error";
+    }
+    let slow = app.wait_for_status(&key, &t, &slow_id, |s| s != "running").await;
+    assert_eq!(slow["status"], "success");
+    let values = state(app, &key, &t).await["values"].clone();
+    assert_eq!(texts(&values), ["first", "answer this", "echo: answer this"]);
+    assert_eq!(thread(app, &key, &t).await["status"], status);
 }
