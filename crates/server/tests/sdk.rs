@@ -2,8 +2,10 @@
 //! against the real `spindle` binary on SQLite and on PostgreSQL, with two users.
 //!
 //! Each test creates a fresh database, an API key for `alice` and one for `bob`, starts
-//! `spindle serve --auth keys` on a free port and runs `tests/sdk/sdk_check.py`, which prints
-//! one `ok NAME` or `FAIL NAME: ...` line per check and exits 1 if any failed.
+//! `spindle serve --auth keys` on a free port and runs one script of `tests/sdk`, which prints
+//! one `ok NAME` or `FAIL NAME: ...` line per check and exits 1 if any failed:
+//! `sdk_check.py` (the API, call by call) and `conversations.py` (issue #13: checkpoints,
+//! forks, regenerate, edit, interrupts and runs racing on a thread, as chat UIs use them).
 //!
 //! Python: `SPINDLE_SDK_PYTHON` (an interpreter with langgraph-sdk installed), or else a
 //! virtualenv made once in `target/sdk-venv` with `python3 -m venv` and `pip install -r
@@ -210,7 +212,8 @@ impl Drop for Server {
     }
 }
 
-fn python_sdk_against(backend: Backend, name: &str) {
+/// Runs `tests/sdk/{script}` against a fresh server on `backend` (`name` says which).
+fn python_sdk_against(backend: Backend, name: &str, script: &str) {
     // Python first: a missing interpreter or install fails before any database is made.
     let python = python();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -219,7 +222,7 @@ fn python_sdk_against(backend: Backend, name: &str) {
         .expect("a tokio runtime for the test database");
     runtime.block_on(async {
         let Some(db) = TestDb::new(backend).await else {
-            eprintln!("python_sdk_against_{name}: skipped (SPINDLE_TEST_POSTGRES=skip)");
+            eprintln!("{script} on {name}: skipped (SPINDLE_TEST_POSTGRES=skip)");
             return;
         };
         let url = database_url(&db.url);
@@ -227,11 +230,12 @@ fn python_sdk_against(backend: Backend, name: &str) {
         let bob = create_key(&url, "bob");
         assert_ne!(alice, bob, "two users, two keys");
 
-        let server = Server::start(&url, name);
+        let stem = script.trim_end_matches(".py");
+        let server = Server::start(&url, &format!("{stem}-{name}"));
         let root = workspace();
-        let script = root.join("tests/sdk/sdk_check.py");
+        let path = root.join("tests/sdk").join(script);
         let output = Command::new(&python)
-            .arg(&script)
+            .arg(&path)
             .current_dir(&root)
             .env("SPINDLE_URL", &server.url)
             .env("SPINDLE_KEY_ALICE", &alice)
@@ -242,11 +246,11 @@ fn python_sdk_against(backend: Backend, name: &str) {
             .env_remove("LANGGRAPH_API_KEY")
             .env_remove("LANGSMITH_API_KEY")
             .env_remove("LANGCHAIN_API_KEY")
+            // Never the reference mode (for LangGraph's own server) against Spindle.
+            .env_remove("SPINDLE_REFERENCE")
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {} {}: {e}", python.display(), script.display())
-            });
+            .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", python.display(), path.display()));
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         // The script's last line is `N passed, M failed`.
@@ -262,13 +266,13 @@ fn python_sdk_against(backend: Backend, name: &str) {
             .unwrap_or("no `N passed, M failed` line");
         let ok = output.status.success() && summary.ends_with(" passed, 0 failed");
         if ok {
-            println!("--- sdk_check.py on {name} ({}) ---\n{stdout}{stderr}", server.url);
+            println!("--- {script} on {name} ({}) ---\n{stdout}{stderr}", server.url);
         }
         assert!(
             ok,
-            "the Python SDK checks failed on {name}: {summary} ({})\n\
-             --- sdk_check.py on {name} ({}), stdout ---\n{stdout}\
-             --- sdk_check.py stderr ---\n{stderr}\
+            "the Python SDK checks of {script} failed on {name}: {summary} ({})\n\
+             --- {script} on {name} ({}), stdout ---\n{stdout}\
+             --- {script} stderr ---\n{stderr}\
              --- server log ---\n{}",
             output.status,
             server.url,
@@ -282,10 +286,20 @@ fn python_sdk_against(backend: Backend, name: &str) {
 
 #[test]
 fn python_sdk_against_sqlite() {
-    python_sdk_against(Backend::Sqlite, "sqlite");
+    python_sdk_against(Backend::Sqlite, "sqlite", "sdk_check.py");
 }
 
 #[test]
 fn python_sdk_against_postgres() {
-    python_sdk_against(Backend::Postgres, "postgres");
+    python_sdk_against(Backend::Postgres, "postgres", "sdk_check.py");
+}
+
+#[test]
+fn conversations_against_sqlite() {
+    python_sdk_against(Backend::Sqlite, "sqlite", "conversations.py");
+}
+
+#[test]
+fn conversations_against_postgres() {
+    python_sdk_against(Backend::Postgres, "postgres", "conversations.py");
 }
