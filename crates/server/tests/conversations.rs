@@ -8,7 +8,7 @@
 
 mod common;
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use common::TestApp;
 use serde_json::{Value, json};
 
@@ -26,6 +26,10 @@ both_backends!(
     two_forks_from_one_checkpoint_at_once_make_two_branches,
     a_resume_racing_new_input_follows_each_multitask_strategy,
     a_resume_queued_behind_an_answer_finds_nothing_to_resume,
+    editing_the_first_message_while_its_answer_runs_survives_a_rollback,
+    the_threads_status_follows_what_its_newest_checkpoint_waits_for,
+    every_answer_about_an_interrupted_thread_shows_its_interrupt,
+    odd_commands_and_values_are_refused_before_anything_is_stored,
 );
 
 fn human(text: &str) -> Value {
@@ -639,4 +643,154 @@ async fn a_resume_queued_behind_an_answer_finds_nothing_to_resume(app: &TestApp)
     let values = state(app, &key, &t).await["values"].clone();
     assert_eq!(texts(&values), ["first", "answer this", "echo: answer this"]);
     assert_eq!(thread(app, &key, &t).await["status"], status);
+}
+
+/// A slow `synthetic` run (until cancelled, or two minutes at most).
+fn slow(text: &str) -> Value {
+    let mut input = human(text);
+    input["n"] = json!(100_000);
+    input["delay_ms"] = json!(1000);
+    json!({"assistant_id": "synthetic", "input": input})
+}
+
+async fn start_slow(app: &TestApp, key: &str, t: &str, text: &str) -> String {
+    let run = app.post(key, &format!("/threads/{t}/runs"), slow(text)).await.ok();
+    let id = run["run_id"].as_str().unwrap().to_owned();
+    app.wait_for_status(key, t, &id, |s| s == "running").await;
+    id
+}
+
+/// Edit the first message while its answer is still streaming, replacing the run (rollback):
+/// the state before the first input belongs to no run, so the fork point survives.
+async fn editing_the_first_message_while_its_answer_runs_survives_a_rollback(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let first = start_slow(app, &key, &t, "first").await;
+    let h = history(app, &key, &t).await;
+    let mut body = json!({"assistant_id": "echo", "input": human("edited first"), "multitask_strategy": "rollback"});
+    body["checkpoint"] = parent_of_first_seen(&h, "first");
+    let values = wait(app, &key, &t, body).await;
+    assert_eq!(texts(&values), ["edited first", "echo: edited first"]);
+    assert_eq!(
+        app.get(&key, &format!("/threads/{t}/runs/{first}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let h = history(app, &key, &t).await;
+    assert_one_tree(&h);
+    assert_eq!(h.len(), 3, "the state before the input, the edit, its answer");
+    // The first run rolled back alone: the state before its input stays.
+    let t2 = new_thread(app, &key).await;
+    let run = start_slow(app, &key, &t2, "gone").await;
+    app.post(
+        &key,
+        &format!("/threads/{t2}/runs/{run}/cancel?action=rollback&wait=true"),
+        json!({}),
+    )
+    .await;
+    let h = history(app, &key, &t2).await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["values"], json!({"messages": []}));
+    assert_eq!(thread(app, &key, &t2).await["status"], "idle");
+}
+
+/// Whether a thread is `interrupted` follows its newest checkpoint: a run rolled back or a
+/// pending run cancelled on an interrupted thread leaves it interrupted (and resumable); a
+/// state update answers the interrupt (nothing waits any more).
+async fn the_threads_status_follows_what_its_newest_checkpoint_waits_for(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    wait(app, &key, &t, asking("q", json!("?"))).await;
+    let interrupted = thread(app, &key, &t).await;
+    let run = start_slow(app, &key, &t, "cut off").await;
+    app.post(&key, &format!("/threads/{t}/runs/{run}/cancel?action=rollback&wait=true"), json!({}))
+        .await;
+    let th = thread(app, &key, &t).await;
+    assert_eq!(th["status"], "interrupted", "{th}");
+    assert_eq!(th["interrupts"], interrupted["interrupts"]);
+    let found =
+        app.post(&key, "/threads/search", json!({"status": "interrupted", "ids": [t]})).await.ok();
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    // A state update answers it: the thread is idle, and a resume finds nothing.
+    let update = json!({"values": {"messages": [{"type": "ai", "content": "answered by hand"}]}});
+    app.post(&key, &format!("/threads/{t}/state"), update).await.ok();
+    assert_eq!(thread(app, &key, &t).await["status"], "idle");
+    assert_eq!(state(app, &key, &t).await["next"], json!([]));
+    app.post(&key, &format!("/threads/{t}/runs"), resume(json!("x"))).await.error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "nothing to resume",
+    );
+    // A resume with an assistant whose agent did not ask: refused, the interrupt kept.
+    let t = new_thread(app, &key).await;
+    wait(app, &key, &t, asking("q", json!("?"))).await;
+    let body = json!({"assistant_id": "echo", "command": {"resume": "yes"}});
+    app.post(&key, &format!("/threads/{t}/runs"), body).await.error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "nothing to resume",
+    );
+    assert_eq!(thread(app, &key, &t).await["status"], "interrupted");
+}
+
+/// `runs/wait`, `join`, GET, PATCH, create-or-get and search all show a thread's interrupt
+/// alike; history's metadata filter does not see what is pending.
+async fn every_answer_about_an_interrupted_thread_shows_its_interrupt(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let waited = wait(app, &key, &t, asking("q", json!({"ask": 1}))).await;
+    let run = app.get(&key, &format!("/threads/{t}/runs")).await.ok()[0]["run_id"].clone();
+    let run = run.as_str().unwrap();
+    let joined = app.get(&key, &format!("/threads/{t}/runs/{run}/join")).await.ok();
+    assert_eq!(joined, waited);
+    assert_eq!(joined["__interrupt__"][0]["value"], json!({"ask": 1}));
+    let got = thread(app, &key, &t).await;
+    assert_ne!(got["interrupts"], json!({}));
+    let patched = app
+        .call(&key, Method::PATCH, &format!("/threads/{t}"), Some(json!({"metadata": {"x": 1}})))
+        .await
+        .ok();
+    assert_eq!(patched["interrupts"], got["interrupts"]);
+    let again =
+        app.post(&key, "/threads", json!({"thread_id": t, "if_exists": "do_nothing"})).await.ok();
+    assert_eq!(again["interrupts"], got["interrupts"]);
+    let filter = json!({"limit": 100, "metadata": {"__pending__": {"next": ["synthetic"]}}});
+    let found = app.post(&key, &format!("/threads/{t}/history"), filter).await.ok();
+    assert_eq!(found, json!([]));
+}
+
+async fn odd_commands_and_values_are_refused_before_anything_is_stored(app: &TestApp) {
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // A command on a thread with no state: nothing to resume or go to.
+    let body = json!({"assistant_id": "echo", "command": {"goto": "echo"}});
+    app.post(&key, &format!("/threads/{t}/runs"), body).await.error(
+        StatusCode::CONFLICT,
+        "conflict",
+        "has no state yet",
+    );
+    wait(app, &key, &t, asking("q", json!("?"))).await;
+    let before = (history(app, &key, &t).await, thread(app, &key, &t).await);
+    let body = json!({"assistant_id": "synthetic", "command": {"goto": ["__end__", "bogus"]}});
+    app.post(&key, &format!("/threads/{t}/runs"), body).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "command.goto",
+    );
+    // An interrupt value too deep to be kept with its checkpoint.
+    let mut deep = json!("bottom");
+    for _ in 0..121 {
+        deep = json!([deep]);
+    }
+    app.post(&key, &format!("/threads/{t}/runs"), asking("deep", deep)).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "input.interrupt: nested deeper",
+    );
+    let body = json!({"values": {"k": 1}, "checkpoint": {"checkpoint_id": id_of(&before.0[0]), "checkpoint_ns": "x"}});
+    app.post(&key, &format!("/threads/{t}/state"), body).await.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "checkpoint_ns",
+    );
+    assert_eq!((history(app, &key, &t).await, thread(app, &key, &t).await), before);
 }

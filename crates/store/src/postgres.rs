@@ -563,7 +563,7 @@ impl PgStore {
         let cancelled = done.rows_affected() > 0;
         if cancelled {
             sqlx::query(
-                "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                "update threads set status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' when coalesce((select case when jsonb_typeof(c.metadata->'__pending__'->'interrupts') = 'array' then jsonb_array_length(c.metadata->'__pending__'->'interrupts') end from checkpoints c where c.thread_id = $1 order by c.checkpoint_id desc limit 1), 0) > 0 then 'interrupted' else 'idle' end,
                      updated_at = $2 where thread_id = $1",
             )
             .bind(thread)
@@ -618,7 +618,7 @@ impl PgStore {
         sqlx::query(
             "update threads set state_values = (select state_values from checkpoints where thread_id = $1 order by checkpoint_id desc limit 1),
                  state_version = nextval('state_versions'),
-                 status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                 status = case when exists (select 1 from runs where thread_id = $1 and status in ('pending', 'running')) then 'busy' when coalesce((select case when jsonb_typeof(c.metadata->'__pending__'->'interrupts') = 'array' then jsonb_array_length(c.metadata->'__pending__'->'interrupts') end from checkpoints c where c.thread_id = $1 order by c.checkpoint_id desc limit 1), 0) > 0 then 'interrupted' else 'idle' end,
                  updated_at = $2
              where thread_id = $1",
         )
@@ -767,9 +767,9 @@ impl PgStore {
         if let (None, Some((values, initial_metadata))) = (from, initial)
             && newest_checkpoint(&mut tx, thread).await?.is_none()
         {
-            // The thread's first checkpoint: the state before the input, without a parent.
-            insert_checkpoint(&mut tx, thread, Some(run), None, &values, initial_metadata, -1)
-                .await?;
+            // The thread's first checkpoint: the state before the input, without a parent and
+            // of no run (a rollback of the first run keeps it).
+            insert_checkpoint(&mut tx, thread, None, None, &values, initial_metadata, -1).await?;
         }
         let checkpoint =
             update_state_in(&mut tx, owner, thread, Some(run), from, update, &metadata).await?;
@@ -1210,7 +1210,11 @@ async fn update_state_in(
     let checkpoint =
         insert_checkpoint(&mut *conn, thread, run, parent, &values, metadata.clone(), step).await?;
     sqlx::query(
-        "update threads set state_values = $2, state_version = nextval('state_versions'), state_updated_at = $3, updated_at = $3 where thread_id = $1",
+        // A new newest state waits for nothing: an interrupted thread is no longer (a run's
+        // thread is `busy`, and its end sets the status).
+        "update threads set state_values = $2, state_version = nextval('state_versions'), state_updated_at = $3, updated_at = $3,
+             status = case when status = 'interrupted' then 'idle' else status end
+         where thread_id = $1",
     )
     .bind(thread)
     .bind(pg_json("state values", &values)?)

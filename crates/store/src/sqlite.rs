@@ -412,7 +412,7 @@ impl SqliteStore {
             };
             if n > 0 {
                 c.prepare_cached(
-                    "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                    "update threads set status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' when coalesce((select json_array_length(metadata, '$.__pending__.interrupts') from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1), 0) > 0 then 'interrupted' else 'idle' end,
                          updated_at = ?2 where thread_id = ?1",
                 )?
                 .execute(params![thread, at])?;
@@ -450,7 +450,7 @@ impl SqliteStore {
             let at = micros(now());
             c.prepare_cached(
                 "update threads set state_values = (select state_values from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1),
-                     status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' else 'idle' end,
+                     status = case when exists (select 1 from runs where thread_id = ?1 and status in ('pending', 'running')) then 'busy' when coalesce((select json_array_length(metadata, '$.__pending__.interrupts') from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1), 0) > 0 then 'interrupted' else 'idle' end,
                      updated_at = ?2, state_updated_at = case when ?3 > 0 then ?2 else state_updated_at end
                  where thread_id = ?1",
             )?
@@ -1239,9 +1239,10 @@ fn first_step_in(
     if let (None, Some((values_text, initial_metadata))) = (from, initial)
         && newest_checkpoint(c, thread)?.is_none()
     {
-        // The thread's first checkpoint: the state before the input, without a parent.
+        // The thread's first checkpoint: the state before the input, without a parent and of
+        // no run (a rollback of the first run keeps it: forks of the first message start there).
         check_owner(c, owner, thread)?;
-        insert_checkpoint(c, thread, Some(run), None, &values_text, initial_metadata, -1)?;
+        insert_checkpoint(c, thread, None, None, &values_text, initial_metadata, -1)?;
     }
     let (checkpoint, values_text) =
         update_state_in(c, owner, thread, Some(run), from, update, metadata)?;
@@ -1328,7 +1329,9 @@ fn update_state_in(
     let parent = parent.map(|(id, _)| id);
     let (checkpoint_id, metadata, created_at) =
         insert_checkpoint(c, thread, run, parent, &values_text, metadata, step)?;
-    c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2 where thread_id = ?3")?
+    // A new newest state waits for nothing: an interrupted thread is no longer (a run's
+    // thread is `busy`, and its end sets the status).
+    c.prepare_cached("update threads set state_values = ?1, state_updated_at = ?2, updated_at = ?2, status = case when status = 'interrupted' then 'idle' else status end where thread_id = ?3")?
         .execute(params![values_text, micros(created_at), thread])?;
     // Built from what was written, not read back: the values need no second parse.
     let checkpoint = Checkpoint {

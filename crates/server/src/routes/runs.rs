@@ -225,6 +225,19 @@ fn check_nodes(field: &str, value: &Option<Value>) -> ApiResult<Option<Value>> {
     }
 }
 
+/// The deepest an interrupt value may nest: the store keeps at most 127 levels, and the value
+/// sits 4 levels down in a checkpoint's metadata and in its event.
+const MAX_INTERRUPT_DEPTH: usize = 120;
+
+/// How deeply a JSON value nests (a scalar is 1).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
 /// A `command` (`{resume, update, goto}`): resumes an interrupted thread. Refused with a 4xx
 /// that says why, before anything is stored: on a stateless run (422; LangGraph says 400), a
 /// resume of a thread that is not interrupted (409; LangGraph accepts it and does nothing), a
@@ -250,10 +263,15 @@ async fn check_command(
             detail: "You must provide a thread_id when resuming: a stateless run has no interrupted state".into(),
         });
     }
-    if fields.get("goto").is_some_and(|g| !g.is_null()) {
-        match crate::runs::goto(command) {
-            Some(node) if node == "__end__" || node == agent.name() => {}
-            _ => {
+    if let Some(goto) = fields.get("goto").filter(|g| !g.is_null()) {
+        let known = |node: &Value| node == "__end__" || node.as_str() == Some(agent.name());
+        let fine = match goto {
+            Value::Array(nodes) => nodes.len() == 1 && known(&nodes[0]),
+            node => known(node),
+        };
+        match fine {
+            true => {}
+            false => {
                 return Err(ApiError::invalid(format!(
                     "command.goto: expected \"{}\" or \"__end__\" (the nodes of agent {}), got {}",
                     agent.name(),
@@ -267,7 +285,6 @@ async fn check_command(
         crate::wire::apply_update(None, update.clone())
             .map_err(|e| ApiError::invalid(format!("command.update: {e}")))?;
     }
-    let Some(resume) = fields.get("resume") else { return Ok(()) };
     let found = match state.store.get_thread(context.user, thread).await {
         Ok(found) => found,
         Err(store::Error::NotFound { .. }) => {
@@ -283,6 +300,12 @@ async fn check_command(
     // Waiting is the newest checkpoint's: an interrupt, a breakpoint, or a run that stopped
     // before its agent answered (cancelled, failed) has a pending task to resume.
     let head = state.store.list_checkpoints(context.user, thread, 1, None).await?;
+    if head.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "thread {thread} is not interrupted: it has no state yet, nothing to resume (send input first)"
+        )));
+    }
+    let Some(resume) = fields.get("resume") else { return Ok(()) };
     let pending = head.first().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
     if !pending.next.iter().any(|n| n == agent.name()) {
         return Err(ApiError::Conflict(format!(
@@ -343,6 +366,15 @@ async fn validate(
                 "a command with an older checkpoint than the thread's newest (resume from the newest)",
             ));
         }
+    }
+    // An interrupt value is stored a few levels deeper than the input (in the checkpoint's
+    // pending task): one the store could not keep is refused now, not by a failed run.
+    if let Some(value) = body.input.as_ref().and_then(|i| agent.interrupt_value(i))
+        && depth(&value) > MAX_INTERRUPT_DEPTH
+    {
+        return Err(ApiError::invalid(format!(
+            "input.interrupt: nested deeper than {MAX_INTERRUPT_DEPTH} levels"
+        )));
     }
     // Check the messages now so a bad input is a 422, not a failed run.
     if let Some(input) = &body.input {
@@ -973,10 +1005,21 @@ async fn final_body(state: &AppState, owner: UserId, run: &Run) -> Value {
         let error = if run.status == RunStatus::Timeout { "TimeoutError" } else { "RunError" };
         return json!({ "__error__": { "error": error, "message": run.error.clone().unwrap_or_default() } });
     }
-    match state.store.get_thread(owner, run.thread_id).await {
-        Ok(thread) => thread.values.unwrap_or_else(|| json!({})),
-        Err(_) => json!({}),
+    let Ok(thread) = state.store.get_thread(owner, run.thread_id).await else { return json!({}) };
+    let interrupted = thread.status == ThreadStatus::Interrupted;
+    let mut values = thread.values.unwrap_or_else(|| json!({}));
+    // As `runs/wait` answers a run that stopped on an interrupt: `__interrupt__` beside them.
+    if interrupted
+        && let Ok(head) = state.store.list_checkpoints(owner, run.thread_id, 1, None).await
+        && let Some(pending) = head.first().and_then(|c| Pending::of(&c.metadata))
+        && !pending.interrupts.is_empty()
+        && let Some(map) = values.as_object_mut()
+    {
+        let shown: Vec<Value> =
+            pending.interrupts.iter().map(|i| json!({ "value": i.value, "id": i.id })).collect();
+        map.insert("__interrupt__".into(), Value::Array(shown));
     }
+    values
 }
 
 /// An SSE response with the run's events in `modes`, after `cursor`: `metadata` first, then

@@ -103,6 +103,13 @@ async fn update_state(
     OwnedThread(thread): OwnedThread,
     ApiJson(body): ApiJson<UpdateState>,
 ) -> ApiResult<Json<StateUpdated>> {
+    if let Some(ns) = body.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns"))
+        && !(ns.is_null() || ns.as_str() == Some(""))
+    {
+        return Err(ApiError::invalid(format!(
+            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
+        )));
+    }
     let from = match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Some(id),
         None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
@@ -246,7 +253,10 @@ async fn history(
         let Some(last) = chunk.last() else { return Ok(out) };
         before = Some(last.checkpoint_id);
         for c in chunk {
-            if json_contains(&Value::Object(c.metadata.clone()), &filter) {
+            // What is pending is not metadata clients see (nor can filter on).
+            let mut shown = c.metadata.clone();
+            shown.remove(crate::wire::PENDING);
+            if json_contains(&Value::Object(shown), &filter) {
                 out.push(c.into());
                 if out.len() == limit as usize {
                     return Ok(out);

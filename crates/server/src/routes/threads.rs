@@ -88,7 +88,7 @@ async fn create_thread(
     if created {
         crate::metrics::thread_created();
     }
-    Ok(Json(thread.into()))
+    Ok(Json(thread_out(&state, &context, thread).await?))
 }
 
 /// Get a thread.
@@ -138,9 +138,9 @@ async fn patch_thread(
 ) -> ApiResult<Json<ThreadOut>> {
     unsupported("ttl", &body.ttl)?;
     let patch = body.metadata.unwrap_or_default();
-    Ok(Json(
-        state.store.update_thread_metadata(context.user, thread.thread_id, &patch).await?.into(),
-    ))
+    let updated =
+        state.store.update_thread_metadata(context.user, thread.thread_id, &patch).await?;
+    Ok(Json(thread_out(&state, &context, updated).await?))
 }
 
 /// Delete a thread with its runs, checkpoints and events.

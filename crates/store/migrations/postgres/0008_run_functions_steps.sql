@@ -56,10 +56,11 @@ begin
     else
         select c.checkpoint_id, spindle_checkpoint_step(c.metadata) into o_parent, v_parent_step
         from checkpoints c where c.thread_id = p_thread order by c.checkpoint_id desc limit 1;
+        -- The state before the input belongs to no run: a rollback of the first run keeps it.
         if o_parent is null and p_initial_checkpoint is not null then
             insert into checkpoints (checkpoint_id, thread_id, run_id, parent_checkpoint_id,
                                      state_values, metadata, created_at)
-            values (p_initial_checkpoint, p_thread, p_run, null, p_initial_values,
+            values (p_initial_checkpoint, p_thread, null, null, p_initial_values,
                     p_initial_metadata || jsonb_build_object('step', -1), p_at);
             o_parent := p_initial_checkpoint;
             v_parent_step := -1;
