@@ -396,6 +396,14 @@ id_type!(
     IdKind::Interrupt
 );
 
+impl TaskId {
+    /// The task pending at a checkpoint: Spindle's agents have one node, so a checkpoint has
+    /// at most one pending task, named by the checkpoint's id (nothing to mint or store).
+    pub fn of(checkpoint: CheckpointId) -> TaskId {
+        TaskId(checkpoint.0)
+    }
+}
+
 impl InterruptId {
     /// The 32 lowercase hex digits clients see.
     pub fn simple(&self) -> String {

@@ -815,7 +815,7 @@ pub fn first_step(
     };
     let from = kwargs.get("checkpoint_id").and_then(Value::as_str).and_then(|id| id.parse().ok());
     let source = if from.is_some() && state_input.is_null() { "fork" } else { "loop" };
-    let mut metadata = json!({ "source": source, "run_id": run, "writes": { "__start__": state_input }, "parents": {} })
+    let mut metadata = json!({ "source": source, "run_id": run, "parents": {} })
         .as_object()
         .cloned()
         .unwrap_or_default();

@@ -57,10 +57,11 @@ impl ThreadOut {
     pub fn with_head(thread: Thread, head: Option<&Checkpoint>) -> Self {
         let interrupted = thread.status == ThreadStatus::Interrupted;
         let mut out = ThreadOut::from(thread);
-        if let Some(pending) = head.filter(|_| interrupted).and_then(|c| Pending::of(&c.metadata))
-            && let Some(task) = pending.task_id
+        if let Some(head) = head.filter(|_| interrupted)
+            && let Some(pending) = Pending::of(&head.metadata)
             && !pending.interrupts.is_empty()
         {
+            let task = TaskId::of(head.checkpoint_id);
             out.interrupts = json!({ task.to_string(): pending.interrupts });
         }
         out
@@ -72,13 +73,11 @@ impl ThreadOut {
 /// `tasks` and `interrupts`.
 pub const PENDING: &str = "__pending__";
 
-/// What a checkpoint has still to run: the nodes next, the id of their task, and the
-/// interrupts it stopped on (values asked of a human).
+/// What a checkpoint has still to run: the nodes next and the interrupts it stopped on
+/// (values asked of a human). Their task's id is the checkpoint's (`TaskId::of`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub next: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<TaskId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interrupts: Vec<Interrupt>,
 }
@@ -91,13 +90,9 @@ pub struct Interrupt {
 }
 
 impl Pending {
-    /// `node` is to run next, as the task `task`.
+    /// `node` is to run next.
     pub fn next(node: &str) -> Pending {
-        Pending {
-            next: vec![node.to_owned()],
-            task_id: Some(TaskId::new()),
-            interrupts: Vec::new(),
-        }
+        Pending { next: vec![node.to_owned()], interrupts: Vec::new() }
     }
 
     /// The pending part of a checkpoint's metadata, if it has one.
@@ -333,12 +328,13 @@ impl From<Checkpoint> for ThreadStateOut {
         c.metadata.remove(PENDING);
         let interrupts: Vec<Value> =
             pending.interrupts.iter().map(|i| json!({ "id": i.id, "value": i.value })).collect();
+        let task = TaskId::of(c.checkpoint_id);
         let tasks = pending
             .next
             .iter()
             .map(|name| {
                 json!({
-                    "id": pending.task_id, "name": name, "path": ["__pregel_pull", name],
+                    "id": task, "name": name, "path": ["__pregel_pull", name],
                     "error": null, "interrupts": interrupts, "checkpoint": null, "state": null,
                     "result": null,
                 })

@@ -556,7 +556,8 @@ impl SqliteStore {
     ) -> Result<Checkpoint> {
         json::encode("checkpoint metadata", metadata, true)?;
         let metadata = metadata.clone();
-        self.write(move |c| Ok(update_state_in(c, owner, thread, run, from, update, metadata)?.0))
+        let base = Base::from(from);
+        self.write(move |c| Ok(update_state_in(c, owner, thread, run, base, update, metadata)?.0))
             .await
     }
 
@@ -1003,7 +1004,7 @@ fn commit_step_in(
         None => None,
         Some(update) => {
             let (checkpoint, values_text) =
-                update_state_in(c, owner, thread, Some(run), None, update, metadata)?;
+                update_state_in(c, owner, thread, Some(run), Base::Newest, update, metadata)?;
             all.push((NewEvent::values(run, &checkpoint.values), values_text));
             Some(checkpoint)
         }
@@ -1236,16 +1237,23 @@ fn first_step_in(
     first: EncodedFirst,
 ) -> Result<Step> {
     let EncodedFirst { mut events, update, metadata, from, initial } = first;
-    if let (None, Some((values_text, initial_metadata))) = (from, initial)
-        && newest_checkpoint(c, thread)?.is_none()
-    {
-        // The thread's first checkpoint: the state before the input, without a parent and of
-        // no run (a rollback of the first run keeps it: forks of the first message start there).
-        check_owner(c, owner, thread)?;
-        insert_checkpoint(c, thread, None, None, &values_text, initial_metadata, -1)?;
+    let mut base = Base::from(from);
+    if let (None, Some((values_text, initial_metadata))) = (from, initial) {
+        base = match newest_checkpoint(c, thread)? {
+            Some(newest) => Base::Known(Some(newest)),
+            None => {
+                // The thread's first checkpoint: the state before the input, without a parent
+                // and of no run (a rollback of the first run keeps it: forks of the first
+                // message start there).
+                check_owner(c, owner, thread)?;
+                let (initial, ..) =
+                    insert_checkpoint(c, thread, None, None, &values_text, initial_metadata, -1)?;
+                Base::Known(Some((initial, -1)))
+            }
+        };
     }
     let (checkpoint, values_text) =
-        update_state_in(c, owner, thread, Some(run), from, update, metadata)?;
+        update_state_in(c, owner, thread, Some(run), base, update, metadata)?;
     events.push((NewEvent::values(run, &checkpoint.values), values_text));
     let events = append_in(c, owner, thread, events)?;
     Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
@@ -1291,15 +1299,32 @@ fn insert_checkpoint(
     Ok((checkpoint_id, metadata, created_at))
 }
 
-/// Replaces the thread's values with `update(base)` and stores them as a checkpoint, `base`
-/// being the thread's values, or `from`'s (then `from` is the parent); returns it with its
-/// values as JSON text.
+/// What a new checkpoint is made from.
+#[derive(Clone, Copy)]
+enum Base {
+    /// The thread's values; the parent is its newest checkpoint.
+    Newest,
+    /// The thread's values; the parent (its newest checkpoint, and its step) read already.
+    Known(Option<(CheckpointId, i64)>),
+    /// That checkpoint's values (a fork); it is the parent.
+    From(CheckpointId),
+}
+
+impl Base {
+    fn from(from: Option<CheckpointId>) -> Base {
+        from.map_or(Base::Newest, Base::From)
+    }
+}
+
+/// Replaces the thread's values with `update(base)` and stores them as a checkpoint, the
+/// base being the thread's values, or a fork's checkpoint's (see [`Base`]); returns it with
+/// its values as JSON text.
 fn update_state_in(
     c: &Connection,
     owner: UserId,
     thread: ThreadId,
     run: Option<RunId>,
-    from: Option<CheckpointId>,
+    from: Base,
     mut update: StateUpdate,
     metadata: Metadata,
 ) -> Result<(Checkpoint, String)> {
@@ -1309,8 +1334,9 @@ fn update_state_in(
         .optional()?
         .ok_or_else(|| Error::not_found("thread", thread))?;
     let (base, parent) = match from {
-        None => (current, newest_checkpoint(c, thread)?),
-        Some(from) => {
+        Base::Newest => (current, newest_checkpoint(c, thread)?),
+        Base::Known(parent) => (current, parent),
+        Base::From(from) => {
             let (values, step): (String, i64) = c
                 .prepare_cached(
                     "select state_values, coalesce(case when json_type(metadata, '$.step') = 'integer' then json_extract(metadata, '$.step') end, -1)
