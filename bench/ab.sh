@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two `spindle` binaries in one run, alternating A B A B so the machine's drift hits both:
-# spindle-bench's concurrent runs/s and SSE stream events/s against each, on SQLite (and
+# spindle-bench's concurrent runs/s (every run a new thread's first, and conversations of 5 turns)
+# and SSE stream events/s against each, on SQLite (and
 # PostgreSQL with BACKENDS="sqlite postgres").
 #   bench/ab.sh OLD_SPINDLE NEW_SPINDLE [ROUNDS]      # e.g. a build of main's parent vs this tree
 # Reports: target/bench-results/ab-<label>-<backend>-<round>-<workload>.json and a summary.
@@ -39,10 +40,15 @@ for backend in $backends; do
     for label in A B; do
       bin=$a_bin; [ $label = B ] && bin=$b_bin
       start "$bin" "$backend"
-      for w in concurrent stream; do
-        case $w in concurrent) args=(--clients 16,64 --seconds 5) ;; stream) args=(--events 1000 --repeat 5) ;; esac
+      for w in concurrent turns stream; do
+        case $w in
+          concurrent) cmd=concurrent args=(--clients 16,64 --seconds 5) ;;
+          # Conversations of 5 turns: one run in 5 is a thread's first.
+          turns) cmd=concurrent args=(--clients 16,64 --seconds 5 --runs-per-thread 5) ;;
+          stream) cmd=stream args=(--events 1000 --repeat 5) ;;
+        esac
         echo "== $label ($bin) $backend round $round: $w (loadavg $(cut -d' ' -f1-3 /proc/loadavg))"
-        "$bench" "$w" "${args[@]}" --base-url "$base" --server-pid "$pid" --label "$label-$backend" \
+        "$bench" "$cmd" "${args[@]}" --base-url "$base" --server-pid "$pid" --label "$label-$backend" \
           --json "$out/ab-$label-$backend-$round-$w.json"
       done
       stop

@@ -62,6 +62,9 @@ enum Workload {
         /// Upper bound on runs per client count.
         #[arg(long, default_value_t = 1_000_000)]
         max_runs: usize,
+        /// Runs on each thread before the next is created (1: every run is a thread's first).
+        #[arg(long, default_value_t = 1)]
+        runs_per_thread: usize,
     },
     /// One `synthetic` run of N custom events over SSE and over WebSocket.
     Stream {
@@ -162,9 +165,9 @@ async fn run(cli: Cli) -> Result<bool> {
                 sequential::Options { runs, warmup, max_time: Duration::from_secs(max_seconds) };
             sequential::cases(&target, &options, pid).await
         }
-        Workload::Concurrent { clients, seconds, max_runs } => {
-            let options =
-                concurrent::Options { clients, duration: Duration::from_secs(seconds), max_runs };
+        Workload::Concurrent { clients, seconds, max_runs, runs_per_thread } => {
+            let duration = Duration::from_secs(seconds);
+            let options = concurrent::Options { clients, duration, max_runs, runs_per_thread };
             concurrent::cases(&target, &options, pid).await
         }
         Workload::Stream { events, repeat, no_websocket } => {

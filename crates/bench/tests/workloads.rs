@@ -39,11 +39,17 @@ async fn workloads(backend: Backend) {
         // Bounded by the run count; the time bound only guards against a hang.
         duration: Duration::from_secs(60),
         max_runs: 40,
+        runs_per_thread: 1,
     };
     let outcome = concurrent::measure(&target, 8, &options).await;
     assert_eq!(outcome.runs_ok, 40, "{outcome:?}");
     assert!(outcome.errors.is_empty(), "{outcome:?}");
     assert!(outcome.runs_per_s > 0.0);
+    // Conversations of 5 turns: every reply still the echo of the last message.
+    let options = concurrent::Options { runs_per_thread: 5, ..options };
+    let outcome = concurrent::measure(&target, 4, &options).await;
+    assert_eq!(outcome.runs_ok, 40, "{outcome:?}");
+    assert!(outcome.errors.is_empty(), "{outcome:?}");
 
     let outcome =
         stream::measure_sse(&target, &stream::Options { events: 200, repeat: 2, websocket: false })

@@ -554,8 +554,7 @@ impl SqliteStore {
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        json::encode("checkpoint metadata", metadata, true)?;
-        let metadata = metadata.clone();
+        let metadata = StepMetadata::new(metadata)?;
         let base = Base::from(from);
         self.write(move |c| Ok(update_state_in(c, owner, thread, run, base, update, metadata)?.0))
             .await
@@ -573,8 +572,7 @@ impl SqliteStore {
         end: Option<&RunEnd>,
     ) -> Result<Step> {
         let events = encode_events(events)?;
-        json::encode("checkpoint metadata", metadata, true)?;
-        let metadata = metadata.clone();
+        let metadata = StepMetadata::new(metadata)?;
         let end = end
             .map(|e| Ok::<_, Error>((e.clone(), encode_events(std::slice::from_ref(&e.event))?)))
             .transpose()?;
@@ -995,7 +993,7 @@ fn commit_step_in(
     run: RunId,
     events: Vec<(NewEvent, String)>,
     update: Option<StateUpdate>,
-    metadata: Metadata,
+    metadata: StepMetadata,
     end: Option<(RunEnd, Vec<(NewEvent, String)>)>,
 ) -> Result<Step> {
     let mut all = events;
@@ -1203,25 +1201,51 @@ fn append_in(
 struct EncodedFirst {
     events: Vec<(NewEvent, String)>,
     update: StateUpdate,
-    metadata: Metadata,
+    metadata: StepMetadata,
     from: Option<CheckpointId>,
-    initial: Option<(String, Metadata)>,
+    initial: Option<(String, StepMetadata)>,
+}
+
+/// A checkpoint's metadata encoded outside the writer (the one thread every write waits
+/// for), without `step`, which the writer splices in once it knows the parent.
+struct StepMetadata {
+    map: Metadata,
+    text: String,
+}
+
+impl StepMetadata {
+    fn new(metadata: &Metadata) -> Result<StepMetadata> {
+        let mut map = metadata.clone();
+        map.remove("step");
+        let text = json::encode("checkpoint metadata", &map, true)?;
+        Ok(StepMetadata { map, text })
+    }
+
+    /// The metadata with `step`, as text to store and as the checkpoint returned.
+    fn with_step(self, step: i64) -> (String, Metadata) {
+        let text = match self.text.strip_prefix('{') {
+            Some("}") | None => format!("{{\"step\":{step}}}"),
+            Some(rest) => format!("{{\"step\":{step},{rest}"),
+        };
+        let mut map = self.map;
+        map.insert("step".into(), step.into());
+        (text, map)
+    }
 }
 
 impl EncodedFirst {
     fn new(first: FirstStep) -> Result<EncodedFirst> {
-        json::encode("checkpoint metadata", &first.metadata, true)?;
         let initial = match first.initial {
             None => None,
             Some((values, metadata)) => {
-                json::encode("checkpoint metadata", &metadata, true)?;
+                let metadata = StepMetadata::new(&metadata)?;
                 Some((json::encode("state values", &values, true)?, metadata))
             }
         };
         Ok(EncodedFirst {
             events: encode_events(&first.events)?,
             update: first.update,
-            metadata: first.metadata,
+            metadata: StepMetadata::new(&first.metadata)?,
             from: first.from,
             initial,
         })
@@ -1262,8 +1286,9 @@ fn first_step_in(
 /// The thread's newest checkpoint and its `step` (a missing or non-integer step read as −1).
 fn newest_checkpoint(c: &Connection, thread: ThreadId) -> Result<Option<(CheckpointId, i64)>> {
     Ok(c.prepare_cached(
-        "select checkpoint_id, coalesce(case when json_type(metadata, '$.step') = 'integer' then json_extract(metadata, '$.step') end, -1)
-         from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1",
+        // The metadata is parsed once (`->>`), in the writer every write waits for.
+        "select checkpoint_id, iif(typeof(step) = 'integer', step, -1) from
+             (select checkpoint_id, metadata ->> '$.step' as step from checkpoints where thread_id = ?1 order by checkpoint_id desc limit 1)",
     )?
     .query_row([thread], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()?)
@@ -1284,11 +1309,10 @@ fn insert_checkpoint(
     run: Option<RunId>,
     parent: Option<CheckpointId>,
     values_text: &str,
-    mut metadata: Metadata,
+    metadata: StepMetadata,
     step: i64,
 ) -> Result<(CheckpointId, Metadata, DateTime<Utc>)> {
-    metadata.insert("step".into(), step.into());
-    let metadata_text = json::encode("checkpoint metadata", &metadata, true)?;
+    let (metadata_text, metadata) = metadata.with_step(step);
     let checkpoint_id = CheckpointId::new();
     let created_at = now();
     c.prepare_cached(
@@ -1326,7 +1350,7 @@ fn update_state_in(
     run: Option<RunId>,
     from: Base,
     mut update: StateUpdate,
-    metadata: Metadata,
+    metadata: StepMetadata,
 ) -> Result<(Checkpoint, String)> {
     let current: Option<String> = c
         .prepare_cached("select state_values from threads where thread_id = ?1 and owner_id = ?2")?
@@ -1339,8 +1363,8 @@ fn update_state_in(
         Base::From(from) => {
             let (values, step): (String, i64) = c
                 .prepare_cached(
-                    "select state_values, coalesce(case when json_type(metadata, '$.step') = 'integer' then json_extract(metadata, '$.step') end, -1)
-                     from checkpoints where checkpoint_id = ?1 and thread_id = ?2",
+                    "select state_values, iif(typeof(step) = 'integer', step, -1) from
+                         (select state_values, metadata ->> '$.step' as step from checkpoints where checkpoint_id = ?1 and thread_id = ?2)",
                 )?
                 .query_row(params![from, thread], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?

@@ -1,5 +1,6 @@
 //! C clients, each looping create thread + `runs/wait` on `echo` until the time is up (or the
-//! run budget is spent).
+//! run budget is spent); with `--runs-per-thread N`, N runs on each thread (a conversation of N
+//! turns: only the first is a thread's first run).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,8 @@ pub struct Options {
     pub duration: Duration,
     /// Upper bound on runs started per client count.
     pub max_runs: usize,
+    /// Runs on each thread before the client creates the next.
+    pub runs_per_thread: usize,
 }
 
 impl Default for Options {
@@ -27,6 +30,7 @@ impl Default for Options {
             clients: vec![16, 64, 256],
             duration: Duration::from_secs(5),
             max_runs: 1_000_000,
+            runs_per_thread: 1,
         }
     }
 }
@@ -49,16 +53,27 @@ pub async fn measure(target: &Target, clients: usize, options: &Options) -> Outc
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (target, budget) = (target.clone(), budget.clone());
+            let per_thread = options.runs_per_thread.max(1);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut evidence = Evidence::default();
+                let mut thread: Option<(String, usize)> = None;
                 while Instant::now() < deadline
                     && budget
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
                         .is_ok()
                 {
                     let t = Instant::now();
-                    match target.one_run().await {
+                    let run = async {
+                        let (id, done) = match thread.take() {
+                            Some((id, done)) if done < per_thread => (id, done),
+                            _ => (target.create_thread().await?, 0),
+                        };
+                        target.echo_wait(&id).await?;
+                        thread = Some((id, done + 1));
+                        Ok::<(), crate::http::Failure>(())
+                    };
+                    match run.await {
                         Ok(()) => latencies.push(t.elapsed()),
                         Err(failure) => evidence.add("", &failure),
                     }
