@@ -30,11 +30,11 @@ import re
 import sys
 import threading
 import time
-import traceback
 import uuid
 from typing import Any, Callable, Iterator
 
 import httpx
+import runner
 from langgraph_sdk import get_sync_client
 from langgraph_sdk.errors import (
     APIStatusError,
@@ -87,8 +87,7 @@ INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 FINAL = {"success", "error", "interrupted", "timeout"}
 
 
-class CheckFailed(Exception):
-    pass
+CheckFailed = runner.CheckFailed
 
 
 def expect(condition: bool, message: str) -> None:
@@ -526,7 +525,7 @@ def racing(tid: str, first: str, what: str) -> Iterator[None]:
             raise e from None  # deleted (rollback): nothing to add
         took = (timestamp(run["updated_at"]) - timestamp(run["created_at"])).total_seconds()
         raise CheckFailed(
-            f"{e} (line {check_line(e)}) [the first run {first} is {run['status']!r} and lasted {took:.3f} s from "
+            f"{e} (line {runner.script_line(e, __file__)}) [the first run {first} is {run['status']!r} and lasted {took:.3f} s from "
             f"created_at to updated_at; given {SLOW} it should run about 2 s]"
         ) from None
 
@@ -1533,65 +1532,15 @@ CHECKS: list[Callable[[], None]] = [
 ]
 
 
-def check_line(e: BaseException) -> int | None:
-    """The line of this script nearest the failure (the failing call in the check)."""
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
-    return lines[-1] if lines else None
-
-
 def main() -> int:
-    passed = failed = skipped = 0
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
-    for check in CHECKS:
-        name = check.__name__.removeprefix("check_")
-        if only and name not in only:
-            continue
+
+    def skip(check) -> str | None:
         if REFERENCE and check.__name__ in SPINDLE_ONLY:
-            skipped += 1
-            print(f"skip {name} (Spindle refuses on purpose; LangGraph does not)", flush=True)
-            continue
-        try:
-            check()
-        except CheckFailed as e:
-            failed += 1
-            print(f"FAIL {name}: {e} (check line {check_line(e)})", flush=True)
-        except APIStatusError as e:
-            failed += 1
-            print(
-                f"FAIL {name}: unexpected {type(e).__name__} (HTTP {e.status_code}) from "
-                f"{e.request.method} {e.request.url} (body {e.request.content!r}): {e.body!r} "
-                f"(check line {check_line(e)})",
-                flush=True,
-            )
-        except httpx.HTTPStatusError as e:
-            failed += 1
-            print(
-                f"FAIL {name}: HTTP {e.response.status_code} from {e.request.method} {e.request.url} "
-                f"(body {e.request.content!r}): {e.response.text!r} (check line {check_line(e)})",
-                flush=True,
-            )
-        except httpx.RequestError as e:
-            failed += 1
-            print(
-                f"FAIL {name}: {type(e).__name__} on {e.request.method} {e.request.url}: {e} "
-                f"(check line {check_line(e)})",
-                flush=True,
-            )
-        except Exception as e:  # noqa: BLE001 - report every failure, keep going
-            failed += 1
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            print(
-                f"FAIL {name}: {type(e).__name__}: {e} (at {where.filename}:{where.lineno}: "
-                f"{where.line}; check line {check_line(e)})",
-                flush=True,
-            )
-        else:
-            passed += 1
-            print(f"ok {name}", flush=True)
-    if skipped:
-        print(f"{skipped} skipped (--reference)", flush=True)
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+            return "Spindle refuses on purpose; LangGraph does not"
+        return None
+
+    return runner.run(CHECKS, __file__, only, skip)
 
 
 if __name__ == "__main__":

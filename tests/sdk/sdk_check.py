@@ -21,12 +21,12 @@ import re
 import socket
 import sys
 import time
-import traceback
 import typing
 import uuid
 from typing import Any, Callable
 
 import httpx
+import runner
 from langgraph_sdk import get_sync_client, schema
 from langgraph_sdk.errors import (
     APIStatusError,
@@ -55,8 +55,7 @@ ECHO_ID = "046b5dc7-2108-582c-9c6c-31d556d138f0"
 RUN = uuid.uuid4().hex
 
 
-class CheckFailed(Exception):
-    pass
+CheckFailed = runner.CheckFailed
 
 
 def expect(condition: bool, message: str) -> None:
@@ -1684,49 +1683,8 @@ CHECKS: list[Callable[[], None]] = [
 ]
 
 
-def check_line(e: BaseException) -> int | None:
-    """The line of this script nearest the failure (the failing call in the check)."""
-    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
-    return lines[-1] if lines else None
-
-
 def main() -> int:
-    passed = failed = 0
-    for check in CHECKS:
-        name = check.__name__.removeprefix("check_")
-        try:
-            check()
-        except CheckFailed as e:
-            failed += 1
-            print(f"FAIL {name}: {e}", flush=True)
-        except APIStatusError as e:
-            failed += 1
-            print(
-                f"FAIL {name}: unexpected {type(e).__name__} (HTTP {e.status_code}) from "
-                f"{e.request.method} {e.request.url}: {e.body!r}",
-                flush=True,
-            )
-        except httpx.RequestError as e:
-            # No HTTP response at all (connection dropped, timeout): say which request.
-            failed += 1
-            print(
-                f"FAIL {name}: {type(e).__name__} on {e.request.method} {e.request.url}: {e} "
-                f"(check line {check_line(e)})",
-                flush=True,
-            )
-        except Exception as e:  # noqa: BLE001 - report every failure, keep going
-            failed += 1
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            print(
-                f"FAIL {name}: {type(e).__name__}: {e} (at {where.filename}:{where.lineno}: "
-                f"{where.line}; check line {check_line(e)})",
-                flush=True,
-            )
-        else:
-            passed += 1
-            print(f"ok {name}", flush=True)
-    print(f"{passed} passed, {failed} failed", flush=True)
-    return 1 if failed else 0
+    return runner.run(CHECKS, __file__)
 
 
 if __name__ == "__main__":
