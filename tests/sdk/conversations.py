@@ -87,17 +87,7 @@ INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 FINAL = {"success", "error", "interrupted", "timeout"}
 
 
-CheckFailed = runner.CheckFailed
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
-
-def expect_eq(got: Any, want: Any, what: str) -> None:
-    if got != want:
-        raise CheckFailed(f"{what}: expected {want!r}, got {got!r}")
+CheckFailed, expect, expect_eq = runner.CheckFailed, runner.expect, runner.expect_eq
 
 
 def expect_error(

@@ -9,7 +9,7 @@ last line is `N passed, M failed` (crates/server/tests/sdk.rs reads it), and the
 from __future__ import annotations
 
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 import httpx
 from langgraph_sdk.errors import APIStatusError
@@ -17,6 +17,16 @@ from langgraph_sdk.errors import APIStatusError
 
 class CheckFailed(Exception):
     """A check's expectation that did not hold (its message says expected and got)."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def expect_eq(got: Any, want: Any, what: str) -> None:
+    if got != want:
+        raise CheckFailed(f"{what}: expected {want!r}, got {got!r}")
 
 
 def script_line(e: BaseException, script: str) -> int | None:

@@ -55,17 +55,7 @@ ECHO_ID = "046b5dc7-2108-582c-9c6c-31d556d138f0"
 RUN = uuid.uuid4().hex
 
 
-CheckFailed = runner.CheckFailed
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
-
-def expect_eq(got: Any, want: Any, what: str) -> None:
-    if got != want:
-        raise CheckFailed(f"{what}: expected {want!r}, got {got!r}")
+CheckFailed, expect, expect_eq = runner.CheckFailed, runner.expect, runner.expect_eq
 
 
 def sdk_keys(typed_dict: type) -> set[str]:
