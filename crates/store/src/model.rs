@@ -364,7 +364,10 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-/// The thread's status once a run has moved to `status` and `active` runs remain active.
+/// The thread's status once a run has moved to `status` and `active` runs remain active;
+/// `interrupted`: the run stopped to ask a human (`RunEnd::interrupted`). The one definition of
+/// the rule: the PostgreSQL run functions are given its answer, and the store's table tests
+/// hold every backend path to it.
 pub fn thread_status_after(status: RunStatus, active: i64, interrupted: bool) -> ThreadStatus {
     if active > 0 {
         return ThreadStatus::Busy;
@@ -374,6 +377,19 @@ pub fn thread_status_after(status: RunStatus, active: i64, interrupted: bool) ->
         RunStatus::Pending | RunStatus::Running => ThreadStatus::Busy,
         RunStatus::Success | RunStatus::Interrupted => ThreadStatus::Idle,
         RunStatus::Error | RunStatus::Timeout => ThreadStatus::Error,
+    }
+}
+
+/// The thread's status once a run was undone without ending it (a pending run cancelled, a
+/// run rolled back) and `active` runs remain active: its newest checkpoint says whether it
+/// still waits for a human (`head_interrupted`: the checkpoint's pending task holds
+/// interrupts). The SQL of `cancel_pending_run` and `rollback_run` on both backends is this
+/// rule (the store's table tests hold every copy to it).
+pub fn thread_status_after_undo(active: i64, head_interrupted: bool) -> ThreadStatus {
+    match (active > 0, head_interrupted) {
+        (true, _) => ThreadStatus::Busy,
+        (false, true) => ThreadStatus::Interrupted,
+        (false, false) => ThreadStatus::Idle,
     }
 }
 
