@@ -90,39 +90,17 @@ FINAL = {"success", "error", "interrupted", "timeout"}
 CheckFailed, expect, expect_eq = runner.CheckFailed, runner.expect, runner.expect_eq
 
 
+ERROR_KEYS = ("detail",) if REFERENCE else runner.ERROR_KEYS
+
+
 def expect_error(
     error_class: type[APIStatusError], status: int, call: Callable[[], Any], what: str
 ) -> APIStatusError:
-    """Runs `call`, which must raise the SDK's `error_class` with HTTP `status` and a JSON
-    error body with a string `detail` (and, from Spindle, `code` and `request_id`)."""
-    try:
-        result = call()
-    except APIStatusError as e:
-        if not isinstance(e, error_class) or e.status_code != status:
-            raise CheckFailed(
-                f"{what}: expected {error_class.__name__} (HTTP {status}), got "
-                f"{type(e).__name__} (HTTP {e.status_code}) with body {e.body!r}"
-            ) from None
-        expect_error_body(e.body, what)
-        return e
-    except httpx.HTTPStatusError as e:
-        raise CheckFailed(
-            f"{what}: expected the SDK's {error_class.__name__} (HTTP {status}), got a bare "
-            f"httpx {type(e).__name__} (HTTP {e.response.status_code}): {e.response.text!r}"
-        ) from None
-    raise CheckFailed(
-        f"{what}: expected {error_class.__name__} (HTTP {status}), but the call returned {result!r}"
-    )
+    return runner.expect_error(error_class, status, call, what, ERROR_KEYS)
 
 
 def expect_error_body(body: Any, what: str) -> None:
-    keys = ("detail",) if REFERENCE else ("detail", "code", "request_id")
-    expect(isinstance(body, dict), f"{what}: error body is not a JSON object: {body!r}")
-    for key in keys:
-        expect(
-            isinstance(body.get(key), str) and body[key] != "",
-            f"{what}: error body has no string `{key}`: {body!r}",
-        )
+    runner.expect_error_body(body, what, ERROR_KEYS)
 
 
 def expect_http_error(statuses: set[int], call: Callable[[], Any], what: str) -> str:

@@ -14,6 +14,9 @@ from typing import Any, Callable
 import httpx
 from langgraph_sdk.errors import APIStatusError
 
+# The keys of Spindle's error body; LangGraph's has only `detail`.
+ERROR_KEYS = ("detail", "code", "request_id")
+
 
 class CheckFailed(Exception):
     """A check's expectation that did not hold (its message says expected and got)."""
@@ -27,6 +30,50 @@ def expect(condition: bool, message: str) -> None:
 def expect_eq(got: Any, want: Any, what: str) -> None:
     if got != want:
         raise CheckFailed(f"{what}: expected {want!r}, got {got!r}")
+
+
+def expect_error_body(body: Any, what: str, keys: tuple[str, ...] = ERROR_KEYS) -> None:
+    expect(isinstance(body, dict), f"{what}: error body is not a JSON object: {body!r}")
+    for key in keys:
+        expect(
+            isinstance(body.get(key), str) and body[key] != "",
+            f"{what}: error body has no string `{key}`: {body!r}",
+        )
+
+
+def expect_error(
+    error_class: type[APIStatusError],
+    status: int,
+    call: Callable[[], Any],
+    what: str,
+    keys: tuple[str, ...] = ERROR_KEYS,
+) -> APIStatusError:
+    """Runs `call`, which must raise the SDK's `error_class` with HTTP `status` and an error
+    body with string `keys`; with `request_id` among them, it must be the `x-request-id`
+    header, and the SDK's message the body's `detail`."""
+    try:
+        result = call()
+    except APIStatusError as e:
+        if not isinstance(e, error_class) or e.status_code != status:
+            raise CheckFailed(
+                f"{what}: expected {error_class.__name__} (HTTP {status}), got "
+                f"{type(e).__name__} (HTTP {e.status_code}) with body {e.body!r}"
+            ) from None
+        expect_error_body(e.body, what, keys)
+        if "request_id" in keys:
+            expect_eq(e.message, e.body["detail"], f"{what}: the SDK's error message")
+            expect_eq(
+                e.request_id, e.body["request_id"], f"{what}: x-request-id header vs body request_id"
+            )
+        return e
+    except httpx.HTTPStatusError as e:
+        raise CheckFailed(
+            f"{what}: expected the SDK's {error_class.__name__} (HTTP {status}), got a bare "
+            f"httpx {type(e).__name__} (HTTP {e.response.status_code}): {e.response.text!r}"
+        ) from None
+    raise CheckFailed(
+        f"{what}: expected {error_class.__name__} (HTTP {status}), but the call returned {result!r}"
+    )
 
 
 def script_line(e: BaseException, script: str) -> int | None:

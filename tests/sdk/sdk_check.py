@@ -82,44 +82,7 @@ def expect_shape(obj: Any, typed_dict: type, what: str) -> None:
     )
 
 
-def expect_error(
-    error_class: type[APIStatusError],
-    status: int,
-    call: Callable[[], Any],
-    what: str,
-) -> APIStatusError:
-    """Runs `call`, which must raise the SDK's `error_class` with HTTP `status` and a body
-    `{"detail", "code", "request_id"}` whose request id is the `x-request-id` header."""
-    try:
-        result = call()
-    except APIStatusError as e:
-        body = e.body
-        if not isinstance(e, error_class) or e.status_code != status:
-            raise CheckFailed(
-                f"{what}: expected {error_class.__name__} (HTTP {status}), got "
-                f"{type(e).__name__} (HTTP {e.status_code}) with body {body!r}"
-            ) from None
-        expect(isinstance(body, dict), f"{what}: error body is not a JSON object: {body!r}")
-        for key in ("detail", "code", "request_id"):
-            expect(
-                isinstance(body.get(key), str) and body[key] != "",
-                f"{what}: error body has no string `{key}`: {body!r}",
-            )
-        expect_eq(e.message, body["detail"], f"{what}: the SDK's error message")
-        expect_eq(
-            e.request_id,
-            body["request_id"],
-            f"{what}: x-request-id header vs body request_id",
-        )
-        return e
-    except httpx.HTTPStatusError as e:
-        raise CheckFailed(
-            f"{what}: expected the SDK's {error_class.__name__} (HTTP {status}), got a bare "
-            f"httpx {type(e).__name__} (HTTP {e.response.status_code}): {e.response.text!r}"
-        ) from None
-    raise CheckFailed(
-        f"{what}: expected {error_class.__name__} (HTTP {status}), but the call returned {result!r}"
-    )
+expect_error = runner.expect_error
 
 
 def timestamp(value: Any, what: str) -> datetime.datetime:

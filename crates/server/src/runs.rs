@@ -725,22 +725,17 @@ async fn resume(
         }
         state = sink.commit_update(update, metadata).await?;
     }
-    match goto(command) {
-        Some("__end__") => {
-            // Answered without running the agent: a state that waits for nothing.
-            let metadata =
-                json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
-            Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
-        }
-        Some(_) => Ok(Resumed::Run { state, value }),
-        None if waiting || command.get("resume").is_some() => Ok(Resumed::Run { state, value }),
-        // An update alone on a thread that waits for nothing: nothing to run.
-        None => {
-            let metadata =
-                json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
-            Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
-        }
+    // `goto: "__end__"`, or an update alone on a thread that waits for nothing: nothing to run.
+    let run_agent = match goto(command) {
+        Some(node) => node != "__end__",
+        None => waiting || command.get("resume").is_some(),
+    };
+    if run_agent {
+        return Ok(Resumed::Run { state, value });
     }
+    // Answered without running the agent: a state that waits for nothing.
+    let metadata = json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
+    Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
 }
 
 /// The node a command's `goto` names (a name, or a list of one).
@@ -947,9 +942,9 @@ impl Sink {
     async fn interrupt(&mut self, agent: Agent, value: Value) -> Result<Value, Stop> {
         self.check()?;
         let id = ids::InterruptId::new().simple();
-        let shown = json!([{ "value": value, "id": id }]);
         let mut pending = Pending::next(agent.name());
         pending.interrupts.push(Interrupt { id, value });
+        let shown = pending.shown();
         let mut metadata =
             json!({ "source": "loop", "run_id": self.run.run_id, "writes": {}, "parents": {} })
                 .as_object()

@@ -95,6 +95,12 @@ impl Pending {
         Pending { next: vec![node.to_owned()], interrupts: Vec::new() }
     }
 
+    /// The interrupts as LangGraph shows them beside a state's values (`__interrupt__` of a
+    /// stream's `values`, of `runs/wait` and `join`): `[{"value", "id"}]`.
+    pub fn shown(&self) -> Value {
+        self.interrupts.iter().map(|i| json!({ "value": i.value, "id": i.id })).collect()
+    }
+
     /// The pending part of a checkpoint's metadata, if it has one.
     pub fn of(metadata: &Map<String, Value>) -> Option<Pending> {
         serde_json::from_value(metadata.get(PENDING)?.clone()).ok()

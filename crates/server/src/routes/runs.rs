@@ -183,13 +183,7 @@ async fn check_checkpoint(
         },
     };
     let Some(id) = id else { return Ok(None) };
-    if let Some(ns) = body.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns"))
-        && !(ns.is_null() || ns.as_str() == Some(""))
-    {
-        return Err(ApiError::invalid(format!(
-            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
-        )));
-    }
+    super::state::check_namespace(body.checkpoint.as_ref())?;
     let not_found = || ApiError::NotFound(format!("checkpoint {id} not found in thread {thread}"));
     if stateless {
         return Err(not_found());
@@ -1015,9 +1009,7 @@ async fn final_body(state: &AppState, owner: UserId, run: &Run) -> Value {
         && !pending.interrupts.is_empty()
         && let Some(map) = values.as_object_mut()
     {
-        let shown: Vec<Value> =
-            pending.interrupts.iter().map(|i| json!({ "value": i.value, "id": i.id })).collect();
-        map.insert("__interrupt__".into(), Value::Array(shown));
+        map.insert("__interrupt__".into(), pending.shown());
     }
     values
 }

@@ -51,6 +51,17 @@ pub(crate) fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Opt
     })
 }
 
+/// A `checkpoint` object's `checkpoint_ns` must be empty: this server's graphs have no
+/// subgraphs.
+pub(crate) fn check_namespace(checkpoint: Option<&Value>) -> ApiResult<()> {
+    match checkpoint.and_then(|c| c.get("checkpoint_ns")) {
+        Some(ns) if !(ns.is_null() || ns.as_str() == Some("")) => Err(ApiError::invalid(format!(
+            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn latest(
     state: &AppState,
     context: &RequestContext,
@@ -103,13 +114,7 @@ async fn update_state(
     OwnedThread(thread): OwnedThread,
     ApiJson(body): ApiJson<UpdateState>,
 ) -> ApiResult<Json<StateUpdated>> {
-    if let Some(ns) = body.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns"))
-        && !(ns.is_null() || ns.as_str() == Some(""))
-    {
-        return Err(ApiError::invalid(format!(
-            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
-        )));
-    }
+    check_namespace(body.checkpoint.as_ref())?;
     let from = match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Some(id),
         None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
