@@ -8,7 +8,6 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod context;
@@ -39,11 +38,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::agents::Agent;
 use crate::auth::{Auth, AuthMode};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::runs::{Executor, ExecutorConfig};
+use agents::Agent;
 
 /// Which origins browsers may call from (`--cors-origins`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

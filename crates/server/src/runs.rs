@@ -18,10 +18,11 @@ use store::{EventKind, FirstStep, NewEvent, Run, RunEnd, RunStatus, StateUpdate,
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tracing::Instrument;
 
-use crate::agents::Agent;
 use crate::hub::Hub;
 use crate::metrics;
 use crate::wire::{Interrupt, Pending, apply_update};
+use agents::Agent;
+use agents::Sink as _;
 
 /// How often the executor looks for claimable runs when nothing woke it (runs created on
 /// other nodes, runs freed by a crash).
@@ -31,27 +32,8 @@ const ROLLED_BACK: &str = "rolled_back";
 /// Events a sink appends in one transaction at most.
 pub const BATCH: usize = 256;
 
-/// What `cancel` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CancelAction {
-    /// Stop; keep what the run already wrote; the run ends `interrupted`.
-    Interrupt,
-    /// Stop and undo: the run and what it wrote are deleted.
-    Rollback,
-}
-
-/// Why an agent stopped before finishing.
-#[derive(Debug)]
-pub enum Stop {
-    Cancelled(CancelAction),
-    Failed { error: String, message: String },
-}
-
-impl From<store::Error> for Stop {
-    fn from(e: store::Error) -> Self {
-        Stop::Failed { error: "StoreError".into(), message: e.to_string() }
-    }
-}
+pub use agents::Stop;
+pub use domain::CancelAction;
 
 /// A place in this node's executor, reserved for a run about to be created claimed (see
 /// [`Executor::try_reserve`]). Dropped without being handed to
@@ -843,6 +825,36 @@ fn no_checkpoint() -> Stop {
     Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
 }
 
+impl agents::Sink for Sink {
+    fn push(&mut self, kind: EventKind, data: Value) {
+        self.buffer.push(NewEvent { run_id: Some(self.run.run_id), kind, data });
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        self.flush_now().await
+    }
+
+    /// Flushes when enough events wait: 64 at first, so the first events reach the client at
+    /// once, then twice as many each time up to [`BATCH`], so a long stream is appended in
+    /// large transactions.
+    async fn flush_if_full(&mut self) -> Result<(), Stop> {
+        if self.buffer.len() < self.batch {
+            return Ok(());
+        }
+        self.batch = (self.batch * 2).min(BATCH);
+        self.flush_now().await
+    }
+
+    async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep_until(self.deadline) => {}
+            _ = self.cancel.changed() => {}
+        }
+        self.check()
+    }
+}
+
 /// Where an agent's events go: appended in the store (numbered there), then published.
 #[derive(Debug)]
 pub struct Sink {
@@ -870,24 +882,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Flushes when enough events wait: 64 at first, so the first events reach the client at
-    /// once, then twice as many each time up to [`BATCH`], so a long stream is appended in
-    /// large transactions.
-    pub async fn flush_if_full(&mut self) -> Result<(), Stop> {
-        if self.buffer.len() < self.batch {
-            return Ok(());
-        }
-        self.batch = (self.batch * 2).min(BATCH);
-        self.flush().await
-    }
-
-    /// Buffers an event; it is appended with the next flush.
-    pub fn push(&mut self, kind: EventKind, data: Value) {
-        self.buffer.push(NewEvent { run_id: Some(self.run.run_id), kind, data });
-    }
-
     /// Appends buffered events in one transaction and publishes them.
-    pub async fn flush(&mut self) -> Result<(), Stop> {
+    async fn flush_now(&mut self) -> Result<(), Stop> {
         self.check()?;
         while !self.buffer.is_empty() {
             let rest = self.buffer.split_off(self.buffer.len().min(BATCH));
@@ -897,21 +893,6 @@ impl Sink {
             self.hub.publish(self.run.owner_id, &events);
         }
         Ok(())
-    }
-
-    pub async fn emit(&mut self, kind: EventKind, data: Value) -> Result<(), Stop> {
-        self.push(kind, data);
-        self.flush().await
-    }
-
-    /// Waits, unless the run is cancelled first.
-    pub async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = tokio::time::sleep_until(self.deadline) => {}
-            _ = self.cancel.changed() => {}
-        }
-        self.check()
     }
 
     /// Commits the run's first step (in one transaction with the buffered events and the

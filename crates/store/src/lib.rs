@@ -62,105 +62,37 @@ macro_rules! claimable_runs {
 
 pub mod doctor;
 pub mod json;
-pub mod model;
 mod postgres;
 mod sqlite;
 pub mod testing;
 
+use chrono::{DateTime, Utc};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use serde_json::Value;
 
+/// The domain's types (rows, closed sets, lifecycle rules), named as the store's callers
+/// have always named them; `now` and `micros_to_time` are the store's own.
+pub mod model {
+    pub use domain::model::*;
+
+    pub(crate) use crate::{micros_to_time, now};
+}
+
+pub(crate) use domain::UnreadableRow;
+pub use domain::{Error, Result};
 pub use model::*;
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What can go wrong in the store. The API maps the first three to 4xx responses; the last
-/// two are 5xx whose cause is logged.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum Error {
-    /// The row does not exist, or belongs to another user (the two are never told apart).
-    #[error("{kind} {id} not found")]
-    NotFound { kind: &'static str, id: String },
-    /// A unique id is already taken (possibly by another user: nothing more is said).
-    #[error("{0}")]
-    Conflict(String),
-    /// A value the store cannot accept.
-    #[error("{0}")]
-    Invalid(String),
-    /// The database could not be reached or opened.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else the database said.
-    #[error("database error: {0}")]
-    Database(Arc<dyn std::error::Error + Send + Sync>),
-    /// A stored row this build cannot decode (stored by an older build, or by hand): it fails
-    /// only the request or run that reads it; lists skip it (logged), and `spindle doctor`
-    /// names it.
-    #[error("stored {kind} {id} cannot be read ({cause}): see `spindle doctor`")]
-    Unreadable { kind: &'static str, id: String, cause: String },
+/// Timestamps are stored with microsecond precision on both backends; `now()` truncates so
+/// that what is returned from a write equals what a later read returns.
+pub(crate) fn now() -> DateTime<Utc> {
+    micros_to_time(Utc::now().timestamp_micros())
 }
 
-/// [`Error::Unreadable`] as an error a driver can carry (SQLite's row conversions).
-#[derive(Debug, thiserror::Error)]
-#[error("stored {kind} {id} cannot be read ({cause})")]
-pub(crate) struct UnreadableRow {
-    pub kind: &'static str,
-    pub id: String,
-    pub cause: String,
-}
-
-impl Error {
-    pub(crate) fn not_found(kind: &'static str, id: impl fmt::Display) -> Self {
-        Error::NotFound { kind, id: id.to_string() }
-    }
-
-    pub(crate) fn unreadable(
-        kind: &'static str,
-        id: impl fmt::Display,
-        cause: impl fmt::Display,
-    ) -> Self {
-        Error::Unreadable { kind, id: id.to_string(), cause: cause.to_string() }
-    }
-
-    pub(crate) fn db(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Error::Database(Arc::new(e))
-    }
-}
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &e
-            && let Some(row) = cause.downcast_ref::<UnreadableRow>()
-        {
-            return Error::unreadable(row.kind, &row.id, &row.cause);
-        }
-        Error::db(e)
-    }
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        // Text PostgreSQL cannot store (a NUL, `\u0000`, in a string) is the client's error.
-        if let sqlx::Error::Database(db) = &e
-            && matches!(db.code().as_deref(), Some("22P05" | "22021"))
-        {
-            return Error::Invalid(
-                "text must not contain the NUL character (\\u0000), which PostgreSQL cannot store"
-                    .into(),
-            );
-        }
-        Error::db(e)
-    }
-}
-
-impl From<serde_json::Error> for Error {
-    fn from(e: serde_json::Error) -> Self {
-        Error::db(e)
-    }
+pub(crate) fn micros_to_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
 /// Which database a store runs on.
@@ -776,7 +708,7 @@ impl Store {
     /// life since `stale_before` are stale. Read-only.
     pub async fn admin_doctor_scan(
         &self,
-        stale_before: chrono::DateTime<chrono::Utc>,
+        stale_before: DateTime<Utc>,
     ) -> Result<(doctor::DoctorCounts, Vec<doctor::Finding>)> {
         dispatch!(self.admin_doctor_scan(stale_before))
     }

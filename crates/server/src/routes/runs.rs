@@ -22,7 +22,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::agents::Agent;
 use crate::auth::Credential;
 use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody, REQUEST_ID};
@@ -33,6 +32,7 @@ use crate::stream::{
     Cursor, Framer, Outbox, StreamMode, credential_lapsed, is_terminal, unauthorized_data,
 };
 use crate::wire::{Pending, RunOut};
+use agents::Agent;
 
 /// How often a waiting response writes a newline, and a stream a heartbeat comment.
 const HEARTBEAT: Duration = Duration::from_secs(5);

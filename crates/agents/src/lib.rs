@@ -1,13 +1,53 @@
 //! What a run executes. Built in: `echo` (deterministic, no network) and `synthetic` (load
-//! tests and demos). Agents emit through the [`Sink`]; they never touch the store or the hub.
+//! tests and demos). Agents emit through a [`Sink`], which the engine implements: this crate
+//! depends on neither the store nor the engine, so an agent cannot touch either.
 
+use std::future::Future;
 use std::time::Duration;
 
+use domain::{CancelAction, EventKind};
 use ids::MessageId;
 use serde_json::{Value, json};
-use store::EventKind;
 
-use crate::runs::{Sink, Stop};
+/// Why an agent stopped before finishing.
+#[derive(Debug)]
+pub enum Stop {
+    Cancelled(CancelAction),
+    Failed { error: String, message: String },
+}
+
+impl From<domain::Error> for Stop {
+    fn from(e: domain::Error) -> Self {
+        Stop::Failed { error: "StoreError".into(), message: e.to_string() }
+    }
+}
+
+/// Where an agent's events go. The engine's sink appends them to the run's thread's event log
+/// (numbered there) and publishes them once committed; it answers `Err` once the run is
+/// cancelled or out of time, so an agent stops at its next event.
+pub trait Sink: Send {
+    /// Buffers an event; it is appended with the next flush.
+    fn push(&mut self, kind: EventKind, data: Value);
+
+    /// Appends the buffered events in one transaction and publishes them.
+    fn flush(&mut self) -> impl Future<Output = Result<(), Stop>> + Send;
+
+    /// Flushes when enough events wait (a long stream goes out in growing batches).
+    fn flush_if_full(&mut self) -> impl Future<Output = Result<(), Stop>> + Send;
+
+    /// Waits `delay`, unless the run is cancelled or out of time first.
+    fn pause(&mut self, delay: Duration) -> impl Future<Output = Result<(), Stop>> + Send;
+
+    /// An event appended and published at once.
+    fn emit(
+        &mut self,
+        kind: EventKind,
+        data: Value,
+    ) -> impl Future<Output = Result<(), Stop>> + Send {
+        self.push(kind, data);
+        self.flush()
+    }
+}
 
 /// The closed set of built-in agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +100,7 @@ impl Agent {
         state: &Value,
         input: &Value,
         resumed: Option<&Value>,
-        sink: &mut Sink,
+        sink: &mut impl Sink,
     ) -> Result<Value, Stop> {
         let text = last_human_text(state);
         sink.push(
@@ -140,7 +180,7 @@ pub const SYNTHETIC_MAX_DELAY_MS: u64 = 1_000;
 pub const SYNTHETIC_MAX_PAUSE: Duration = Duration::from_secs(120);
 
 /// `synthetic`'s extra work: a tool call, then `n` custom events or about `n` message chunks.
-async fn synthetic(input: &Value, sink: &mut Sink) -> Result<(), Stop> {
+async fn synthetic(input: &Value, sink: &mut impl Sink) -> Result<(), Stop> {
     let n = input.get("n").and_then(Value::as_u64).unwrap_or(1000).min(SYNTHETIC_MAX_EVENTS);
     let mode = input.get("mode").and_then(Value::as_str).unwrap_or("custom");
     let delay = Duration::from_millis(

@@ -393,12 +393,12 @@ pub fn thread_status_after_undo(active: i64, head_interrupted: bool) -> ThreadSt
     }
 }
 
-/// Timestamps are stored with microsecond precision on both backends; `now()` truncates so
-/// that what is returned from a write equals what a later read returns.
-pub(crate) fn now() -> DateTime<Utc> {
-    micros_to_time(Utc::now().timestamp_micros())
-}
-
-pub(crate) fn micros_to_time(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+/// What cancelling a run asks for (`POST .../cancel`'s `action`, and the `interrupt` and
+/// `rollback` multitask strategies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelAction {
+    /// Stop; keep what the run already wrote; the run ends `interrupted`.
+    Interrupt,
+    /// Stop and undo: the run and what it wrote are deleted.
+    Rollback,
 }
