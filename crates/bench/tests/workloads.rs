@@ -16,7 +16,11 @@ use store::testing::TestDb;
 async fn start(backend: Backend) -> Option<(Target, TestDb)> {
     let db = TestDb::new(backend).await?;
     let auth = ServerAuth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-    let state = AppState::new(db.store.clone(), auth, HttpConfig::default()).await.unwrap();
+    let state = AppState::new(
+        engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
+        auth,
+        HttpConfig::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server::serve(listener, state, std::future::pending()));

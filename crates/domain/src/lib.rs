@@ -4,7 +4,11 @@
 //! reads a socket or a database.
 
 mod error;
+pub mod messages;
 pub mod model;
+mod pending;
 
 pub use error::{Error, Result, UnreadableRow};
+pub use messages::{apply_update, normalize_message};
 pub use model::*;
+pub use pending::{Interrupt, PENDING, Pending};

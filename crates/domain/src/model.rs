@@ -402,3 +402,8 @@ pub enum CancelAction {
     /// Stop and undo: the run and what it wrote are deleted.
     Rollback,
 }
+
+/// Whether an event ends its run's stream (`agent_completed`, `run_error`, `run_cancelled`).
+pub fn is_terminal(event: &Event) -> bool {
+    matches!(event.kind, EventKind::AgentCompleted | EventKind::RunError | EventKind::RunCancelled)
+}

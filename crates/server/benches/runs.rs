@@ -10,13 +10,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use engine::ExecutorConfig;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use server::auth::{Auth, AuthMode, JwtConfig};
-use server::runs::ExecutorConfig;
 use server::{AppState, HttpConfig};
 use store::Backend;
 use store::testing::TestDb;
@@ -69,9 +69,8 @@ async fn bench(backend: Backend) {
     let db = TestDb::new(backend).await.expect("database");
     let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
     let config = ExecutorConfig { concurrency: 128, per_user: 128, ..ExecutorConfig::default() };
-    let state = AppState::with_executor(db.store.clone(), auth, HttpConfig::default(), config)
-        .await
-        .unwrap();
+    let engine = engine::Engine::new(db.store.clone(), config).await.unwrap();
+    let state = AppState::new(engine, auth, HttpConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use engine::Engine as Spindle;
 use ids::UserId;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
-use store::Store;
 
 use crate::error::ApiError;
 
@@ -276,7 +276,7 @@ impl Auth {
     /// Whether a long-lived connection's credential is still valid: a JWT before its `exp`,
     /// an API key not revoked (asked of the store at most once per `--auth-key-recheck` per
     /// key; a store that does not answer keeps the connection). The error says why not.
-    pub async fn recheck(&self, store: &Store, credential: &Credential) -> Result<(), String> {
+    pub async fn recheck(&self, store: &Spindle, credential: &Credential) -> Result<(), String> {
         match credential {
             Credential::Local => Ok(()),
             Credential::Jwt { .. } => match credential.expires_in() {
@@ -318,7 +318,7 @@ impl Auth {
     /// Resolves the request's credentials to a user, or says what is wrong with them.
     pub async fn authenticate(
         &self,
-        store: &Store,
+        store: &Spindle,
         headers: &HeaderMap,
     ) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::Local {
@@ -359,7 +359,7 @@ impl Auth {
         }
     }
 
-    async fn key_user(&self, store: &Store, key: &str) -> Result<Caller, ApiError> {
+    async fn key_user(&self, store: &Spindle, key: &str) -> Result<Caller, ApiError> {
         let hash = hash_key(key);
         match store.user_for_api_key(&hash).await? {
             Some(user) => Ok(Caller {
@@ -373,7 +373,7 @@ impl Auth {
 
     async fn user(
         &self,
-        store: &Store,
+        store: &Spindle,
         subject: &str,
         credential: Credential,
     ) -> Result<Caller, ApiError> {

@@ -15,9 +15,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use domain::Thread;
 use http_body_util::BodyExt;
 use ids::{RequestId, ThreadId, UserId};
-use store::Thread;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use tracing::field::{Empty, display};
@@ -100,7 +100,7 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
 pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     if !is_public(parts.uri.path(), &state.http) {
-        match state.auth.authenticate(&state.store, &parts.headers).await {
+        match state.auth.authenticate(&state.engine, &parts.headers).await {
             Ok(caller) => {
                 tracing::Span::current().record("user_id", display(caller.user));
                 if parts.uri.path() != metrics::PATH {
@@ -379,7 +379,7 @@ impl FromRequestParts<AppState> for OwnedThread {
         let context = RequestContext::from_request_parts(parts, state).await?;
         let id: ThreadId = path_id(parts, "thread_id").await?;
         tracing::Span::current().record("thread_id", display(id));
-        Ok(OwnedThread(owned_thread(&state.store, context.user, id).await?))
+        Ok(OwnedThread(state.engine.owned_thread(context.user, id).await?))
     }
 }
 
@@ -396,44 +396,9 @@ impl FromRequestParts<AppState> for ThreadKey {
         let context = RequestContext::from_request_parts(parts, state).await?;
         let id: ThreadId = path_id(parts, "thread_id").await?;
         tracing::Span::current().record("thread_id", display(id));
-        let result = state.store.check_thread(context.user, id).await;
-        if let Err(store::Error::NotFound { .. }) = &result {
-            thread_not_found(&state.store, context.user, id).await;
-        }
-        result?;
+        state.engine.owned_thread_key(context.user, id).await?;
         Ok(ThreadKey(id))
     }
-}
-
-/// The caller's thread `id`. When it is not found, says why in the metrics and the log
-/// (missing, or another user's), then fails exactly as the store does: the client sees the
-/// same 404 either way.
-pub async fn owned_thread(
-    store: &store::Store,
-    user: UserId,
-    id: ThreadId,
-) -> Result<Thread, store::Error> {
-    let result = store.get_thread(user, id).await;
-    if let Err(store::Error::NotFound { .. }) = &result {
-        thread_not_found(store, user, id).await;
-    }
-    result
-}
-
-/// Records a thread the store reported missing for `user`: another user's thread
-/// (`not_owner`) or no thread at all (`not_found`). Call it on that failure path only: it
-/// reads the thread's owner (only: never the thread's data) without an owner check.
-pub async fn thread_not_found(store: &store::Store, user: UserId, id: ThreadId) {
-    let reason = match store.admin_thread_owner(id).await {
-        Ok(Some(owner)) if owner != user => LookupFailure::NotOwner,
-        Ok(_) => LookupFailure::NotFound,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not classify a thread lookup failure");
-            LookupFailure::NotFound
-        }
-    };
-    metrics::thread_lookup_failed(reason);
-    tracing::info!(reason = reason.as_str(), "thread not found for this user");
 }
 
 #[cfg(test)]

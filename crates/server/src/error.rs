@@ -135,16 +135,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<store::Error> for ApiError {
-    fn from(e: store::Error) -> Self {
+impl From<domain::Error> for ApiError {
+    fn from(e: domain::Error) -> Self {
         match e {
-            store::Error::NotFound { kind, id } => {
+            domain::Error::NotFound { kind, id } => {
                 ApiError::NotFound(format!("{kind} {id} not found"))
             }
-            store::Error::Conflict(m) => ApiError::Conflict(m),
-            store::Error::Invalid(m) => ApiError::invalid(m),
-            store::Error::Unavailable(m) => ApiError::Unavailable(m),
-            e @ (store::Error::Database(_) | store::Error::Unreadable { .. }) => {
+            domain::Error::Conflict(m) => ApiError::Conflict(m),
+            domain::Error::Invalid(m) => ApiError::invalid(m),
+            domain::Error::Unavailable(m) => ApiError::Unavailable(m),
+            e @ (domain::Error::Database(_) | domain::Error::Unreadable { .. }) => {
                 ApiError::Internal(e.to_string())
             }
         }

@@ -13,17 +13,14 @@ pub mod config;
 pub mod context;
 pub mod doctor;
 pub mod error;
-pub mod hub;
 pub mod inspect;
 pub mod metrics;
 pub mod net;
 pub mod routes;
-pub mod runs;
+pub mod run_request;
 pub mod stream;
-pub mod wire;
 pub mod ws;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,17 +29,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use axum::{Json, Router};
-use ids::AssistantId;
-use store::{Assistant, Store, SystemAssistant};
+use engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::{Auth, AuthMode};
 use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::runs::{Executor, ExecutorConfig};
-use agents::Agent;
 
 /// Which origins browsers may call from (`--cors-origins`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,73 +134,35 @@ impl LargeBodies {
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub store: Store,
+    /// Spindle's data and runs: every route and the WebSocket channel go through it.
+    pub engine: Engine,
     pub auth: Auth,
     pub http: Arc<HttpConfig>,
-    pub hub: Hub,
-    pub executor: Executor,
     /// The open WebSocket connections.
     pub ws: Arc<ws::Connections>,
     /// Places for large request bodies (`HttpConfig::large_body_parses`): parsing JSON takes
     /// many times a body's size in memory, so only so many large ones are read and parsed at
     /// once.
     pub large_bodies: Arc<LargeBodies>,
-    /// The built-in agents' assistants, which never change while serving: a run names one,
-    /// so they are read here rather than from the store on every run.
-    pub system_assistants: Arc<HashMap<AssistantId, Assistant>>,
+    /// What this server's SSE streams hold (their queues are [`stream::Outbox`]es).
+    pub sse: Arc<stream::SseStats>,
 }
 
 impl AppState {
-    /// Prepares a migrated store for serving: registers the built-in agents as system
-    /// assistants (ids: the LangGraph-compatible UUIDv5 of the name).
-    pub async fn new(store: Store, auth: Auth, http: HttpConfig) -> store::Result<AppState> {
-        AppState::with_executor(store, auth, http, ExecutorConfig::default()).await
-    }
-
-    pub async fn with_executor(
-        store: Store,
-        auth: Auth,
-        http: HttpConfig,
-        executor: ExecutorConfig,
-    ) -> store::Result<AppState> {
+    /// The HTTP and WebSocket surface of `engine`.
+    pub fn new(engine: Engine, auth: Auth, http: HttpConfig) -> AppState {
         metrics::install();
-        let mut system_assistants = HashMap::new();
-        for (_, graph_id, description) in Agent::ALL {
-            let spec = SystemAssistant {
-                graph_id: graph_id.into(),
-                description: Some(description.into()),
-            };
-            let assistant = store.upsert_system_assistant(&spec).await?;
-            system_assistants.insert(assistant.assistant_id, assistant);
-        }
-        let system_assistants = Arc::new(system_assistants);
-        let hub = Hub::default();
-        let executor = Executor::new(store.clone(), hub.clone(), executor);
         let ws = Arc::new(ws::Connections::new(http.ws.clone()));
         let large_bodies = Arc::new(LargeBodies::new(http.large_body_parses));
-        Ok(AppState {
-            store,
-            auth,
-            http: Arc::new(http),
-            hub,
-            executor,
-            ws,
-            large_bodies,
-            system_assistants,
-        })
+        AppState { engine, auth, http: Arc::new(http), ws, large_bodies, sse: Arc::default() }
     }
 
     /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.
     pub async fn start(
         &self,
         stop: impl Future<Output = ()> + Send + 'static,
-    ) -> store::Result<()> {
-        let recovered = self.executor.recover().await?;
-        if recovered > 0 {
-            tracing::warn!(recovered, "ended runs left running by a previous process");
-        }
-        tokio::spawn(self.executor.clone().run(stop));
-        Ok(())
+    ) -> domain::Result<()> {
+        self.engine.start(stop).await
     }
 }
 
@@ -223,7 +178,7 @@ pub fn app(state: AppState) -> Router {
     if state.http.metrics != metrics::Exposure::Off {
         routes = routes.route(
             metrics::PATH,
-            get(|State(state): State<AppState>| metrics::handler(State(state.store))),
+            get(|State(state): State<AppState>| metrics::handler(State(state.engine))),
         );
     }
     routes

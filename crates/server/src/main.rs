@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use axum::http::HeaderValue;
 use clap::Parser;
+use engine::{Engine, ExecutorConfig};
 use server::auth::{self, Auth, AuthMode};
 use server::config::{
     Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
 };
 use server::metrics::Exposure;
-use server::runs::ExecutorConfig;
 use server::{AppState, CorsOrigins, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
@@ -160,8 +160,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         per_user: per_user.max(1),
         run_timeout: std::time::Duration::from_secs(args.run_timeout.max(1)),
     };
-    let state =
-        AppState::with_executor(store, auth, http, executor).await.map_err(|e| e.to_string())?;
+    let engine = Engine::new(store, executor).await.map_err(|e| e.to_string())?;
+    let state = AppState::new(engine, auth, http);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -177,7 +177,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         lines.push_str(&format!("spindle metrics on http://{metrics_addr}/metrics\n"));
-        let router = server::metrics::router(state.store.clone());
+        let router = server::metrics::router(state.engine.clone());
         let net = args.net.config();
         tokio::spawn(async move {
             let forever = std::future::pending();

@@ -7,7 +7,7 @@
 //! where things happen; the gauges about the database (`spindle_threads_busy`,
 //! `spindle_runs_active`, `spindle_runs_running`, `spindle_runs_oldest_running_seconds`,
 //! `spindle_threads_busy_without_run`) are read from the store at each scrape
-//! ([`Store::admin_stats`]), so they are the same on every node of one database: aggregate
+//! ([`Engine::stats`]), so they are the same on every node of one database: aggregate
 //! them with `max`, not `sum`. `spindle_ws_connections` is this node's.
 //!
 //! Labels never carry an id: routes are axum's route templates (`/threads/{thread_id}`), and
@@ -31,9 +31,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
+use engine::Engine;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use store::Store;
+
+pub use engine::metrics::{
+    LookupFailure, events_appended, run_created, run_finished, thread_created, thread_lookup_failed,
+};
 
 /// Where `/metrics` is served on the main listener (a separate listener, `--metrics-listen`,
 /// is always without authentication).
@@ -69,29 +73,6 @@ impl Transport {
             Transport::Http => "http",
             Transport::Sse => "sse",
             Transport::Ws => "ws",
-        }
-    }
-}
-
-/// Why a thread named by a client could not be used (`spindle_thread_lookup_failures_total`).
-/// The client sees the same 404 for `NotFound` and `NotOwner`; only the operator tells them
-/// apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LookupFailure {
-    /// No thread has the id.
-    NotFound,
-    /// The thread exists and belongs to another user.
-    NotOwner,
-    /// The id is not one of our ids (422 `invalid_id`).
-    MalformedId,
-}
-
-impl LookupFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LookupFailure::NotFound => "not_found",
-            LookupFailure::NotOwner => "not_owner",
-            LookupFailure::MalformedId => "malformed_id",
         }
     }
 }
@@ -205,30 +186,10 @@ fn describe() {
 
 // ---- what the code calls ----
 
-/// A thread was created.
-pub fn thread_created() {
-    counter!("spindle_threads_created_total").increment(1);
-}
-
 /// A request context (HTTP) or a connection (WebSocket) was opened for an authenticated
 /// caller.
 pub fn session_opened(transport: Transport) {
     counter!("spindle_sessions_opened_total", "transport" => transport.as_str()).increment(1);
-}
-
-/// A run was created.
-pub fn run_created() {
-    counter!("spindle_runs_created_total").increment(1);
-}
-
-/// A run ended with `status` (a `RunStatus` name, or `rolled_back`).
-pub fn run_finished(status: &'static str) {
-    counter!("spindle_runs_finished_total", "status" => status).increment(1);
-}
-
-/// Events were committed to the log.
-pub fn events_appended(n: usize) {
-    counter!("spindle_events_appended_total").increment(n as u64);
 }
 
 /// An event was written to a client; `created_at` is when it was stored.
@@ -255,11 +216,6 @@ pub fn ws_slow_consumer_closed() {
 
 pub fn sse_slow_consumer_dropped() {
     counter!("spindle_sse_slow_consumer_drops_total").increment(1);
-}
-
-/// A thread named by a client could not be used.
-pub fn thread_lookup_failed(reason: LookupFailure) {
-    counter!("spindle_thread_lookup_failures_total", "reason" => reason.as_str()).increment(1);
 }
 
 /// A malformed id was refused; `kind` is the kind of id (`thread`, `run`, `assistant`, ...).
@@ -296,9 +252,9 @@ pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
 // ---- the endpoint ----
 
 /// The text exposition: the store gauges read now, then every series of the process.
-pub async fn render(store: &Store) -> String {
+pub async fn render(engine: &Engine) -> String {
     let handle = install();
-    match store.admin_stats().await {
+    match engine.stats().await {
         Ok(stats) => {
             gauge!("spindle_threads_busy").set(stats.threads_busy as f64);
             gauge!("spindle_threads_busy_without_run").set(stats.threads_busy_without_run as f64);
@@ -317,14 +273,14 @@ pub async fn render(store: &Store) -> String {
 }
 
 /// `GET /metrics`.
-pub async fn handler(State(store): State<Store>) -> Response {
-    let body = render(&store).await;
+pub async fn handler(State(engine): State<Engine>) -> Response {
+    let body = render(&engine).await;
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The router of a metrics-only listener (`--metrics-listen`): `/metrics` and nothing else,
 /// without authentication.
-pub fn router(store: Store) -> Router {
-    Router::new().route(PATH, get(handler)).with_state(store)
+pub fn router(engine: Engine) -> Router {
+    Router::new().route(PATH, get(handler)).with_state(engine)
 }

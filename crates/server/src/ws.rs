@@ -6,7 +6,7 @@
 //! commands and moves events from its subscriptions into the outbound queue; the writer task
 //! owns the socket's sending half. The outbound queue is bounded in bytes: a client that
 //! cannot keep up is closed (4008) instead of slowing anyone else, and resumes from the log.
-//! Subscriptions are [`Hub::events`](crate::hub::Hub::events) streams (log, then live, no
+//! Subscriptions are [`Hub::events`](engine::Hub::events) streams (log, then live, no
 //! gap at the switch); `subscribe_user` follows the user's live channel and fills any gap in a
 //! thread it has already seen from the log.
 
@@ -23,10 +23,7 @@ use axum::response::Response;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ids::{ConnectionId, RequestId, RunId, ThreadId, UserId};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use store::Event;
+use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,35 +34,14 @@ use crate::AppState;
 use crate::auth::{AuthMode, Caller, Credential};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
-use crate::hub::{Ended, Live, Notice, Published};
 use crate::metrics::{self, LookupFailure, Transport};
-use crate::routes::runs::RunCreate;
-use crate::runs::CancelAction;
-use crate::wire::RunOut;
-
-/// The subprotocol a browser offers (and the server selects) beside its credential.
-pub const PROTOCOL: &str = "spindle.v1";
-/// Prefix of the subprotocol that carries a browser's credential: `spindle.bearer.<token>`.
-pub const BEARER_PROTOCOL: &str = "spindle.bearer.";
-
-/// Close codes (the table in docs/websocket.md).
-pub mod close {
-    /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The client kept sending frames that were all errors.
-    pub const POLICY: u16 = 1008;
-    /// A frame over the hard size cap.
-    pub const TOO_BIG: u16 = 1009;
-    /// No valid credential (in the handshake or the first `auth` frame, within its deadline), or
-    /// no longer: the API key was revoked or the JWT reached its `exp`.
-    pub const UNAUTHENTICATED: u16 = 4001;
-    /// The outbound queue went over its limit: the client reads too slowly.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// Nothing came back for a whole heartbeat interval after a ping.
-    pub const HEARTBEAT: u16 = 4009;
-    /// The user already has the most connections allowed.
-    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
-}
+use domain::CancelAction;
+use engine::{Ended, Live, Notice, Published};
+use protocol::wire::RunOut;
+use protocol::ws::{
+    Authenticate, BEARER_PROTOCOL, Cancel, ClientFrame, FrameError, PROTOCOL, ServerFrame,
+    StartRun, Subscribe, TYPES, Unsubscribe, close,
+};
 
 /// Consecutive frames answered with an error before the connection is closed (1008).
 const MAX_CONSECUTIVE_ERRORS: u32 = 50;
@@ -242,7 +218,7 @@ async fn handshake_caller(
     let has_header =
         headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key");
     if has_header || state.auth.mode() == AuthMode::Local {
-        return state.auth.authenticate(&state.store, headers).await.map(Some);
+        return state.auth.authenticate(&state.engine, headers).await.map(Some);
     }
     match protocol_token(headers) {
         Some(token) => authenticate_token(state, token).await.map(Some),
@@ -265,7 +241,7 @@ async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller, Api
     let value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| ApiError::Unauthorized("the token is not valid header text".into()))?;
     headers.insert(header::AUTHORIZATION, value);
-    state.auth.authenticate(&state.store, &headers).await
+    state.auth.authenticate(&state.engine, &headers).await
 }
 
 /// Why the connection task stopped: a close frame to send, or none (the client left).
@@ -290,12 +266,11 @@ async fn connection(state: AppState, socket: WebSocket, caller: Option<Caller>) 
                 metrics::session_opened(Transport::Ws);
                 tracing::info!("websocket connected");
                 let mut conn = Conn::new(state, caller, out.clone());
-                conn.send(json!({
-                    "type": "welcome",
-                    "connection_id": id,
-                    "user_id": conn.user,
-                    "request_id": current_request_id_or_new(),
-                }));
+                conn.send(&ServerFrame::Welcome {
+                    connection_id: id,
+                    user_id: conn.user,
+                    request_id: current_request_id_or_new(),
+                });
                 conn.serve(&mut stream).await
             } else {
                 let detail = format!(
@@ -363,14 +338,10 @@ async fn first_frame_auth(
                 ));
             }
         };
-        #[derive(Deserialize)]
-        struct Auth {
-            r#type: String,
-            token: String,
-        }
-        return match serde_json::from_str::<Auth>(&text) {
-            Ok(auth) if auth.r#type == "auth" => {
-                authenticate_token(state, &auth.token).await.map_err(|e| {
+        let frame = serde_json::from_str(&text).map(ClientFrame::decode);
+        return match frame {
+            Ok(Ok(ClientFrame::Auth(Authenticate { token: Some(token) }))) => {
+                authenticate_token(state, &token).await.map_err(|e| {
                     let (_, _, detail) = e.into_parts(RequestId::new());
                     fail(detail)
                 })
@@ -441,7 +412,7 @@ impl Outbound {
         r#ref: Option<&Value>,
         request_id: RequestId,
     ) -> Result<(), Overflow> {
-        self.text(error_frame(code, detail, r#ref, request_id).to_string())
+        self.text(ServerFrame::Error { code, detail, r#ref, request_id, thread_id: None }.text())
     }
 
     /// Ends the connection. A slow consumer's close frame goes before everything still queued
@@ -560,8 +531,8 @@ impl From<ApiError> for Failure {
     }
 }
 
-impl From<store::Error> for Failure {
-    fn from(e: store::Error) -> Failure {
+impl From<domain::Error> for Failure {
+    fn from(e: domain::Error) -> Failure {
         ApiError::from(e).into()
     }
 }
@@ -598,39 +569,6 @@ struct Conn {
     closing: Closing,
 }
 
-/// The client frames, by `type`.
-const TYPES: &str = "subscribe, unsubscribe, subscribe_user, unsubscribe_user, run, cancel, ping";
-
-#[derive(Deserialize)]
-struct Subscribe {
-    thread_id: String,
-    #[serde(default)]
-    after_seq: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Unsubscribe {
-    thread_id: String,
-}
-
-#[derive(Deserialize)]
-struct StartRun {
-    #[serde(default)]
-    thread_id: Option<String>,
-    #[serde(default)]
-    subscribe: Option<bool>,
-    #[serde(flatten)]
-    body: RunCreate,
-}
-
-#[derive(Deserialize)]
-struct Cancel {
-    thread_id: String,
-    run_id: String,
-    #[serde(default)]
-    action: Option<String>,
-}
-
 impl Conn {
     fn new(state: AppState, caller: Caller, out: Outbound) -> Conn {
         Conn {
@@ -649,8 +587,8 @@ impl Conn {
     }
 
     /// Queues a frame; over the queue's limit, marks the connection for closing.
-    fn send(&mut self, frame: Value) {
-        self.send_text(frame.to_string());
+    fn send(&mut self, frame: &ServerFrame<'_>) {
+        self.send_text(frame.text());
     }
 
     fn send_text(&mut self, text: impl Into<Utf8Bytes>) {
@@ -751,7 +689,7 @@ impl Conn {
         let request_id = RequestId::new();
         // Every command runs with a credential that is valid now (a key revoked since the
         // connection opened, or a JWT past its `exp`, ends it).
-        if let Err(why) = self.state.auth.recheck(&self.state.store, &self.credential).await {
+        if let Err(why) = self.state.auth.recheck(&self.state.engine, &self.credential).await {
             self.closing = self.unauthenticated(why, request_id);
             return;
         }
@@ -782,49 +720,32 @@ impl Conn {
             }
         };
         let r#ref = frame.get("ref").cloned();
-        let Some(kind) = frame.get("type").and_then(Value::as_str).map(str::to_owned) else {
-            let failure = Failure::new(
-                "invalid_message",
-                format!("expected a JSON object with a string `type`, one of {TYPES}"),
-            );
-            return self.fail(failure, r#ref.as_ref(), request_id);
+        if let Some(kind) = frame.get("type").and_then(Value::as_str) {
+            Span::current().record("type", kind);
+        }
+        let frame = match ClientFrame::decode(frame) {
+            Ok(frame) => frame,
+            Err(e) => return self.fail(refused(e), r#ref.as_ref(), request_id),
         };
-        Span::current().record("type", kind.as_str());
-        let result = match kind.as_str() {
-            "subscribe" => match parse(frame) {
-                Ok(m) => self.subscribe(m, r#ref.as_ref()).await,
-                Err(f) => Err(f),
-            },
-            "unsubscribe" => match parse(frame) {
-                Ok(m) => self.unsubscribe(m, r#ref.as_ref()),
-                Err(f) => Err(f),
-            },
-            "subscribe_user" => self.subscribe_user(r#ref.as_ref()),
-            "unsubscribe_user" => {
+        let result = match frame {
+            ClientFrame::Subscribe(m) => self.subscribe(m, r#ref.as_ref()).await,
+            ClientFrame::Unsubscribe(m) => self.unsubscribe(m, r#ref.as_ref()),
+            ClientFrame::SubscribeUser => self.subscribe_user(r#ref.as_ref()),
+            ClientFrame::UnsubscribeUser => {
                 self.user_live = None;
                 self.deleting.clear();
-                self.send(json!({"type": "unsubscribed", "thread_id": null, "ref": r#ref}));
+                self.send(&ServerFrame::Unsubscribed { thread_id: None, r#ref: r#ref.as_ref() });
                 Ok(())
             }
-            "run" => match parse(frame) {
-                Ok(m) => self.run(m, r#ref.as_ref(), request_id).await,
-                Err(f) => Err(f),
-            },
-            "cancel" => match parse(frame) {
-                Ok(m) => self.cancel(m, r#ref.as_ref()).await,
-                Err(f) => Err(f),
-            },
-            "ping" => {
-                self.send(json!({"type": "pong", "ref": r#ref}));
+            ClientFrame::Run(m) => self.run(*m, r#ref.as_ref(), request_id).await,
+            ClientFrame::Cancel(m) => self.cancel(m, r#ref.as_ref()).await,
+            ClientFrame::Ping => {
+                self.send(&ServerFrame::Pong { r#ref: r#ref.as_ref() });
                 Ok(())
             }
-            "auth" => {
+            ClientFrame::Auth(_) => {
                 Err(Failure::new("already_authenticated", "this connection is authenticated"))
             }
-            other => Err(Failure::new(
-                "unknown_type",
-                format!("unknown frame type `{other}`: expected one of {TYPES}"),
-            )),
         };
         match result {
             Ok(()) => self.errors = 0,
@@ -866,7 +787,7 @@ impl Conn {
         if m.after_seq.is_some_and(|n| n < 0) {
             return Err(Failure::new("invalid_message", "after_seq: expected 0 or more"));
         }
-        let current = crate::context::owned_thread(&self.state.store, self.user, thread).await?;
+        let current = self.state.engine.owned_thread(self.user, thread).await?;
         // No event after the thread's last was ever sent (and `after_seq + 1` must not wrap).
         if let Some(n) = m.after_seq.filter(|n| *n > current.last_seq) {
             return Err(Failure::new(
@@ -893,36 +814,37 @@ impl Conn {
         recovered: bool,
         r#ref: Option<&Value>,
     ) {
-        let store = self.state.store.clone();
-        let events = self.state.hub.events(store, self.user, thread, None, after, early);
+        let events = self.state.engine.events(self.user, thread, None, after, early);
         self.subs.insert(thread, ReceiverStream::new(events));
         self.delivered.insert(thread, after);
         self.deleting.remove(&thread);
-        self.send(json!({
-            "type": "subscribed",
-            "thread_id": thread,
-            "from_seq": after + 1,
-            "recovered": recovered,
-            "ref": r#ref,
-        }));
+        self.send(&ServerFrame::Subscribed {
+            thread_id: Some(thread),
+            from_seq: Some(after + 1),
+            recovered,
+            r#ref,
+        });
     }
 
     fn unsubscribe(&mut self, m: Unsubscribe, r#ref: Option<&Value>) -> Result<(), Failure> {
         let thread: ThreadId = m.thread_id.parse()?;
         self.subs.remove(&thread);
         self.delivered.remove(&thread);
-        self.send(json!({"type": "unsubscribed", "thread_id": thread, "ref": r#ref}));
+        self.send(&ServerFrame::Unsubscribed { thread_id: Some(thread), r#ref });
         Ok(())
     }
 
     fn subscribe_user(&mut self, r#ref: Option<&Value>) -> Result<(), Failure> {
         if self.user_live.is_none() {
             self.check_room()?;
-            self.user_live = Some(self.state.hub.subscribe_user(self.user));
+            self.user_live = Some(self.state.engine.hub().subscribe_user(self.user));
         }
-        self.send(json!({
-            "type": "subscribed", "thread_id": null, "from_seq": null, "recovered": false, "ref": r#ref,
-        }));
+        self.send(&ServerFrame::Subscribed {
+            thread_id: None,
+            from_seq: None,
+            recovered: false,
+            r#ref,
+        });
         Ok(())
     }
 
@@ -944,13 +866,13 @@ impl Conn {
         // Subscribed before the run exists, from the thread's current end: every event of
         // the run arrives.
         let early = if subscribe {
-            let live = self.state.hub.subscribe(thread);
+            let live = self.state.engine.hub().subscribe(thread);
             let before = if new_thread {
                 0
             } else {
-                match self.state.store.get_thread(self.user, thread).await {
+                match self.state.engine.get_thread(self.user, thread).await {
                     Ok(t) => t.last_seq,
-                    Err(store::Error::NotFound { .. }) => 0,
+                    Err(domain::Error::NotFound { .. }) => 0,
                     Err(e) => return Err(e.into()),
                 }
             };
@@ -960,12 +882,13 @@ impl Conn {
         };
         let context = RequestContext { request_id, user: self.user, subject: self.subject.clone() };
         let run =
-            crate::routes::runs::start(&self.state, &context, thread, new_thread, m.body).await?;
+            crate::run_request::start_for_ws(&self.state, &context, thread, new_thread, m.body)
+                .await?;
         Span::current().record("run_id", display(run.run_id));
         if let Some((live, before)) = early {
             self.follow(thread, before, Some(live), false, r#ref);
         }
-        self.send(json!({"type": "run", "run": RunOut::from(run), "ref": r#ref}));
+        self.send(&ServerFrame::Run { run: RunOut::from(run), r#ref });
         Ok(())
     }
 
@@ -984,16 +907,16 @@ impl Conn {
                 ));
             }
         };
-        let run = self.state.store.get_run(self.user, thread, run_id).await?;
+        let run = self.state.engine.get_run(self.user, thread, run_id).await?;
         if run.status.is_active() {
-            self.state.executor.cancel_run(self.user, &run, action).await?;
+            self.state.engine.cancel_run(self.user, &run, action).await?;
         }
-        let now = match self.state.store.get_run(self.user, thread, run_id).await {
+        let now = match self.state.engine.get_run(self.user, thread, run_id).await {
             Ok(now) => now,
-            Err(store::Error::NotFound { .. }) => run,
+            Err(domain::Error::NotFound { .. }) => run,
             Err(e) => return Err(e.into()),
         };
-        self.send(json!({"type": "run", "run": RunOut::from(now), "ref": r#ref}));
+        self.send(&ServerFrame::Run { run: RunOut::from(now), r#ref });
         Ok(())
     }
 
@@ -1009,15 +932,19 @@ impl Conn {
                 if self.user_live.is_some() {
                     self.deleting.insert(thread);
                 }
-                self.send(thread_deleted_frame(thread));
+                self.send(&ServerFrame::thread_deleted(thread));
             }
             Err(Ended::Store(e)) => {
                 self.subs.remove(&thread);
                 self.delivered.remove(&thread);
                 let failure = Failure::from(e);
-                let mut frame = error_frame(failure.code, &failure.detail, None, RequestId::new());
-                frame["thread_id"] = json!(thread);
-                self.send(frame);
+                self.send(&ServerFrame::Error {
+                    code: failure.code,
+                    detail: &failure.detail,
+                    r#ref: None,
+                    request_id: RequestId::new(),
+                    thread_id: Some(thread),
+                });
             }
         }
     }
@@ -1034,7 +961,7 @@ impl Conn {
                     && !self.subs.contains_key(&thread)
                     && self.delivered.remove(&thread).is_some()
                 {
-                    self.send(thread_deleted_frame(thread));
+                    self.send(&ServerFrame::thread_deleted(thread));
                 }
                 return;
             }
@@ -1057,7 +984,7 @@ impl Conn {
                 break;
             }
             let limit = (event.seq - last - 1).min(GAP_PAGE) as u32;
-            match self.state.store.events_after(self.user, thread, None, last, limit).await {
+            match self.state.engine.events_after(self.user, thread, None, last, limit).await {
                 Ok(page) if !page.is_empty() => {
                     for missed in page {
                         self.deliver(&Published::new(self.user, missed));
@@ -1080,7 +1007,7 @@ impl Conn {
         }
         *last = event.seq;
         // Serialized once for every connection the event goes to.
-        self.send_text(event.ws_frame());
+        self.send_text(event.encoded(|e| Utf8Bytes::from(ServerFrame::event(e).text())));
         metrics::event_delivered(Transport::Ws, event.created_at);
     }
 }
@@ -1096,52 +1023,24 @@ async fn recv_user(live: &mut Option<Live>) -> Result<Notice, broadcast::error::
     }
 }
 
-/// The frame that ends a subscription to a deleted thread.
-fn thread_deleted_frame(thread: ThreadId) -> Value {
-    json!({
-        "type": "thread_deleted",
-        "thread_id": thread,
-        "detail": format!("thread {thread} was deleted: this subscription has ended"),
-    })
-}
-
-/// An `error` frame.
-fn error_frame(code: &str, detail: &str, r#ref: Option<&Value>, request_id: RequestId) -> Value {
-    json!({ "type": "error", "code": code, "detail": detail, "ref": r#ref, "request_id": request_id })
-}
-
-/// The `event` frame of an event.
-pub fn event_frame(event: &Event) -> String {
-    #[derive(serde::Serialize)]
-    struct Frame<'a> {
-        r#type: &'static str,
-        thread_id: ThreadId,
-        seq: i64,
-        run_id: Option<RunId>,
-        kind: &'a str,
-        data: &'a Value,
-        created_at: chrono::DateTime<chrono::Utc>,
+/// The error frame's code and detail for a frame that is not a client frame.
+fn refused(e: FrameError) -> Failure {
+    match e {
+        FrameError::NoType => Failure::new(
+            "invalid_message",
+            format!("expected a JSON object with a string `type`, one of {TYPES}"),
+        ),
+        FrameError::UnknownType(kind) => Failure::new(
+            "unknown_type",
+            format!("unknown frame type `{kind}`: expected one of {TYPES}"),
+        ),
+        FrameError::Field { path, message } if path == "." => {
+            Failure::new("invalid_message", message)
+        }
+        FrameError::Field { path, message } => {
+            Failure::new("invalid_message", format!("`{path}`: {message}"))
+        }
     }
-    let frame = Frame {
-        r#type: "event",
-        thread_id: event.thread_id,
-        seq: event.seq,
-        run_id: event.run_id,
-        kind: event.kind.as_str(),
-        data: &event.data,
-        created_at: event.created_at,
-    };
-    serde_json::to_string(&frame).unwrap_or_default()
-}
-
-/// A client frame of a known type, with errors naming the field.
-fn parse<T: DeserializeOwned>(frame: Value) -> Result<T, Failure> {
-    serde_path_to_error::deserialize(frame).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let detail = if path == "." { inner.to_string() } else { format!("`{path}`: {inner}") };
-        Failure::new("invalid_message", detail)
-    })
 }
 
 /// The close for a read error: 1009 for a frame over the hard cap; otherwise the socket is

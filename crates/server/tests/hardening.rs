@@ -179,7 +179,11 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
     poison(&db, "threads", "metadata", "thread_id", bad.as_bytes()).await;
 
     let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
-    let state = AppState::new(store.clone(), auth, HttpConfig::default()).await.unwrap();
+    let state = AppState::new(
+        engine::Engine::new(store.clone(), Default::default()).await.unwrap(),
+        auth,
+        HttpConfig::default(),
+    );
     state.start(std::future::pending()).await.expect("the server starts");
 
     // Bob's run is claimed and finishes; alice's unreadable one ends and frees its thread.

@@ -386,14 +386,14 @@ async fn metrics_can_be_public_authenticated_or_off(backend: Backend) {
         let key = app.key("prometheus").await;
         let sessions =
             |s: &Scrape| s.get("spindle_sessions_opened_total", &[("transport", "http")]);
-        let before = server::metrics::render(app.store()).await;
+        let before = server::metrics::render(&app.state.engine).await;
         let request = Request::get("/metrics").body(Body::empty()).unwrap();
         let response = server::app(app.state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), anonymous, "{exposure:?} without a key");
         let request = Request::get("/metrics").header("x-api-key", &key).body(Body::empty());
         let response = server::app(app.state.clone()).oneshot(request.unwrap()).await.unwrap();
         assert_eq!(response.status(), with_key, "{exposure:?} with a key");
-        let after = server::metrics::render(app.store()).await;
+        let after = server::metrics::render(&app.state.engine).await;
         // Reading the metrics is not a session.
         assert_eq!(sessions(&Scrape::parse(&after)), sessions(&Scrape::parse(&before)));
     }

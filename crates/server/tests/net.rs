@@ -37,7 +37,11 @@ impl Server {
     async fn start(backend: Backend, mode: AuthMode, http: HttpConfig) -> Option<Server> {
         let db = TestDb::new(backend).await?;
         let auth = Auth::new(mode, &JwtConfig::default()).unwrap();
-        let state = AppState::new(db.store.clone(), auth, http).await.unwrap();
+        let state = AppState::new(
+            engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
+            auth,
+            http,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -56,7 +60,7 @@ impl Server {
     async fn key(&self, user: &str) -> String {
         let key = auth::generate_key().unwrap();
         let (hash, prefix) = (auth::hash_key(&key), auth::key_prefix(&key));
-        self.state.store.create_api_key(user, &hash, &prefix).await.unwrap();
+        self._db.store.create_api_key(user, &hash, &prefix).await.unwrap();
         key
     }
 
@@ -430,8 +434,8 @@ async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("access-control-allow-origin"), origin, "{r:?}");
     }
-    let local = server.state.store.ensure_user(auth::LOCAL_SUBJECT).await.unwrap().user_id;
-    let threads = server.state.store.list_threads(local, 100, 0).await.unwrap();
+    let local = server._db.store.ensure_user(auth::LOCAL_SUBJECT).await.unwrap().user_id;
+    let threads = server._db.store.list_threads(local, 100, 0).await.unwrap();
     assert_eq!(threads.len(), 4, "only the allowed requests wrote");
 
     // A preflight from a foreign origin is refused; from a loopback one, answered.

@@ -638,14 +638,17 @@ async fn another_users_runs_are_404(app: &TestApp) {
 /// without PostgreSQL.
 async fn app_with_executor(
     backend: store::Backend,
-    config: server::runs::ExecutorConfig,
+    config: engine::ExecutorConfig,
 ) -> Option<(store::testing::TestDb, server::AppState)> {
     use server::auth::{Auth, AuthMode, JwtConfig};
     let db = store::testing::TestDb::new(backend).await?;
     let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
     let http = server::HttpConfig::default();
-    let state =
-        server::AppState::with_executor(db.store.clone(), auth, http, config).await.unwrap();
+    let state = server::AppState::new(
+        engine::Engine::new(db.store.clone(), config).await.unwrap(),
+        auth,
+        http,
+    );
     state.start(std::future::pending()).await.unwrap();
     Some((db, state))
 }
@@ -666,7 +669,7 @@ async fn call(state: &server::AppState, method: Method, uri: String, body: Value
 
 #[tokio::test]
 async fn a_run_past_its_timeout_ends_timeout_and_wait_says_so() {
-    let config = server::runs::ExecutorConfig {
+    let config = engine::ExecutorConfig {
         concurrency: 2,
         run_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
@@ -836,8 +839,12 @@ async fn finished_and_refused_streams_leave_no_channel_behind(app: &TestApp) {
     }
     // Stream tasks end with their run, and drop their subscription as they go.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.state.hub.channels() > 0 {
-        assert!(std::time::Instant::now() < deadline, "{} channels left", app.state.hub.channels());
+    while app.state.engine.hub().channels() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} channels left",
+            app.state.engine.hub().channels()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -847,7 +854,7 @@ async fn finished_and_refused_streams_leave_no_channel_behind(app: &TestApp) {
 #[tokio::test]
 async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
-        let config = server::runs::ExecutorConfig { concurrency: 1, ..Default::default() };
+        let config = engine::ExecutorConfig { concurrency: 1, ..Default::default() };
         let Some((_db, state)) = app_with_executor(backend, config).await else { continue };
         let call = |method: &str, uri: String, body: Value| {
             call(&state, Method::from_bytes(method.as_bytes()).unwrap(), uri, body)
@@ -921,7 +928,7 @@ async fn post_run_until_stored(
 async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
     let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
-        let config = server::runs::ExecutorConfig::default();
+        let config = engine::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
         // Driven until the run is in the store, then dropped (as hyper does when the client's
         // connection closes).
@@ -956,7 +963,7 @@ async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
 async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
     let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
-        let config = server::runs::ExecutorConfig::default();
+        let config = engine::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
         let slow = json!({"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}});
         let RunRequestInFlight { owner, thread, request: first, answered } =
@@ -1006,8 +1013,9 @@ async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
 /// (`cancel_thread`) reaches it and it ends `interrupted` once it runs.
 #[tokio::test]
 async fn a_reserved_run_is_registered_before_it_is_created() {
-    use server::runs::{CancelAction, first_step};
-    let config = server::runs::ExecutorConfig::default();
+    use domain::CancelAction;
+    use engine::first_step;
+    let config = engine::ExecutorConfig::default();
     let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
     let owner = db.store.ensure_user("local").await.unwrap().user_id;
     let thread = ThreadId::new();
@@ -1020,9 +1028,10 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
         kwargs: kwargs.clone(),
         ..store::testing::new_run(thread)
     };
-    let place = state.executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
+    let place =
+        state.engine.executor().try_reserve(new_run.run_id, thread, owner).expect("a free place");
     // Another run's `interrupt` arrives between the reservation and the creation.
-    state.executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
+    state.engine.executor().cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
     let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
     let (run, _, step) = db
         .store
@@ -1031,8 +1040,8 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
         .unwrap();
     assert_eq!(run.status, store::RunStatus::Running);
     let started = step.and_then(|s| s.checkpoint).map(|c| c.values);
-    let mut end = state.executor.watch_end(run.run_id);
-    state.executor.spawn_claimed(run.clone(), place, started);
+    let mut end = state.engine.executor().watch_end(run.run_id);
+    state.engine.executor().spawn_claimed(run.clone(), place, started);
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), end.ended()).await;
     let ended = ended.expect("the run ended").expect("its end was announced");
     assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
@@ -1047,16 +1056,9 @@ async fn one_user_cannot_take_every_place() {
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let Some(db) = store::testing::TestDb::new(backend).await else { continue };
         let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
-        let config =
-            server::runs::ExecutorConfig { concurrency: 4, per_user: 2, ..Default::default() };
-        let state = server::AppState::with_executor(
-            db.store.clone(),
-            auth,
-            server::HttpConfig::default(),
-            config,
-        )
-        .await
-        .unwrap();
+        let config = engine::ExecutorConfig { concurrency: 4, per_user: 2, ..Default::default() };
+        let engine = engine::Engine::new(db.store.clone(), config).await.unwrap();
+        let state = server::AppState::new(engine, auth, server::HttpConfig::default());
         state.start(std::future::pending()).await.unwrap();
         let mut keys = Vec::new();
         for user in ["mallory", "alice"] {

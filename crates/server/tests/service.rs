@@ -12,7 +12,11 @@ use tower::ServiceExt;
 
 async fn state(store: &Store) -> AppState {
     let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-    AppState::new(store.clone(), auth, HttpConfig::default()).await.unwrap()
+    AppState::new(
+        engine::Engine::new(store.clone(), Default::default()).await.unwrap(),
+        auth,
+        HttpConfig::default(),
+    )
 }
 
 async fn get(store: &Store, uri: &str) -> (StatusCode, Value) {

@@ -27,6 +27,7 @@ const BOUND: Duration = Duration::from_secs(20);
 struct Server {
     addr: SocketAddr,
     state: AppState,
+    store: Store,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -41,7 +42,11 @@ impl Server {
     }
 
     async fn start_http(store: Store, auth: Auth, http: HttpConfig) -> Server {
-        let state = AppState::new(store, auth, http).await.unwrap();
+        let state = AppState::new(
+            engine::Engine::new(store.clone(), Default::default()).await.unwrap(),
+            auth,
+            http,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -49,7 +54,7 @@ impl Server {
             let _ = stopped.await;
         };
         let task = tokio::spawn(server::serve(listener, state.clone(), shutdown));
-        Server { addr, state, stop: Some(stop), task }
+        Server { addr, state, store, stop: Some(stop), task }
     }
 
     /// Graceful shutdown; returns once the server has stopped.
@@ -65,7 +70,7 @@ impl Server {
     async fn key(&self, user: &str) -> String {
         let key = auth::generate_key().unwrap();
         let (hash, prefix) = (auth::hash_key(&key), auth::key_prefix(&key));
-        self.state.store.create_api_key(user, &hash, &prefix).await.unwrap();
+        self.store.create_api_key(user, &hash, &prefix).await.unwrap();
         key
     }
 
@@ -1128,7 +1133,7 @@ async fn foreign_events_are_not_delivered(backend: Backend) {
     let server = Server::start(db.store.clone(), AuthMode::Keys, fast()).await;
     let alice = server.key("alice").await;
     server.key("bob").await;
-    let bob_id = server.state.store.ensure_user("bob").await.unwrap().user_id;
+    let bob_id = server.store.ensure_user("bob").await.unwrap().user_id;
     let (_, t) = server.http(&alice, "POST", "/threads", Some(json!({}))).await;
     let thread = t["thread_id"].as_str().unwrap().to_owned();
     let thread_id: ids::ThreadId = thread.parse().unwrap();
@@ -1164,8 +1169,8 @@ async fn foreign_events_are_not_delivered(backend: Backend) {
         data: json!({"messages": [], "forged": true}),
         created_at: chrono::Utc::now(),
     };
-    server.state.hub.publish(bob_id, std::slice::from_ref(&forged));
-    server.state.hub.publish(bob_id, &[store::Event { seq: 1, ..forged }]);
+    server.state.engine.hub().publish(bob_id, std::slice::from_ref(&forged));
+    server.state.engine.hub().publish(bob_id, &[store::Event { seq: 1, ..forged }]);
 
     let body = json!({"assistant_id": "echo", "input": hi("two")});
     let (status, _) =
@@ -1223,9 +1228,9 @@ async fn revoked_key_closes_the_socket(backend: Backend) {
     b.welcome().await;
     c.send(json!({"type": "ping"})).await;
     c.expect("pong").await;
-    let keys = server.state.store.list_api_keys().await.unwrap();
+    let keys = server.store.list_api_keys().await.unwrap();
     let alices = keys.iter().find(|k| key.starts_with(&k.prefix)).unwrap();
-    server.state.store.revoke_api_key(alices.key_id).await.unwrap();
+    server.store.revoke_api_key(alices.key_id).await.unwrap();
     c.send(json!({"type": "run", "assistant_id": "echo", "input": hi("after revoke")})).await;
     let refused = c.expect("error").await;
     assert_eq!(refused["code"], "unauthenticated", "{refused}");
@@ -1320,7 +1325,7 @@ async fn slow_sse_client_is_dropped(backend: Backend) {
         }
     }
 
-    let stats = server.state.hub.sse_stats();
+    let stats = server.state.sse.clone();
     let deadline = std::time::Instant::now() + BOUND;
     let mut most = 0;
     while stats.slow_dropped() == 0 {
@@ -1363,8 +1368,8 @@ async fn sse_streams_end_when_the_credential_lapses(backend: Backend) {
 
     let mut joined = SseClient::open(&server, &key, "GET", &path, None, Some("-1")).await;
     assert_eq!(joined.frame().await.unwrap().event, "values");
-    let keys = server.state.store.list_api_keys().await.unwrap();
-    server.state.store.revoke_api_key(keys[0].key_id).await.unwrap();
+    let keys = server.store.list_api_keys().await.unwrap();
+    server.store.revoke_api_key(keys[0].key_id).await.unwrap();
     let rest = tokio::time::timeout(BOUND, joined.rest()).await.expect("the stream did not end");
     let last = rest.last().expect("a final frame");
     assert_eq!((last.event.as_str(), &last.data["error"]), ("error", &json!("Unauthorized")));

@@ -4,10 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
+use domain::{Assistant, SortOrder, json_contains};
 use ids::AssistantId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use store::{Assistant, SortOrder, json_contains};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::wire::{ASSISTANT_FIELDS, AssistantOut, check_select, select_fields};
+use protocol::wire::{ASSISTANT_FIELDS, AssistantOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -40,11 +40,11 @@ pub async fn resolve(
             return Err(ApiError::Invalid { code: "invalid_id", detail: e.to_string() });
         }
     };
-    if let Some(assistant) = state.system_assistants.get(&id) {
+    if let Some(assistant) = state.engine.system_assistant(id) {
         return Ok(assistant.clone());
     }
-    state.store.get_assistant(context.user, id).await.map_err(|e| match e {
-        store::Error::NotFound { .. } => {
+    state.engine.get_assistant(context.user, id).await.map_err(|e| match e {
+        domain::Error::NotFound { .. } => {
             ApiError::NotFound(format!("assistant {id_or_graph} not found"))
         }
         other => other.into(),
@@ -81,7 +81,7 @@ async fn matching(
     context: &RequestContext,
     q: &SearchAssistants,
 ) -> ApiResult<Vec<Assistant>> {
-    let all = state.store.list_assistants(context.user).await?;
+    let all = state.engine.list_assistants(context.user).await?;
     Ok(all.into_iter().filter(|a| matches(a, q)).collect())
 }
 

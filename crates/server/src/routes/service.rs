@@ -34,8 +34,8 @@ async fn info() -> Json<Value> {
 /// Readiness: 200 when the database answers, 503 (with the reason) when it does not.
 #[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Object), (status = 503, body = Object)))]
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database = state.store.backend().as_str();
-    match state.store.ping().await {
+    let database = state.engine.backend();
+    match state.engine.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ok", "database": database }))),
         Err(e) => {
             tracing::warn!(error = %e, "health check failed");

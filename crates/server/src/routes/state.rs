@@ -4,10 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::request::Parts;
+use domain::json_contains;
 use ids::{CheckpointId, ThreadId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use store::json_contains;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,9 +15,10 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::wire::{
-    CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, apply_update, check_select,
-    select_fields,
+use domain::apply_update;
+
+use protocol::wire::{
+    CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, check_select, select_fields,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -67,7 +68,7 @@ async fn latest(
     context: &RequestContext,
     thread: ThreadId,
 ) -> ApiResult<ThreadStateOut> {
-    let newest = state.store.list_checkpoints(context.user, thread, 1, None).await?;
+    let newest = state.engine.list_checkpoints(context.user, thread, 1, None).await?;
     Ok(newest.into_iter().next().map_or_else(ThreadStateOut::empty, Into::into))
 }
 
@@ -133,9 +134,9 @@ async fn update_state(
     // Validate before writing so a bad update is a 422 that changes nothing.
     let base = match from {
         Some(from) => {
-            match state.store.get_checkpoint(context.user, thread.thread_id, from).await {
+            match state.engine.get_checkpoint(context.user, thread.thread_id, from).await {
                 Ok(checkpoint) => Some(checkpoint.values),
-                Err(store::Error::NotFound { .. }) => {
+                Err(domain::Error::NotFound { .. }) => {
                     return Err(ApiError::NotFound(format!(
                         "checkpoint {from} not found in thread {}",
                         thread.thread_id
@@ -153,7 +154,7 @@ async fn update_state(
     let metadata = metadata.as_object().cloned().unwrap_or_default();
     let update = body.values;
     let checkpoint = state
-        .store
+        .engine
         .update_state(
             context.user,
             thread.thread_id,
@@ -189,7 +190,7 @@ async fn get_state_at(
     ThreadKey(thread): ThreadKey,
     CheckpointParam(id): CheckpointParam,
 ) -> ApiResult<Json<ThreadStateOut>> {
-    Ok(Json(state.store.get_checkpoint(context.user, thread, id).await?.into()))
+    Ok(Json(state.engine.get_checkpoint(context.user, thread, id).await?.into()))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -211,7 +212,7 @@ async fn post_state_at(
     ApiJson(body): ApiJson<StateAt>,
 ) -> ApiResult<Json<ThreadStateOut>> {
     match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
-        Some(id) => Ok(Json(state.store.get_checkpoint(context.user, thread, id).await?.into())),
+        Some(id) => Ok(Json(state.engine.get_checkpoint(context.user, thread, id).await?.into())),
         None => Ok(Json(latest(&state, &context, thread).await?)),
     }
 }
@@ -248,19 +249,19 @@ async fn history(
         return Ok(Vec::new());
     }
     let Some(filter) = query.metadata.map(Value::Object) else {
-        let page = state.store.list_checkpoints(context.user, thread, limit, before).await?;
+        let page = state.engine.list_checkpoints(context.user, thread, limit, before).await?;
         return Ok(page.into_iter().map(Into::into).collect());
     };
     // A metadata filter: walk back through the history a chunk at a time.
     let mut out = Vec::new();
     loop {
-        let chunk = state.store.list_checkpoints(context.user, thread, 200, before).await?;
+        let chunk = state.engine.list_checkpoints(context.user, thread, 200, before).await?;
         let Some(last) = chunk.last() else { return Ok(out) };
         before = Some(last.checkpoint_id);
         for c in chunk {
             // What is pending is not metadata clients see (nor can filter on).
             let mut shown = c.metadata.clone();
-            shown.remove(crate::wire::PENDING);
+            shown.remove(domain::PENDING);
             if json_contains(&Value::Object(shown), &filter) {
                 out.push(c.into());
                 if out.len() == limit as usize {

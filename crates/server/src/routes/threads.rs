@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
+use domain::{SortOrder, ThreadFilter, ThreadPage, ThreadSortBy, ThreadStatus};
 use ids::ThreadId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use store::{SortOrder, ThreadFilter, ThreadPage, ThreadSortBy, ThreadStatus};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext, ThreadKey};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use crate::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
+use protocol::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -80,9 +80,9 @@ async fn create_thread(
     }
     tracing::Span::current().record("thread_id", tracing::field::display(id));
     let (thread, created) = match body.if_exists.unwrap_or_default() {
-        IfExists::Raise => (state.store.create_thread(context.user, id, &metadata).await?, true),
+        IfExists::Raise => (state.engine.create_thread(context.user, id, &metadata).await?, true),
         IfExists::DoNothing => {
-            state.store.get_or_create_thread(context.user, id, &metadata).await?
+            state.engine.get_or_create_thread(context.user, id, &metadata).await?
         }
     };
     if created {
@@ -107,12 +107,12 @@ async fn get_thread(
 pub(crate) async fn thread_out(
     state: &AppState,
     context: &RequestContext,
-    thread: store::Thread,
+    thread: domain::Thread,
 ) -> ApiResult<ThreadOut> {
     if thread.status != ThreadStatus::Interrupted {
         return Ok(thread.into());
     }
-    let head = state.store.list_checkpoints(context.user, thread.thread_id, 1, None).await?;
+    let head = state.engine.list_checkpoints(context.user, thread.thread_id, 1, None).await?;
     Ok(ThreadOut::with_head(thread, head.first()))
 }
 
@@ -139,7 +139,7 @@ async fn patch_thread(
     unsupported("ttl", &body.ttl)?;
     let patch = body.metadata.unwrap_or_default();
     let updated =
-        state.store.update_thread_metadata(context.user, thread.thread_id, &patch).await?;
+        state.engine.update_thread_metadata(context.user, thread.thread_id, &patch).await?;
     Ok(Json(thread_out(&state, &context, updated).await?))
 }
 
@@ -151,9 +151,8 @@ async fn delete_thread(
     context: RequestContext,
     ThreadKey(thread): ThreadKey,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_thread(context.user, thread).await?;
-    // Ends every live subscription to it (a thread with this id may be created again).
-    state.hub.thread_deleted(context.user, thread);
+    // Ends every live subscription to it too (a thread with this id may be created again).
+    state.engine.delete_thread(context.user, thread).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -223,8 +222,8 @@ async fn search_threads(
         sort_order: body.sort_order.unwrap_or(SortOrder::Desc),
     };
     let filter = filter(body.metadata, body.values, body.ids, body.status);
-    let threads = state.store.search_threads(context.user, &filter, &page).await?;
-    let total = state.store.count_threads(context.user, &filter).await?;
+    let threads = state.engine.search_threads(context.user, &filter, &page).await?;
+    let total = state.engine.count_threads(context.user, &filter).await?;
     let mut out: Vec<Value> = Vec::with_capacity(threads.len());
     for thread in threads {
         out.push(select_fields(thread_out(&state, &context, thread).await?, &select));
@@ -258,5 +257,5 @@ async fn count_threads(
 ) -> ApiResult<Json<i64>> {
     check_ids(body.ids.as_deref())?;
     let filter = filter(body.metadata, body.values, body.ids, body.status);
-    Ok(Json(state.store.count_threads(context.user, &filter).await?))
+    Ok(Json(state.engine.count_threads(context.user, &filter).await?))
 }

@@ -38,14 +38,18 @@ impl TestApp {
     ) -> Option<TestApp> {
         let db = TestDb::new(backend).await?;
         let auth = Auth::new(mode, jwt).unwrap();
-        let state = AppState::new(db.store.clone(), auth, http).await.unwrap();
+        let state = AppState::new(
+            engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
+            auth,
+            http,
+        );
         // The executor runs until the test's runtime ends.
         state.start(std::future::pending()).await.unwrap();
         Some(TestApp { state, _db: db })
     }
 
     pub fn store(&self) -> &Store {
-        &self.state.store
+        &self._db.store
     }
 
     /// The test's database (for tests that break it on purpose).

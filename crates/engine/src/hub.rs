@@ -15,12 +15,11 @@
 //! [`Published`] event carries its owner, which the live path checks before delivering
 //! (defence in depth: a subscription never delivers another user's event).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, OnceLock};
-
-use axum::extract::ws::Utf8Bytes;
 
 use ids::{RunId, ThreadId, UserId};
 use store::{Event, Store};
@@ -38,20 +37,21 @@ const PAGE_BYTES: usize = 1024 * 1024;
 /// Events a subscription hands its reader ahead of it (each may be large).
 const AHEAD: usize = 8;
 
-/// A committed event as the hub hands it out: one allocation shared by every subscriber, and
-/// its WebSocket `event` frame serialized once for all of them (a fan-out to 1,000
-/// connections serialized each event 1,000 times).
+/// A committed event as the hub hands it out: one allocation shared by every subscriber, with
+/// a slot for a transport's encoding of it, made once for all of them (a fan-out to 1,000
+/// WebSocket connections serialized each event 1,000 times). The hub names no wire format:
+/// the transport passes its encoder.
 #[derive(Debug)]
 pub struct Published {
     event: Event,
     /// The thread's owner when the event was committed.
     owner: UserId,
-    ws_frame: OnceLock<Utf8Bytes>,
+    encoded: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 impl Published {
     pub fn new(owner: UserId, event: Event) -> Published {
-        Published { event, owner, ws_frame: OnceLock::new() }
+        Published { event, owner, encoded: OnceLock::new() }
     }
 
     /// The owner of the event's thread.
@@ -59,9 +59,15 @@ impl Published {
         self.owner
     }
 
-    /// The event's WebSocket frame (cheap to clone: the text is shared).
-    pub fn ws_frame(&self) -> Utf8Bytes {
-        self.ws_frame.get_or_init(|| crate::ws::event_frame(&self.event).into()).clone()
+    /// The event as `encode` writes it, encoded once for every subscriber (`T` should be
+    /// cheap to clone, e.g. shared bytes). One encoding is kept per event: the first type
+    /// asked for; another type is encoded anew at each call.
+    pub fn encoded<T: Any + Clone + Send + Sync>(&self, encode: impl Fn(&Event) -> T) -> T {
+        let kept = self.encoded.get_or_init(|| Box::new(encode(&self.event)));
+        match kept.downcast_ref::<T>() {
+            Some(value) => value.clone(),
+            None => encode(&self.event),
+        }
     }
 }
 
@@ -93,21 +99,6 @@ pub enum Ended {
     /// The log could not be read (the thread is missing or not the owner's, or the database
     /// failed).
     Store(store::Error),
-}
-
-impl Ended {
-    /// The `data` of the SSE `error` event that ends a stream for this reason.
-    pub fn sse_data(&self) -> serde_json::Value {
-        match self {
-            Ended::ThreadDeleted(thread) => serde_json::json!({
-                "error": "ThreadDeleted",
-                "message": format!("thread {thread} was deleted: this stream has ended"),
-            }),
-            Ended::Store(e) => {
-                serde_json::json!({ "error": "StoreError", "message": e.to_string() })
-            }
-        }
-    }
 }
 
 impl From<store::Error> for Ended {
@@ -168,7 +159,6 @@ impl<K: Eq + Hash + Copy> Channels<K> {
 pub struct Hub {
     threads: Arc<Channels<ThreadId>>,
     users: Arc<Channels<UserId>>,
-    sse: Arc<crate::stream::SseStats>,
 }
 
 impl Hub {
@@ -186,11 +176,6 @@ impl Hub {
     /// thread; a receiver that lags is told so (it must re-read from the log).
     pub fn subscribe_user(&self, owner: UserId) -> Live {
         Live { rx: Some(self.users.subscribe(owner)), hub: self.clone(), key: Key::User(owner) }
-    }
-
-    /// What this server's SSE streams hold (their queues are [`crate::stream::Outbox`]es).
-    pub fn sse_stats(&self) -> Arc<crate::stream::SseStats> {
-        self.sse.clone()
     }
 
     /// How many threads have a live channel (for tests and metrics).
@@ -333,7 +318,7 @@ impl Hub {
                                 break;
                             }
                             last = event.seq;
-                            let ends_run = run.is_some() && crate::stream::is_terminal(&event);
+                            let ends_run = run.is_some() && domain::is_terminal(&event);
                             if tx.send(Ok(event)).await.is_err() || ends_run {
                                 return;
                             }

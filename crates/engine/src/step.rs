@@ -1,0 +1,248 @@
+//! A run's steps, from its first to its end: the input applied to the thread's state (or a
+//! `command` resuming an interrupted one), the agent, and the last step with the run's end.
+//! The executor calls [`run_steps`] once per run; the rules of forks, breakpoints, interrupts
+//! and resumes live here.
+
+use agents::{Agent, Sink as _, Stop};
+use domain::{Pending, apply_update};
+use ids::{AssistantId, RunId};
+use serde_json::{Map, Value, json};
+use store::{EventKind, FirstStep, NewEvent, Run};
+
+use crate::sink::Sink;
+
+/// Executes one run: applies its input to the thread's state (or, for a `command`, resumes
+/// the interrupted state), runs the agent, appends the agent's message and ends the run
+/// `success` (in one transaction). An agent that stops on an interrupt, or a breakpoint
+/// before it (`interrupt_before`), ends the run `success` and leaves the thread
+/// `interrupted`. Returns the thread's values after the run (with `__interrupt__` when it
+/// stopped on one); on an error the run has not ended yet (the executor's `finish` ends it).
+pub(crate) async fn run_steps(
+    run: &Run,
+    sink: &mut Sink,
+    started: Option<Value>,
+) -> Result<Value, Stop> {
+    let agent = agent_of(&run.kwargs)?;
+    let input = run.input.clone().unwrap_or(Value::Null);
+    let command = run.kwargs.get("command").filter(|c| c.is_object());
+    let (state, resumed) = match command {
+        Some(command) => match resume(run, sink, agent, command).await? {
+            Resumed::Run { state, value } => (state, value),
+            Resumed::Ended(values) => return Ok(values),
+        },
+        None => {
+            // The first step may have been committed with the run already
+            // (`create_run_claiming`).
+            let state = match started {
+                Some(state) => state,
+                None => {
+                    let first =
+                        first_step(run.run_id, run.assistant_id, &run.kwargs, run.input.as_ref())?;
+                    sink.commit_first(first).await?
+                }
+            };
+            if stops_before(&run.kwargs, agent) {
+                // A static breakpoint: the state's pending task is the agent's.
+                sink.push(EventKind::Interrupt, json!({ "node": agent.name(), "interrupts": [] }));
+                sink.end_interrupted().await?;
+                return Ok(state);
+            }
+            (state, None)
+        }
+    };
+    if command.is_none()
+        && let Some(value) = agent.interrupt_value(&input)
+    {
+        return sink.interrupt(agent, value).await;
+    }
+    let message = agent.run(&state, &input, resumed.as_ref(), sink).await?;
+    let writes = json!({ agent.name(): { "messages": [message.clone()] } });
+    let metadata =
+        json!({ "source": "loop", "run_id": run.run_id, "writes": writes, "parents": {} });
+    // The last step and the run's end, in one transaction.
+    sink.commit_final(json!({ "messages": [message] }), metadata).await
+}
+
+/// Whether `interrupt_before` (in the run's kwargs) names the agent's node, or is `*`.
+fn stops_before(kwargs: &Value, agent: Agent) -> bool {
+    match kwargs.get("interrupt_before") {
+        Some(Value::String(all)) => all == "*",
+        Some(Value::Array(nodes)) => {
+            nodes.iter().any(|n| n.as_str() == Some(agent.name()) || n.as_str() == Some("*"))
+        }
+        _ => false,
+    }
+}
+
+/// How a `command` run goes on.
+enum Resumed {
+    /// The agent runs on `state`, given the resume `value` when it had asked something (an
+    /// interrupt; a breakpoint asks nothing, and the value is not the agent's, as in
+    /// LangGraph).
+    Run { state: Value, value: Option<Value> },
+    /// Nothing more to run (`goto: "__end__"`): the run has ended with these values.
+    Ended(Value),
+}
+
+/// A `command` run (`{resume, update, goto}`): the thread's newest checkpoint must be waiting
+/// (on an interrupt or a breakpoint) when a `resume` is given: a resume queued behind a run
+/// that answered the interrupt finds nothing to resume and fails. `update` is applied first,
+/// as a step of its own; `goto: "__end__"` ends the run without running the agent.
+async fn resume(
+    run: &Run,
+    sink: &mut Sink,
+    agent: Agent,
+    command: &Value,
+) -> Result<Resumed, Stop> {
+    let (owner, thread) = (run.owner_id, run.thread_id);
+    let head = sink.store.list_checkpoints(owner, thread, 1, None).await?.into_iter().next();
+    let pending = head.as_ref().and_then(|c| Pending::of(&c.metadata)).unwrap_or_default();
+    let waiting = pending.next.iter().any(|n| n == agent.name());
+    let asked = !pending.interrupts.is_empty();
+    let value = match command.get("resume") {
+        None => None,
+        Some(_) if !waiting => {
+            return Err(Stop::Failed {
+                error: "InvalidUpdateError".into(),
+                message: format!("thread {thread} is not interrupted: nothing to resume"),
+            });
+        }
+        Some(value) => {
+            let value = resume_value(value, &pending)
+                .map_err(|message| Stop::Failed { error: "InvalidUpdateError".into(), message })?;
+            asked.then_some(value)
+        }
+    };
+    sink.push(EventKind::AgentStarted, started_event(agent, run.assistant_id));
+    let mut state = head.map(|c| c.values).unwrap_or_else(|| json!({}));
+    let update = command.get("update").filter(|u| !u.is_null()).cloned();
+    if update.is_none() {
+        // As LangGraph's resume stream starts: the interrupted state, without the interrupt
+        // (clients clear the interrupt they show at a new run's first `values`).
+        sink.push(EventKind::Values, state.clone());
+    }
+    if let Some(update) = update {
+        let mut metadata = json!({ "source": "update", "run_id": run.run_id, "writes": { "__input__": update.clone() }, "parents": {} });
+        if waiting && let Some(map) = metadata.as_object_mut() {
+            // Still waiting for the agent (now with the update applied).
+            Pending::next(agent.name()).into_metadata(map);
+        }
+        state = sink.commit_update(update, metadata).await?;
+    }
+    // `goto: "__end__"`, or an update alone on a thread that waits for nothing: nothing to run.
+    let run_agent = match goto(command) {
+        Some(node) => node != "__end__",
+        None => waiting || command.get("resume").is_some(),
+    };
+    if run_agent {
+        return Ok(Resumed::Run { state, value });
+    }
+    // Answered without running the agent: a state that waits for nothing.
+    let metadata = json!({ "source": "update", "run_id": run.run_id, "writes": {}, "parents": {} });
+    Ok(Resumed::Ended(sink.commit_final(json!({}), metadata).await?))
+}
+
+/// The node a command's `goto` names (a name, or a list of one).
+pub fn goto(command: &Value) -> Option<&str> {
+    match command.get("goto")? {
+        Value::String(node) => Some(node),
+        Value::Array(nodes) => nodes.first().and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The value a `resume` gives the pending interrupt: a map of interrupt ids (every key 32 hex
+/// digits, as LangGraph tells a map from a value) gives the value of the pending one's id;
+/// any other value is the value. A map naming an interrupt that is not pending is refused.
+pub fn resume_value(resume: &Value, pending: &Pending) -> Result<Value, String> {
+    let Some(map) = resume
+        .as_object()
+        .filter(|m| !m.is_empty() && m.keys().all(|k| ids::InterruptId::is_simple_form(k)))
+    else {
+        return Ok(resume.clone());
+    };
+    let ids: Vec<&str> = pending.interrupts.iter().map(|i| i.id.as_str()).collect();
+    if let Some(unknown) = map.keys().find(|k| !ids.contains(&k.as_str())) {
+        return Err(format!("interrupt {unknown} is not pending; pending: [{}]", ids.join(", ")));
+    }
+    Ok(ids.iter().find_map(|id| map.get(*id)).cloned().unwrap_or(Value::Null))
+}
+
+fn started_event(agent: Agent, assistant: AssistantId) -> Value {
+    json!({ "node": agent.name(), "assistant_id": assistant, "graph_id": agent.name() })
+}
+
+/// The agent a run's `graph_id` names.
+fn agent_of(kwargs: &Value) -> Result<Agent, Stop> {
+    let graph_id = kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo");
+    Agent::from_graph(graph_id).ok_or_else(|| Stop::Failed {
+        error: "ValueError".into(),
+        message: format!("no agent named {graph_id}"),
+    })
+}
+
+/// A run's first step: `agent_started`, and its input applied to the thread's state as a
+/// checkpoint (committed by the executor, or with the run by `create_run_claiming`) whose
+/// pending task is the agent's. On a thread without a checkpoint, the state before the input
+/// (`{"messages": []}`, waiting for `__start__`) is written first, as LangGraph's step −1:
+/// the first message then has a parent to fork from. A run from an older checkpoint
+/// (`checkpoint_id` in its kwargs) forks there; without input it copies that checkpoint
+/// (`source: "fork"`) and the agent answers again (regenerate).
+pub fn first_step(
+    run: RunId,
+    assistant: AssistantId,
+    kwargs: &Value,
+    input: Option<&Value>,
+) -> Result<FirstStep, Stop> {
+    let agent = agent_of(kwargs)?;
+    let started = NewEvent {
+        run_id: Some(run),
+        kind: EventKind::AgentStarted,
+        data: started_event(agent, assistant),
+    };
+    let state_input = match input {
+        Some(Value::Object(fields)) => {
+            // The agent's own options (synthetic's n, mode, delay_ms, interrupt) are not state.
+            let state: Map<String, Value> = fields
+                .iter()
+                .filter(|(k, _)| !agent.is_option(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Value::Object(state)
+        }
+        _ => Value::Null,
+    };
+    let from = kwargs.get("checkpoint_id").and_then(Value::as_str).and_then(|id| id.parse().ok());
+    let source = if from.is_some() && state_input.is_null() { "fork" } else { "loop" };
+    let mut metadata = json!({ "source": source, "run_id": run, "parents": {} })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Pending::next(agent.name()).into_metadata(&mut metadata);
+    let mut before = json!({ "source": "input", "run_id": run, "parents": {} })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Pending::next("__start__").into_metadata(&mut before);
+    Ok(FirstStep {
+        events: vec![started],
+        update: Box::new(move |current| apply_update(current, state_input.clone())),
+        metadata,
+        from,
+        initial: Some((json!({ "messages": [] }), before)),
+    })
+}
+
+/// A step the store refused: an invalid update fails the run as LangGraph's does.
+pub(crate) fn refused(e: store::Error) -> Stop {
+    match e {
+        store::Error::Invalid(message) => {
+            Stop::Failed { error: "InvalidUpdateError".into(), message }
+        }
+        other => other.into(),
+    }
+}
+
+pub(crate) fn no_checkpoint() -> Stop {
+    Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
+}
