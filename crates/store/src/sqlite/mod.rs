@@ -39,12 +39,12 @@ const CHECKPOINT_EVERY: u32 = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, "api keys", include_str!("../migrations/sqlite/0002_api_keys.sql")),
-    (3, "run events", include_str!("../migrations/sqlite/0003_run_events.sql")),
-    (4, "run queue", include_str!("../migrations/sqlite/0004_run_queue.sql")),
-    (5, "ops indexes", include_str!("../migrations/sqlite/0005_ops_indexes.sql")),
-    (6, "fewer run indexes", include_str!("../migrations/sqlite/0006_fewer_run_indexes.sql")),
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "api keys", include_str!("../../migrations/sqlite/0002_api_keys.sql")),
+    (3, "run events", include_str!("../../migrations/sqlite/0003_run_events.sql")),
+    (4, "run queue", include_str!("../../migrations/sqlite/0004_run_queue.sql")),
+    (5, "ops indexes", include_str!("../../migrations/sqlite/0005_ops_indexes.sql")),
+    (6, "fewer run indexes", include_str!("../../migrations/sqlite/0006_fewer_run_indexes.sql")),
 ];
 
 #[derive(Clone)]
