@@ -1,6 +1,9 @@
 //! SQLite: the `admin_*` functions (no owner: never called on behalf of a user): lookups,
 //! `/metrics` stats, and the SQL of `spindle doctor` and `spindle id inspect` (see
 //! `crate::doctor`).
+//!
+//! A little over 600 lines: the doctor's scan is one snapshot's queries, kept together so its
+//! checks read (and compare with the other backend's) in one place.
 
 use chrono::{DateTime, Utc};
 use ids::{ApiKeyId, AssistantId, CheckpointId, RunId, ThreadId, UserId};
