@@ -6,16 +6,28 @@
 //! `fix` the doctor only reads, in one snapshot per backend; each repair is its own short
 //! transaction that re-checks its condition under the thread's lock (the writer's lock on
 //! SQLite), so the doctor is safe to run while a server serves the same database.
+//!
+//! This module holds the options, the checks' closed set, the report and the repairs;
+//! `checks` what the backends' scans share, `inspect` the types of `admin_inspect_id`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ids::{ApiKeyId, AssistantId, CheckpointId, MessageId, ParseIdError, RunId, ThreadId, UserId};
+use ids::{RunId, ThreadId, UserId};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::model::*;
 use crate::{Error, Result, Store};
+
+mod checks;
+mod inspect;
+
+pub(crate) use checks::{
+    ID_COLUMNS, JSON_SCAN_PAGE, JSON_TABLES, SEQ_BREAKS_SHOWN, last_seq_finding, parent_detail,
+    seq_findings, settled_status, stale_finding, unreadable_json,
+};
+pub use inspect::{AnyId, CheckpointFacts, IdLookup, RunFacts, ThreadFacts, UserFacts};
 
 /// Runs have no executor lease or heartbeat yet, so a run counts as stale when it has shown no
 /// sign of life (its claim, or an event of its own) for this long: a little more than the
@@ -296,259 +308,6 @@ impl DoctorReport {
     }
 }
 
-/// The id columns of the schema: (table, column).
-pub(crate) const ID_COLUMNS: &[(&str, &str)] = &[
-    ("users", "user_id"),
-    ("assistants", "assistant_id"),
-    ("assistants", "owner_id"),
-    ("threads", "thread_id"),
-    ("threads", "owner_id"),
-    ("runs", "run_id"),
-    ("runs", "thread_id"),
-    ("runs", "owner_id"),
-    ("runs", "assistant_id"),
-    ("checkpoints", "checkpoint_id"),
-    ("checkpoints", "thread_id"),
-    ("checkpoints", "run_id"),
-    ("checkpoints", "parent_checkpoint_id"),
-    ("events", "thread_id"),
-    ("events", "run_id"),
-    ("api_keys", "key_id"),
-    ("api_keys", "user_id"),
-];
-
-/// A table with JSON columns, for [`Check::UnreadableJson`]: its row's id column (`seq` for
-/// events, named with their thread) and the columns that fill a finding's ids.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct JsonTable {
-    pub table: &'static str,
-    pub kind: &'static str,
-    pub id: &'static str,
-    pub thread: Option<&'static str>,
-    pub run: Option<&'static str>,
-    pub owner: Option<&'static str>,
-    pub columns: &'static [&'static str],
-}
-
-/// Every JSON column of the schema. Names come from here, never from input.
-pub(crate) const JSON_TABLES: &[JsonTable] = &[
-    JsonTable {
-        table: "threads",
-        kind: "thread",
-        id: "thread_id",
-        thread: Some("thread_id"),
-        run: None,
-        owner: Some("owner_id"),
-        columns: &["metadata", "state_values"],
-    },
-    JsonTable {
-        table: "runs",
-        kind: "run",
-        id: "run_id",
-        thread: Some("thread_id"),
-        run: Some("run_id"),
-        owner: Some("owner_id"),
-        columns: &["input", "kwargs", "metadata"],
-    },
-    JsonTable {
-        table: "checkpoints",
-        kind: "checkpoint",
-        id: "checkpoint_id",
-        thread: Some("thread_id"),
-        run: Some("run_id"),
-        owner: None,
-        columns: &["state_values", "metadata"],
-    },
-    JsonTable {
-        table: "events",
-        kind: "event",
-        id: "seq",
-        thread: Some("thread_id"),
-        run: Some("run_id"),
-        owner: None,
-        columns: &["data"],
-    },
-    JsonTable {
-        table: "assistants",
-        kind: "assistant",
-        id: "assistant_id",
-        thread: None,
-        run: None,
-        owner: Some("owner_id"),
-        columns: &["config", "context", "metadata"],
-    },
-];
-
-/// Rows of a table the JSON scan reads at a time.
-pub(crate) const JSON_SCAN_PAGE: i64 = 256;
-
-/// The finding for one stored JSON `text` of `table.column`, if serde_json cannot read it
-/// (what every read of the row does).
-pub(crate) fn unreadable_json(
-    spec: &JsonTable,
-    column: &str,
-    id: &str,
-    text: &str,
-) -> Option<Finding> {
-    let cause = serde_json::from_str::<serde_json::Value>(text).err()?;
-    Some(Finding::new(
-        Check::UnreadableJson,
-        format!("{} {id}: {}.{column} cannot be read ({cause})", spec.kind, spec.table),
-    ))
-}
-
-/// The seqs where a thread's log breaks, as `(seq, previous seq)` pairs from a scan in seq
-/// order (the first previous is 0), turned into words: `missing 3-4, 9; 7 twice`.
-pub(crate) fn describe_breaks(breaks: &[(i64, i64)]) -> String {
-    let parts: Vec<String> = breaks
-        .iter()
-        .map(|&(seq, prev)| match seq - prev {
-            0 => format!("{seq} twice"),
-            2 => format!("missing {}", prev + 1),
-            _ => format!("missing {}-{}", prev + 1, seq - 1),
-        })
-        .collect();
-    parts.join(", ")
-}
-
-/// The findings of the `seq` checks for one thread, from its group statistics and its breaks.
-#[allow(clippy::too_many_arguments, reason = "one row of statistics")]
-pub(crate) fn seq_findings(
-    thread: ThreadId,
-    owner: Option<UserId>,
-    rows: i64,
-    distinct: i64,
-    max: i64,
-    breaks: &[(i64, i64)],
-) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let breaks_text = describe_breaks(breaks);
-    let more = if breaks.len() as i64 >= SEQ_BREAKS_SHOWN { ", ..." } else { "" };
-    if rows != distinct {
-        out.push(
-            Finding::new(
-                Check::SeqDuplicate,
-                format!(
-                    "{} event(s) share a seq with another ({breaks_text}{more})",
-                    rows - distinct
-                ),
-            )
-            .thread(thread)
-            .owner(owner),
-        );
-    }
-    if max != distinct {
-        out.push(
-            Finding::new(
-                Check::SeqGap,
-                format!("{} of seq 1..{max} missing ({breaks_text}{more})", max - distinct),
-            )
-            .thread(thread)
-            .owner(owner),
-        );
-    }
-    out
-}
-
-/// How many breaks of one thread's log a finding lists.
-pub(crate) const SEQ_BREAKS_SHOWN: i64 = 5;
-
-/// One UUID read as every kind of id, to look it up everywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AnyId {
-    pub user: UserId,
-    pub assistant: AssistantId,
-    pub thread: ThreadId,
-    pub run: RunId,
-    pub checkpoint: CheckpointId,
-    pub message: MessageId,
-    pub api_key: ApiKeyId,
-}
-
-impl AnyId {
-    /// Parses the canonical text form (the only one any id accepts).
-    pub fn parse(text: &str) -> Result<AnyId, ParseIdError> {
-        Ok(AnyId {
-            user: text.parse()?,
-            assistant: text.parse()?,
-            thread: text.parse()?,
-            run: text.parse()?,
-            checkpoint: text.parse()?,
-            message: text.parse()?,
-            api_key: text.parse()?,
-        })
-    }
-}
-
-/// A thread found by [`Store::admin_inspect_id`], with what hangs off it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThreadFacts {
-    pub thread: Thread,
-    /// The owner's subject (`None` if the owner is missing).
-    pub owner_subject: Option<String>,
-    pub runs: i64,
-    pub active_runs: i64,
-    pub checkpoints: i64,
-    pub events: i64,
-    /// The newest run.
-    pub last_run: Option<Run>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunFacts {
-    pub run: Run,
-    pub owner_subject: Option<String>,
-    pub events: i64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct UserFacts {
-    pub user: User,
-    pub threads: i64,
-    pub api_keys: i64,
-}
-
-/// Everything an id names in the database (normally at most one kind).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct IdLookup {
-    pub thread: Option<ThreadFacts>,
-    pub run: Option<RunFacts>,
-    pub assistant: Option<Assistant>,
-    pub checkpoint: Option<Checkpoint>,
-    /// The checkpoint's place in its thread's tree of branches.
-    pub checkpoint_facts: Option<CheckpointFacts>,
-    pub user: Option<UserFacts>,
-    pub api_key: Option<ApiKey>,
-    /// Threads (with their owners) whose current state holds a message with this id.
-    pub message_threads: Vec<(ThreadId, UserId)>,
-}
-
-/// A checkpoint's place in its thread's tree of branches (forks make it a tree).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CheckpointFacts {
-    /// Checkpoints made from it, oldest first (at most 20): more than one makes it a fork
-    /// point.
-    pub children: Vec<CheckpointId>,
-    /// Whether it is the thread's newest checkpoint (its current state).
-    pub newest: bool,
-    /// How many checkpoints lead back from it to its thread's first (0 for the first), and
-    /// whether that chain is whole (every parent found in the thread, each older).
-    pub depth: i64,
-    pub chain_whole: bool,
-}
-
-impl IdLookup {
-    pub fn is_empty(&self) -> bool {
-        self.thread.is_none()
-            && self.run.is_none()
-            && self.assistant.is_none()
-            && self.checkpoint.is_none()
-            && self.user.is_none()
-            && self.api_key.is_none()
-            && self.message_threads.is_empty()
-    }
-}
-
 impl Store {
     /// Checks the database's invariants; with `fix`, repairs what is safe (stale runs end
     /// `error` with a `run_error` event, thread statuses are set from their runs, a
@@ -648,64 +407,8 @@ impl Store {
     }
 
     // The backends' parts are `admin_doctor_scan`, `admin_raise_last_seq`,
-    // `admin_settle_thread_status` and `admin_inspect_id`, in lib.rs with the other methods.
-}
-
-/// The status a thread's runs give it: `busy` while one is active; a `busy` thread without an
-/// active run takes the status its newest run's end gives (`idle` without runs); any other
-/// status stands.
-pub(crate) fn settled_status(
-    current: ThreadStatus,
-    active: i64,
-    newest: Option<RunStatus>,
-) -> ThreadStatus {
-    if active > 0 {
-        return ThreadStatus::Busy;
-    }
-    if current != ThreadStatus::Busy {
-        return current;
-    }
-    newest.map_or(ThreadStatus::Idle, |status| thread_status_after(status, 0, false))
-}
-
-/// What is wrong with a checkpoint's parent, for [`Check::CheckpointParentMissing`].
-pub(crate) fn parent_detail(
-    checkpoint: &str,
-    parent: &str,
-    thread: Option<ThreadId>,
-    parent_thread: Option<ThreadId>,
-) -> String {
-    match parent_thread {
-        None => format!("checkpoint {checkpoint} has parent {parent}, which does not exist"),
-        Some(other) if Some(other) != thread => {
-            format!("checkpoint {checkpoint} has parent {parent}, a checkpoint of thread {other}")
-        }
-        Some(_) => {
-            format!("checkpoint {checkpoint} has parent {parent}, which is not older than it")
-        }
-    }
-}
-
-pub(crate) fn stale_finding(started: DateTime<Utc>, last: DateTime<Utc>) -> Finding {
-    Finding::new(
-        Check::StaleRunningRun,
-        format!(
-            "running since {}, last sign of life {} ({} s ago)",
-            started.to_rfc3339(),
-            last.to_rfc3339(),
-            secs_ago(last)
-        ),
-    )
-}
-
-pub(crate) fn last_seq_finding(last: i64, max: i64) -> Finding {
-    let check = if last < max { Check::LastSeqBehind } else { Check::LastSeqAhead };
-    Finding::new(check, format!("last_seq is {last}, the newest event's seq is {max}"))
-}
-
-/// Seconds from `then` to now, for "N s ago".
-pub(crate) fn secs_ago(then: DateTime<Utc>) -> i64 {
-    (now() - then).num_seconds()
+    // `admin_settle_thread_status` and `admin_inspect_id`, in api/admin.rs with the other
+    // `admin_*` methods.
 }
 
 fn stale_before(options: &DoctorOptions) -> DateTime<Utc> {
@@ -735,16 +438,6 @@ fn notes(backend: crate::Backend, options: &DoctorOptions) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn breaks_are_described_as_ranges() {
-        assert_eq!(describe_breaks(&[(3, 1), (9, 5), (7, 7)]), "missing 2, missing 6-8, 7 twice");
-        let t = ThreadId::new();
-        let found = seq_findings(t, None, 5, 5, 7, &[(3, 1), (7, 5)]);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].check, Check::SeqGap);
-        assert_eq!(found[0].detail, "2 of seq 1..7 missing (missing 2, missing 6)");
-    }
 
     #[test]
     fn every_check_has_one_name() {

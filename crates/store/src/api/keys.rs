@@ -1,0 +1,60 @@
+//! `Store`: users, assistants and API keys.
+
+use ids::{ApiKeyId, AssistantId, UserId};
+
+use crate::model::*;
+use crate::{Result, Store};
+
+impl Store {
+    // ---- users ----
+
+    /// The user behind an authenticated subject, created on first sight. Concurrent calls
+    /// for one subject all get the same user.
+    pub async fn ensure_user(&self, subject: &str) -> Result<User> {
+        dispatch!(self.ensure_user(subject))
+    }
+
+    // ---- assistants ----
+
+    /// Registers (or refreshes) a built-in assistant under its deterministic id.
+    pub async fn upsert_system_assistant(&self, assistant: &SystemAssistant) -> Result<Assistant> {
+        dispatch!(self.upsert_system_assistant(assistant))
+    }
+
+    /// A system assistant or one of the caller's.
+    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
+        dispatch!(self.get_assistant(owner, id))
+    }
+
+    /// System assistants and the caller's, oldest first.
+    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
+        dispatch!(self.list_assistants(owner))
+    }
+
+    // ---- API keys (operators' commands and authentication) ----
+
+    /// Stores a new key for `subject` (creating the user if needed); only its hash is kept.
+    pub async fn create_api_key(
+        &self,
+        subject: &str,
+        key_hash: &str,
+        prefix: &str,
+    ) -> Result<ApiKey> {
+        dispatch!(self.create_api_key(subject, key_hash, prefix))
+    }
+
+    /// The user a key (by its hash) belongs to, unless the key is revoked or unknown.
+    pub async fn user_for_api_key(&self, key_hash: &str) -> Result<Option<User>> {
+        dispatch!(self.user_for_api_key(key_hash))
+    }
+
+    /// Every key, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
+        dispatch!(self.list_api_keys())
+    }
+
+    /// Revokes a key; revoking a revoked key keeps its first revocation time.
+    pub async fn revoke_api_key(&self, key: ApiKeyId) -> Result<ApiKey> {
+        dispatch!(self.revoke_api_key(key))
+    }
+}
