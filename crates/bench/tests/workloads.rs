@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use api::auth::{Auth as ServerAuth, AuthMode, JwtConfig};
+use api::{AppState, HttpConfig};
 use bench::workloads::{concurrent, race, sequential, sessions, stream, websocket};
 use bench::{Auth, Target};
-use server::auth::{Auth as ServerAuth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig};
 use store::Backend;
 use store::testing::TestDb;
 
@@ -23,7 +23,7 @@ async fn start(backend: Backend) -> Option<(Target, TestDb)> {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve(listener, state, std::future::pending()));
+    tokio::spawn(api::serve(listener, state, std::future::pending()));
     let target = Target::new(&base, Auth::None, Duration::from_secs(30)).unwrap();
     target.check_reachable().await.unwrap();
     Some((target, db))

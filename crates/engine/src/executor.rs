@@ -156,6 +156,11 @@ struct Running {
     runs: HashMap<RunId, (ThreadId, watch::Sender<Option<CancelAction>>)>,
     /// Cancels that arrived between a run's claim and its registration.
     early: HashMap<RunId, CancelAction>,
+    /// Threads whose runs created before a run (`interrupt`/`rollback` strategy) must stop:
+    /// a run of the thread claimed but not registered yet when the strategy's cancel came
+    /// (`cancel_thread`) is cancelled as it registers. Removed once that run, or a later one,
+    /// of the thread registers (no older run can start after it: one active run per thread).
+    early_threads: HashMap<ThreadId, (RunId, CancelAction)>,
 }
 
 impl Executor {
@@ -308,14 +313,16 @@ impl Executor {
     }
 
     /// Asks every run of `thread` executing on this node to stop (multitask `interrupt` and
-    /// `rollback`), except `keep`.
+    /// `rollback`), except `keep`, the run that replaces them; a run of the thread created
+    /// before `keep` that the claim has taken but not registered yet stops as it registers.
     pub fn cancel_thread(&self, thread: ThreadId, keep: RunId, action: CancelAction) {
-        let running = self.running();
+        let mut running = self.running();
         for (run, (t, cancel)) in &running.runs {
-            if *t == thread && *run != keep {
+            if *t == thread && *run < keep {
                 let _ = cancel.send(Some(action));
             }
         }
+        running.early_threads.insert(thread, (keep, action));
     }
 
     /// At start-up: runs a crash left `running` end `error`, each with a `run_error` event.
@@ -453,6 +460,16 @@ impl Executor {
         let mut running = self.running();
         if let Some(action) = running.early.remove(&run) {
             let _ = cancel_tx.send(Some(action));
+        }
+        match running.early_threads.get(&thread) {
+            // Run ids are UUIDv7: an older id is a run created before `keep`.
+            Some(&(keep, action)) if run < keep => {
+                let _ = cancel_tx.send(Some(action));
+            }
+            Some(_) => {
+                running.early_threads.remove(&thread);
+            }
+            None => {}
         }
         running.runs.insert(run, (thread, cancel_tx));
         cancel_rx

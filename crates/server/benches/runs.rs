@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use api::auth::{Auth, AuthMode, JwtConfig};
+use api::{AppState, HttpConfig};
 use bytes::Bytes;
 use engine::ExecutorConfig;
 use http_body_util::{BodyExt, Full};
@@ -16,8 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use server::auth::{Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig};
 use store::Backend;
 use store::testing::TestDb;
 
@@ -74,7 +74,7 @@ async fn bench(backend: Backend) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, state, async {
+    let server = tokio::spawn(api::serve(listener, state, async {
         let _ = stopped.await;
     }));
     let client: HttpClient =

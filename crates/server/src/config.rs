@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use store::DatabaseUrl;
 
-use crate::auth::{AuthMode, JwtConfig};
-use crate::metrics::Exposure;
+use api::auth::{AuthMode, JwtConfig};
+use api::metrics::Exposure;
 
 /// Spindle: an Agent Protocol server for multi-user AI-agent conversations.
 #[derive(Debug, Parser)]
@@ -177,9 +177,9 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
-    pub fn config(&self) -> crate::net::NetConfig {
+    pub fn config(&self) -> api::net::NetConfig {
         use std::time::Duration;
-        crate::net::NetConfig {
+        api::net::NetConfig {
             header_timeout: Duration::from_secs(self.header_timeout),
             idle_timeout: Duration::from_secs(self.keep_alive_timeout),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
@@ -214,16 +214,16 @@ pub struct WsArgs {
 }
 
 impl WsArgs {
-    pub fn config(&self) -> crate::ws::WsConfig {
+    pub fn config(&self) -> api::ws::WsConfig {
         use std::time::Duration;
-        crate::ws::WsConfig {
+        api::ws::WsConfig {
             ping_interval: Duration::from_secs(self.ws_ping_interval),
             max_message: self.ws_max_message,
             max_outbound: self.ws_max_outbound,
             max_connections_per_user: self.ws_max_connections_per_user,
             max_subscriptions: self.ws_max_subscriptions,
             auth_timeout: Duration::from_secs(self.ws_auth_timeout),
-            ..crate::ws::WsConfig::default()
+            ..api::ws::WsConfig::default()
         }
     }
 }
@@ -241,11 +241,11 @@ pub struct SseArgs {
 }
 
 impl SseArgs {
-    pub fn config(&self) -> crate::stream::SseConfig {
-        crate::stream::SseConfig {
+    pub fn config(&self) -> api::stream::SseConfig {
+        api::stream::SseConfig {
             max_buffer: self.sse_max_buffer,
             slow_timeout: std::time::Duration::from_secs(self.sse_slow_timeout),
-            ..crate::stream::SseConfig::default()
+            ..api::stream::SseConfig::default()
         }
     }
 }

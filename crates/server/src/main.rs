@@ -1,18 +1,30 @@
-//! The `spindle` binary: parses the command line and runs the library's commands. Any error
-//! ends the process with one line on stderr and exit code 1.
+//! The `spindle` binary: the command line (`config`), `serve` (the engine over the store,
+//! the API over the engine), `migrate`, `keys`, `doctor` and `id inspect`. Any error ends the
+//! process with one line on stderr and exit code 1. This crate is the one place that holds
+//! both the store and the API: it wires them together.
+
+mod config;
+mod doctor;
+mod inspect;
+
+/// The process's allocator. Measured here under the runs benchmark, glibc's malloc and free
+/// took a quarter of all CPU time (arena locks contended between the SQLite writer thread and
+/// the tokio workers); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use crate::config::{
+    Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
+};
+use api::auth::{self, Auth, AuthMode};
+use api::metrics::Exposure;
+use api::{AppState, CorsOrigins, HttpConfig, serve, shutdown_signal};
 use axum::http::HeaderValue;
 use clap::Parser;
 use engine::{Engine, ExecutorConfig};
-use server::auth::{self, Auth, AuthMode};
-use server::config::{
-    Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
-};
-use server::metrics::Exposure;
-use server::{AppState, CorsOrigins, HttpConfig, serve, shutdown_signal};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -34,9 +46,9 @@ fn main() -> ExitCode {
             Command::Migrate(args) => run_migrate(args).await,
             Command::Keys(command) => run_keys(command).await,
             // These two answer with their exit code: 1 is "problems found" / "not an id".
-            Command::Doctor(args) => return server::doctor::run(&args).await,
+            Command::Doctor(args) => return doctor::run(&args).await,
             Command::Id(IdCommand::Inspect { id, database }) => {
-                return server::inspect::run(&id, &database).await;
+                return inspect::run(&id, &database).await;
             }
         };
         done.map(|()| ExitCode::SUCCESS)
@@ -146,7 +158,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
              read and write their threads"
         );
     }
-    if let Some(limit) = server::net::raise_descriptor_limit() {
+    if let Some(limit) = api::net::raise_descriptor_limit() {
         tracing::info!(open_files = limit, "open file descriptor limit");
     }
     let store = open_store(&args.database).await?;
@@ -177,11 +189,11 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         let metrics_addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
         lines.push_str(&format!("spindle metrics on http://{metrics_addr}/metrics\n"));
-        let router = server::metrics::router(state.engine.clone());
+        let router = api::metrics::router(state.engine.clone());
         let net = args.net.config();
         tokio::spawn(async move {
             let forever = std::future::pending();
-            if let Err(e) = server::net::serve(metrics_listener, router, net, forever).await {
+            if let Err(e) = api::net::serve(metrics_listener, router, net, forever).await {
                 tracing::error!(error = %e, "the metrics listener failed");
             }
         });

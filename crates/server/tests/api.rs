@@ -3,13 +3,13 @@
 
 mod common;
 
+use api::HttpConfig;
+use api::auth::{Auth, AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::TestApp;
 use ids::ThreadId;
 use serde_json::{Value, json};
-use server::HttpConfig;
-use server::auth::{Auth, AuthMode, JwtConfig};
 use store::Backend;
 
 both_backends!(

@@ -8,14 +8,14 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
+use api::HttpConfig;
+use api::auth::{AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::TestApp;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use server::HttpConfig;
-use server::auth::{AuthMode, JwtConfig};
 use store::Backend;
 use store::testing::TempDir;
 use tokio_tungstenite::tungstenite::Message;

@@ -4,14 +4,14 @@
 
 mod common;
 
+use api::auth::{self, Auth, AuthMode, JwtConfig};
+use api::{AppState, HttpConfig};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::TestApp;
 use http_body_util::BodyExt;
 use ids::{RunId, ThreadId};
 use serde_json::{Value, json};
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig};
 use store::doctor::{Check, DoctorOptions};
 use store::testing::{TestDb, new_run};
 use store::{Backend, DatabaseUrl, IfNotExists, Metadata, Store};
@@ -133,7 +133,7 @@ async fn call(
         request = request.header("content-type", "application/json");
     }
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = server::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+    let response = api::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
@@ -280,7 +280,7 @@ static LOOKUPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `spindle_thread_lookup_failures_total{reason}` now.
 async fn lookup_failures(state: &AppState, reason: &str) -> f64 {
-    let response = server::app(state.clone())
+    let response = api::app(state.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();

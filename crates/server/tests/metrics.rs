@@ -14,14 +14,14 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use api::HttpConfig;
+use api::auth::{AuthMode, JwtConfig};
+use api::metrics::Exposure;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::TestApp;
 use ids::ThreadId;
 use serde_json::{Value, json};
-use server::HttpConfig;
-use server::auth::{AuthMode, JwtConfig};
-use server::metrics::Exposure;
 use store::{Backend, DatabaseUrl};
 use tower::ServiceExt;
 
@@ -133,7 +133,7 @@ fn assert_delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &s
 
 async fn scrape(app: &TestApp) -> Scrape {
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
-    let response = server::app(app.state.clone()).oneshot(request).await.unwrap();
+    let response = api::app(app.state.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
@@ -386,14 +386,14 @@ async fn metrics_can_be_public_authenticated_or_off(backend: Backend) {
         let key = app.key("prometheus").await;
         let sessions =
             |s: &Scrape| s.get("spindle_sessions_opened_total", &[("transport", "http")]);
-        let before = server::metrics::render(&app.state.engine).await;
+        let before = api::metrics::render(&app.state.engine).await;
         let request = Request::get("/metrics").body(Body::empty()).unwrap();
-        let response = server::app(app.state.clone()).oneshot(request).await.unwrap();
+        let response = api::app(app.state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), anonymous, "{exposure:?} without a key");
         let request = Request::get("/metrics").header("x-api-key", &key).body(Body::empty());
-        let response = server::app(app.state.clone()).oneshot(request.unwrap()).await.unwrap();
+        let response = api::app(app.state.clone()).oneshot(request.unwrap()).await.unwrap();
         assert_eq!(response.status(), with_key, "{exposure:?} with a key");
-        let after = server::metrics::render(&app.state.engine).await;
+        let after = api::metrics::render(&app.state.engine).await;
         // Reading the metrics is not a session.
         assert_eq!(sessions(&Scrape::parse(&after)), sessions(&Scrape::parse(&before)));
     }

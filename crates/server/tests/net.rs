@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use api::auth::{self, Auth, AuthMode, JwtConfig};
+use api::net::NetConfig;
+use api::{AppState, CorsOrigins, HttpConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::net::NetConfig;
-use server::{AppState, CorsOrigins, HttpConfig};
 use store::Backend;
 use store::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,7 +48,7 @@ impl Server {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(server::serve(listener, state.clone(), shutdown));
+        let task = tokio::spawn(api::serve(listener, state.clone(), shutdown));
         Some(Server { addr, state, stop: Some(stop), task, _db: db })
     }
 

@@ -165,7 +165,7 @@ async fn fifty_concurrent_enqueued_runs_on_a_new_thread_keep_every_message(app: 
                     .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .unwrap();
-                let response = tower::ServiceExt::oneshot(server::app(app_state), request).await.unwrap();
+                let response = tower::ServiceExt::oneshot(api::app(app_state), request).await.unwrap();
                 let status = response.status();
                 let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
                 (status, serde_json::from_slice::<Value>(String::from_utf8_lossy(&bytes).trim().as_bytes()).unwrap())
@@ -211,7 +211,7 @@ async fn fifty_concurrent_rejecting_runs_let_exactly_one_in(app: &TestApp) {
                     .header("content-type", "application/json")
                     .body(Body::from(body.to_string()))
                     .unwrap();
-                tower::ServiceExt::oneshot(server::app(app_state), request).await.unwrap().status()
+                tower::ServiceExt::oneshot(api::app(app_state), request).await.unwrap().status()
             })
         })
         .collect();
@@ -639,12 +639,12 @@ async fn another_users_runs_are_404(app: &TestApp) {
 async fn app_with_executor(
     backend: store::Backend,
     config: engine::ExecutorConfig,
-) -> Option<(store::testing::TestDb, server::AppState)> {
-    use server::auth::{Auth, AuthMode, JwtConfig};
+) -> Option<(store::testing::TestDb, api::AppState)> {
+    use api::auth::{Auth, AuthMode, JwtConfig};
     let db = store::testing::TestDb::new(backend).await?;
     let auth = Auth::new(AuthMode::Local, &JwtConfig::default()).unwrap();
-    let http = server::HttpConfig::default();
-    let state = server::AppState::new(
+    let http = api::HttpConfig::default();
+    let state = api::AppState::new(
         engine::Engine::new(db.store.clone(), config).await.unwrap(),
         auth,
         http,
@@ -654,14 +654,14 @@ async fn app_with_executor(
 }
 
 /// One request to `state`'s app; the JSON body (`null` if there is none).
-async fn call(state: &server::AppState, method: Method, uri: String, body: Value) -> Value {
+async fn call(state: &api::AppState, method: Method, uri: String, body: Value) -> Value {
     let request = Request::builder()
         .method(method)
         .uri(uri)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
-    let response = tower::ServiceExt::oneshot(server::app(state.clone()), request).await.unwrap();
+    let response = tower::ServiceExt::oneshot(api::app(state.clone()), request).await.unwrap();
     let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
     serde_json::from_str::<Value>(std::str::from_utf8(&bytes).unwrap().trim())
         .unwrap_or(Value::Null)
@@ -698,8 +698,7 @@ async fn a_thread_stream_follows_every_run_of_the_thread(app: &TestApp) {
             .header("x-api-key", key.as_str())
             .body(Body::empty())
             .unwrap();
-    let response =
-        tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+    let response = tower::ServiceExt::oneshot(api::app(app.state.clone()), request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     for text in ["one", "two"] {
@@ -739,8 +738,7 @@ async fn a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leav
         .header("content-type", "application/json")
         .body(Body::from(slow.to_string()))
         .unwrap();
-    let response =
-        tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+    let response = tower::ServiceExt::oneshot(api::app(app.state.clone()), request).await.unwrap();
     let run = response.headers()["content-location"]
         .to_str()
         .unwrap()
@@ -770,7 +768,7 @@ async fn a_stream_with_on_disconnect_cancel_cancels_its_run_when_the_client_leav
             .body(Body::from(keep.to_string()))
             .unwrap();
         let response =
-            tower::ServiceExt::oneshot(server::app(app.state.clone()), request).await.unwrap();
+            tower::ServiceExt::oneshot(api::app(app.state.clone()), request).await.unwrap();
         (response.status(), response.headers().clone(), ())
     };
     assert_eq!(status, StatusCode::OK);
@@ -896,7 +894,7 @@ struct RunRequestInFlight {
 
 async fn post_run_until_stored(
     db: &store::testing::TestDb,
-    state: &server::AppState,
+    state: &api::AppState,
     body: Value,
 ) -> RunRequestInFlight {
     use std::future::Future;
@@ -908,7 +906,7 @@ async fn post_run_until_stored(
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
-    let mut request = Box::pin(tower::ServiceExt::oneshot(server::app(state.clone()), request));
+    let mut request = Box::pin(tower::ServiceExt::oneshot(api::app(state.clone()), request));
     let mut cx = Context::from_waker(Waker::noop());
     let mut answered = None;
     while db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
@@ -1047,18 +1045,58 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
     assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
 }
 
+/// The claim's window: a run the claim has taken but not registered yet when a newer run's
+/// `interrupt` or `rollback` comes (`cancel_thread`) is cancelled as it registers (found by
+/// the SDK suite's `race_resume_then_input_rollback` on a loaded machine: the resume, claimed
+/// but unregistered, ran to its end).
+#[tokio::test]
+async fn a_run_registered_after_a_newer_runs_interrupt_stops() {
+    use domain::CancelAction;
+    use engine::first_step;
+    let config = engine::ExecutorConfig::default();
+    let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
+    let owner = db.store.ensure_user("local").await.unwrap().user_id;
+    let thread = ThreadId::new();
+    db.store.get_or_create_thread(owner, thread, &store::Metadata::new()).await.unwrap();
+    let kwargs = json!({"graph_id": "synthetic"});
+    let input = json!({"n": 100000, "delay_ms": 5, "messages": [{"role": "user", "content": "x"}]});
+    let new_run = store::NewRun {
+        assistant_id: ids::AssistantId::for_graph("synthetic"),
+        input: Some(input.clone()),
+        kwargs: kwargs.clone(),
+        ..store::testing::new_run(thread)
+    };
+    let executor = state.engine.executor();
+    // A newer run's `interrupt` arrives before the older run is registered...
+    executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
+    // ... which it is only now (as the claim loop registers what it claimed).
+    let place = executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
+    let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
+    let (run, _, step) = db
+        .store
+        .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
+        .await
+        .unwrap();
+    let started = step.and_then(|s| s.checkpoint).map(|c| c.values);
+    let mut end = executor.watch_end(run.run_id);
+    executor.spawn_claimed(run.clone(), place, started);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), end.ended()).await;
+    let ended = ended.expect("the run ended").expect("its end was announced");
+    assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
+}
+
 /// One user's runs cannot take every place: past `per_user` they wait their turn, while
 /// another user's run starts at once (finding 8 of #12: 64 sleeping runs of one user made
 /// another user's `echo` wait for the whole run timeout).
 #[tokio::test]
 async fn one_user_cannot_take_every_place() {
-    use server::auth::{self, Auth, AuthMode, JwtConfig};
+    use api::auth::{self, Auth, AuthMode, JwtConfig};
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let Some(db) = store::testing::TestDb::new(backend).await else { continue };
         let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
         let config = engine::ExecutorConfig { concurrency: 4, per_user: 2, ..Default::default() };
         let engine = engine::Engine::new(db.store.clone(), config).await.unwrap();
-        let state = server::AppState::new(engine, auth, server::HttpConfig::default());
+        let state = api::AppState::new(engine, auth, api::HttpConfig::default());
         state.start(std::future::pending()).await.unwrap();
         let mut keys = Vec::new();
         for user in ["mallory", "alice"] {
@@ -1077,7 +1115,7 @@ async fn one_user_cannot_take_every_place() {
                 .header("content-type", "application/json")
                 .body(Body::from(body.to_string()))
                 .unwrap();
-            let app = server::app(state.clone());
+            let app = api::app(state.clone());
             async move {
                 let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
                 let bytes = http_body_util::BodyExt::collect(response.into_body())

@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use api::auth::{self, Auth, AuthMode, JwtConfig};
+use api::ws::WsConfig;
+use api::{AppState, HttpConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::ws::WsConfig;
-use server::{AppState, HttpConfig};
 use store::testing::TestDb;
 use store::{Backend, Store, StoreOptions};
 use tokio::net::{TcpSocket, TcpStream};
@@ -53,7 +53,7 @@ impl Server {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(server::serve(listener, state.clone(), shutdown));
+        let task = tokio::spawn(api::serve(listener, state.clone(), shutdown));
         Server { addr, state, store, stop: Some(stop), task }
     }
 
@@ -1275,7 +1275,7 @@ async fn jwt_socket_closes_at_exp(backend: Backend) {
 async fn slow_sse_client_is_dropped(backend: Backend) {
     let Some(db) = db(backend).await else { return };
     let budget = 256 * 1024;
-    let sse = server::stream::SseConfig {
+    let sse = api::stream::SseConfig {
         max_buffer: budget,
         slow_timeout: Duration::from_secs(3),
         ..Default::default()

@@ -3,12 +3,12 @@
 
 #![allow(dead_code, reason = "each test file uses part of this")]
 
+use api::auth::{self, Auth, AuthMode, JwtConfig};
+use api::{AppState, HttpConfig, app};
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig, app};
 use store::testing::TestDb;
 use store::{Backend, Store};
 use tower::ServiceExt;

@@ -1,19 +1,12 @@
-//! The Spindle server as a library: configuration, authentication, the request context, the
-//! routes and `serve`, so tests drive exactly what the `spindle` binary runs. `main.rs` only
-//! parses the command line.
-
-/// The process's allocator. Measured here under the runs benchmark, glibc's malloc and free
-/// took a quarter of all CPU time (arena locks contended between the SQLite writer thread and
-/// the tokio workers); see BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+//! Spindle's HTTP and WebSocket surface over axum: authentication, the request context and
+//! errors, the routes, SSE responses, the WebSocket channel, metrics and the listener, and
+//! `serve`. It has no store: every route reaches data through the engine
+//! ([`engine::Engine`]), and the wire formats are `protocol`'s. Tests drive exactly what the
+//! `spindle` binary (`crates/server`) serves.
 
 pub mod auth;
-pub mod config;
 pub mod context;
-pub mod doctor;
 pub mod error;
-pub mod inspect;
 pub mod metrics;
 pub mod net;
 pub mod routes;
