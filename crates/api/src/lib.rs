@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod net;
 pub mod routes;
 pub mod run_request;
+pub mod run_responses;
 pub mod stream;
 pub mod ws;
 

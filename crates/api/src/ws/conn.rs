@@ -1,37 +1,22 @@
-//! The WebSocket channel, `GET /ws`: one authenticated connection per client carries the
-//! events of many threads, resumable from the durable log. The protocol is documented in
-//! `docs/websocket.md`; this module is its only implementation.
-//!
-//! Each connection is two tasks: the connection task reads the client's frames, runs its
-//! commands and moves events from its subscriptions into the outbound queue; the writer task
-//! owns the socket's sending half. The outbound queue is bounded in bytes: a client that
-//! cannot keep up is closed (4008) instead of slowing anyone else, and resumes from the log.
-//! Subscriptions are [`Hub::events`](engine::Hub::events) streams (log, then live, no
-//! gap at the switch); `subscribe_user` follows the user's live channel and fills any gap in a
-//! thread it has already seen from the log.
+//! One authenticated connection: its client frames run as commands (subscribe, run, cancel,
+//! ...), and its subscriptions' events go out exactly once per thread.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use axum::extract::State;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::Response;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use ids::{ConnectionId, RequestId, RunId, ThreadId, UserId};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
+use ids::{RequestId, RunId, ThreadId, UserId};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
 
 use crate::AppState;
-use crate::auth::{AuthMode, Caller, Credential};
+use crate::auth::{Caller, Credential};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::metrics::{self, LookupFailure, Transport};
@@ -39,478 +24,10 @@ use domain::CancelAction;
 use engine::{Ended, Live, Notice, Published};
 use protocol::wire::RunOut;
 use protocol::ws::{
-    Authenticate, BEARER_PROTOCOL, Cancel, ClientFrame, FrameError, PROTOCOL, ServerFrame,
-    StartRun, Subscribe, TYPES, Unsubscribe, close,
+    Cancel, ClientFrame, FrameError, ServerFrame, StartRun, Subscribe, TYPES, Unsubscribe, close,
 };
 
-/// Consecutive frames answered with an error before the connection is closed (1008).
-const MAX_CONSECUTIVE_ERRORS: u32 = 50;
-/// The writer sends what is queued in batches of about this many bytes per flush.
-const FLUSH_BYTES: usize = 64 * 1024;
-/// Events of one thread read from the log at a time when filling a gap.
-const GAP_PAGE: i64 = 500;
-
-/// Settings of the WebSocket channel (`serve --ws-*`).
-#[derive(Clone, Debug)]
-pub struct WsConfig {
-    /// How often the server pings; a connection that sends nothing back for a whole interval
-    /// after a ping is closed (4009).
-    pub ping_interval: Duration,
-    /// Largest frame the client may send; a larger one is answered with `too_large` (and one
-    /// over [`WsConfig::hard_limit`] closes the connection, 1009).
-    pub max_message: usize,
-    /// Bytes queued for a client before it is closed as a slow consumer (4008).
-    pub max_outbound: usize,
-    pub max_connections_per_user: usize,
-    pub max_subscriptions: usize,
-    /// How long a connection without credentials in its handshake has to send `auth`.
-    pub auth_timeout: Duration,
-    /// How long the writer tries to deliver a closing frame before dropping the connection.
-    pub close_timeout: Duration,
-    /// The socket's read buffer (tungstenite's default is 128 KiB per connection).
-    pub read_buffer: usize,
-    /// Bytes the socket buffers before writing (0 writes every frame at once).
-    pub write_buffer: usize,
-}
-
-impl Default for WsConfig {
-    fn default() -> Self {
-        WsConfig {
-            ping_interval: Duration::from_secs(25),
-            max_message: 64 * 1024,
-            max_outbound: 1024 * 1024,
-            max_connections_per_user: 100,
-            max_subscriptions: 100,
-            auth_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
-            read_buffer: 4 * 1024,
-            write_buffer: 8 * 1024,
-        }
-    }
-}
-
-impl WsConfig {
-    /// Frames above this are not read at all: the connection closes with 1009.
-    pub fn hard_limit(&self) -> usize {
-        (self.max_message * 4).max(1024 * 1024)
-    }
-}
-
-/// The open connections: per-user counts, the shutdown signal, and how many are open.
-#[derive(Debug)]
-pub struct Connections {
-    pub config: WsConfig,
-    per_user: Mutex<HashMap<UserId, usize>>,
-    shutdown: watch::Sender<bool>,
-    open: watch::Sender<usize>,
-}
-
-impl Connections {
-    pub fn new(config: WsConfig) -> Connections {
-        Connections {
-            config,
-            per_user: Mutex::default(),
-            shutdown: watch::channel(false).0,
-            open: watch::channel(0).0,
-        }
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        *self.open.borrow()
-    }
-
-    /// Tells every connection to close with 1001 (graceful shutdown).
-    pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    /// Completes when no connection is open.
-    pub async fn all_closed(&self) {
-        let mut open = self.open.subscribe();
-        let _ = open.wait_for(|n| *n == 0).await;
-    }
-}
-
-/// A connection's place in [`Connections`], given back on drop.
-struct Slot {
-    connections: Arc<Connections>,
-    user: Option<UserId>,
-}
-
-impl Slot {
-    fn open(connections: Arc<Connections>) -> Slot {
-        connections.open.send_modify(|n| *n += 1);
-        metrics::ws_connection_opened();
-        Slot { connections, user: None }
-    }
-
-    /// Counts the connection against its user's limit; false when the user is at the limit.
-    fn claim(&mut self, user: UserId) -> bool {
-        let max = self.connections.config.max_connections_per_user;
-        let mut per_user = self.connections.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_user.entry(user).or_insert(0);
-        if *count >= max {
-            return false;
-        }
-        *count += 1;
-        self.user = Some(user);
-        true
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(user) = self.user {
-            let mut per_user = self.connections.per_user.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = per_user.get_mut(&user) {
-                *count -= 1;
-                if *count == 0 {
-                    per_user.remove(&user);
-                }
-            }
-        }
-        self.connections.open.send_modify(|n| *n -= 1);
-        metrics::ws_connection_closed();
-    }
-}
-
-/// Open the WebSocket channel (see docs/websocket.md).
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "GET /ws opens a WebSocket: send Connection: upgrade, Upgrade: websocket and \
-             Sec-WebSocket-Version: 13 ({})",
-            e.body_text()
-        ))
-    })?;
-    let request_id = current_request_id();
-    let caller = handshake_caller(&state, &headers).await?;
-    let config = &state.ws.config;
-    let upgrade = upgrade
-        .protocols([PROTOCOL])
-        .read_buffer_size(config.read_buffer)
-        .write_buffer_size(config.write_buffer)
-        .max_message_size(config.hard_limit())
-        .max_frame_size(config.hard_limit());
-    Ok(upgrade.on_upgrade(move |socket| {
-        let span = tracing::info_span!(
-            "ws",
-            connection_id = Empty,
-            request_id = %request_id,
-            user_id = Empty,
-        );
-        connection(state, socket, caller).instrument(span)
-    }))
-}
-
-/// The caller, if the handshake carries credentials (headers, or the bearer subprotocol);
-/// `None` when it carries none and the first frame must authenticate. Bad credentials are a
-/// 401 before any upgrade.
-async fn handshake_caller(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Caller>, ApiError> {
-    let has_header =
-        headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key");
-    if has_header || state.auth.mode() == AuthMode::Local {
-        return state.auth.authenticate(&state.engine, headers).await.map(Some);
-    }
-    match protocol_token(headers) {
-        Some(token) => authenticate_token(state, token).await.map(Some),
-        None => Ok(None),
-    }
-}
-
-/// The token of a `spindle.bearer.<token>` subprotocol.
-fn protocol_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL))
-}
-
-async fn authenticate_token(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    let mut headers = HeaderMap::new();
-    let value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| ApiError::Unauthorized("the token is not valid header text".into()))?;
-    headers.insert(header::AUTHORIZATION, value);
-    state.auth.authenticate(&state.engine, &headers).await
-}
-
-/// Why the connection task stopped: a close frame to send, or none (the client left).
-type Closing = Option<(u16, String)>;
-
-async fn connection(state: AppState, socket: WebSocket, caller: Option<Caller>) {
-    let id = ConnectionId::new();
-    Span::current().record("connection_id", display(id));
-    let mut slot = Slot::open(state.ws.clone());
-    let config = state.ws.config.clone();
-    let (sink, mut stream) = socket.split();
-    let (out, writer) = Outbound::start(sink, &config);
-    let caller = match caller {
-        Some(caller) => Ok(caller),
-        None => Box::pin(first_frame_auth(&state, &mut stream, &out, config.auth_timeout)).await,
-    };
-    let closing = match caller {
-        Err(closing) => closing,
-        Ok(caller) => {
-            Span::current().record("user_id", display(caller.user));
-            if slot.claim(caller.user) {
-                metrics::session_opened(Transport::Ws);
-                tracing::info!("websocket connected");
-                let mut conn = Conn::new(state, caller, out.clone());
-                conn.send(&ServerFrame::Welcome {
-                    connection_id: id,
-                    user_id: conn.user,
-                    request_id: current_request_id_or_new(),
-                });
-                conn.serve(&mut stream).await
-            } else {
-                let detail = format!(
-                    "this user already has {} WebSocket connections open, the most allowed",
-                    config.max_connections_per_user
-                );
-                let _ = out.error("too_many_connections", &detail, None, RequestId::new());
-                Some((close::TOO_MANY_CONNECTIONS, detail))
-            }
-        }
-    };
-    match &closing {
-        Some((code, reason)) => {
-            tracing::info!(code, reason = %reason, "websocket closed by the server")
-        }
-        None => tracing::info!("websocket closed by the client"),
-    }
-    out.close(closing);
-    drop(stream);
-    // The writer delivers the close frame, unless the client takes nothing more.
-    let mut writer = writer;
-    if tokio::time::timeout(config.close_timeout, &mut writer).await.is_err() {
-        tracing::debug!("the client did not take the close frame in time");
-        writer.abort();
-    }
-}
-
-/// The request id of the upgrade, if this runs inside it; a new one otherwise.
-fn current_request_id_or_new() -> RequestId {
-    REQUEST_ID.try_with(|id| *id).unwrap_or_else(|_| RequestId::new())
-}
-
-/// Waits for the first frame to be `{"type": "auth", "token": ...}`.
-async fn first_frame_auth(
-    state: &AppState,
-    stream: &mut SplitStream<WebSocket>,
-    out: &Outbound,
-    timeout: Duration,
-) -> Result<Caller, Closing> {
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let fail = |detail: String| {
-        let _ = out.error("unauthenticated", &detail, None, RequestId::new());
-        Some((close::UNAUTHENTICATED, detail))
-    };
-    loop {
-        let frame = tokio::select! {
-            () = &mut deadline => {
-                return Err(fail(format!(
-                    "no credentials: send {{\"type\": \"auth\", \"token\": ...}} within {:?}, or \
-                     credentials in the handshake (see docs/websocket.md)",
-                    timeout
-                )));
-            }
-            frame = stream.next() => frame,
-        };
-        let text = match frame {
-            None | Some(Err(_)) => return Err(None),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) => return Err(None),
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                return Err(fail(
-                    "the first frame must be a text frame {\"type\": \"auth\", ...}".into(),
-                ));
-            }
-        };
-        let frame = serde_json::from_str(&text).map(ClientFrame::decode);
-        return match frame {
-            Ok(Ok(ClientFrame::Auth(Authenticate { token: Some(token) }))) => {
-                authenticate_token(state, &token).await.map_err(|e| {
-                    let (_, _, detail) = e.into_parts(RequestId::new());
-                    fail(detail)
-                })
-            }
-            _ => Err(fail(
-                "the first frame must be {\"type\": \"auth\", \"token\": \"<API key or JWT>\"}"
-                    .into(),
-            )),
-        };
-    }
-}
-
-/// The sending half: a queue bounded in bytes, drained by the writer task.
-#[derive(Clone, Debug)]
-struct Outbound {
-    tx: mpsc::UnboundedSender<Message>,
-    queued: Arc<AtomicUsize>,
-    limit: usize,
-    close: Arc<Mutex<Option<oneshot::Sender<CloseFrame>>>>,
-}
-
-/// The outbound queue is over its limit.
-#[derive(Debug)]
-struct Overflow;
-
-impl Outbound {
-    fn start(
-        sink: SplitSink<WebSocket, Message>,
-        config: &WsConfig,
-    ) -> (Outbound, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (close_tx, close_rx) = oneshot::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let writer = tokio::spawn(
-            write_loop(sink, rx, queued.clone(), close_rx).instrument(Span::current()),
-        );
-        let out = Outbound {
-            tx,
-            queued,
-            limit: config.max_outbound,
-            close: Arc::new(Mutex::new(Some(close_tx))),
-        };
-        (out, writer)
-    }
-
-    fn send(&self, message: Message) -> Result<(), Overflow> {
-        let size = message_size(&message);
-        let before = self.queued.fetch_add(size, Ordering::Relaxed);
-        // A frame larger than the limit still goes to a client that has taken everything
-        // else (a long conversation's `values`); the limit is on what piles up.
-        if before > 0 && before + size > self.limit {
-            return Err(Overflow);
-        }
-        // An error means the writer has stopped (the socket failed); the connection task
-        // notices through `closed`.
-        let _ = self.tx.send(message);
-        Ok(())
-    }
-
-    fn text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Overflow> {
-        self.send(Message::Text(text.into()))
-    }
-
-    fn error(
-        &self,
-        code: &str,
-        detail: &str,
-        r#ref: Option<&Value>,
-        request_id: RequestId,
-    ) -> Result<(), Overflow> {
-        self.text(ServerFrame::Error { code, detail, r#ref, request_id, thread_id: None }.text())
-    }
-
-    /// Ends the connection. A slow consumer's close frame goes before everything still queued
-    /// (the queue is what it could not take); any other close frame after it, so that an
-    /// `error` frame explaining the close arrives first. `None` (the client left) just stops
-    /// the writer.
-    fn close(&self, closing: Closing) {
-        let sender = self.close.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(sender) = sender else { return };
-        match closing {
-            Some((code, reason)) if code != close::SLOW_CONSUMER => {
-                let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-                let _ = self.tx.send(Message::Close(Some(frame)));
-            }
-            Some((code, reason)) => {
-                let _ = sender.send(CloseFrame { code, reason: Utf8Bytes::from(reason) });
-            }
-            None => {
-                let _ = sender.send(CloseFrame { code: 1000, reason: Utf8Bytes::default() });
-            }
-        }
-    }
-
-    /// Completes when the writer has stopped.
-    async fn closed(&self) {
-        self.tx.closed().await;
-    }
-}
-
-fn message_size(message: &Message) -> usize {
-    match message {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-        Message::Close(_) => 2,
-    }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    queued: Arc<AtomicUsize>,
-    mut close: oneshot::Receiver<CloseFrame>,
-) {
-    // Without a signal (its sender dropped), the writer drains the queue to its end.
-    let mut signalled = true;
-    let frame = loop {
-        tokio::select! {
-            biased;
-            frame = &mut close, if signalled => match frame {
-                Ok(frame) => break frame,
-                Err(_) => signalled = false,
-            },
-            written = write_batch(&mut sink, &mut rx, &queued) => match written {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket write failed");
-                    return;
-                }
-            },
-        }
-    };
-    drop(rx);
-    // A normal end by the client needs no frame; a slow consumer is told why.
-    if frame.code != 1000 {
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    }
-}
-
-/// Writes what is queued (about [`FLUSH_BYTES`] at most) and flushes; false when the queue
-/// is closed or a close frame was written.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::UnboundedReceiver<Message>,
-    queued: &AtomicUsize,
-) -> Result<bool, axum::Error> {
-    let Some(mut next) = rx.recv().await else { return Ok(false) };
-    let mut bytes = 0;
-    loop {
-        let closing = matches!(next, Message::Close(_));
-        bytes += message_size(&next);
-        sink.feed(next).await?;
-        if closing {
-            sink.flush().await?;
-            return Ok(false);
-        }
-        if bytes >= FLUSH_BYTES {
-            break;
-        }
-        match rx.try_recv() {
-            Ok(message) => next = message,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await?;
-    queued.fetch_sub(bytes, Ordering::Relaxed);
-    Ok(true)
-}
+use super::{Closing, GAP_PAGE, MAX_CONSECUTIVE_ERRORS, Outbound, too_big};
 
 /// A command that failed: an `error` frame (the connection stays open).
 struct Failure {
@@ -519,7 +36,7 @@ struct Failure {
 }
 
 impl Failure {
-    fn new(code: &'static str, detail: impl Into<String>) -> Failure {
+    pub(super) fn new(code: &'static str, detail: impl Into<String>) -> Failure {
         Failure { code, detail: detail.into() }
     }
 }
@@ -548,9 +65,9 @@ impl From<ids::ParseIdError> for Failure {
 }
 
 /// One authenticated connection's state.
-struct Conn {
+pub(super) struct Conn {
     state: AppState,
-    user: UserId,
+    pub(super) user: UserId,
     subject: String,
     /// Re-checked before every command, and at a JWT's `exp` (closed 4001 when invalid).
     credential: Credential,
@@ -570,7 +87,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(state: AppState, caller: Caller, out: Outbound) -> Conn {
+    pub(super) fn new(state: AppState, caller: Caller, out: Outbound) -> Conn {
         Conn {
             state,
             user: caller.user,
@@ -587,7 +104,7 @@ impl Conn {
     }
 
     /// Queues a frame; over the queue's limit, marks the connection for closing.
-    fn send(&mut self, frame: &ServerFrame<'_>) {
+    pub(super) fn send(&mut self, frame: &ServerFrame<'_>) {
         self.send_text(frame.text());
     }
 
@@ -607,7 +124,7 @@ impl Conn {
     }
 
     /// Serves the connection until it must close.
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
+    pub(super) async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
         let ping_interval = self.state.ws.config.ping_interval;
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -1041,18 +558,4 @@ fn refused(e: FrameError) -> Failure {
             Failure::new("invalid_message", format!("`{path}`: {message}"))
         }
     }
-}
-
-/// The close for a read error: 1009 for a frame over the hard cap; otherwise the socket is
-/// broken and there is nobody to tell.
-fn too_big(e: &axum::Error) -> Closing {
-    let text = e.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
-        return Some((close::TOO_BIG, "frame over the size limit".into()));
-    }
-    tracing::debug!(error = %text, "websocket read failed");
-    None
 }
