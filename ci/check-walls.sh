@@ -2,7 +2,7 @@
 # The walls of ARCHITECTURE.md that a Cargo.toml edge alone does not show:
 #  1. the crate graph: the API layer does not depend on the store, agents depend on neither the
 #     store nor the engine, the wire formats (protocol) on neither the store, the engine nor
-#     axum, and the domain on nothing of ours but ids (each is also a compile error: a crate
+#     axum, the engine (and so its hub) on no wire format, and the domain not on the store (each is also a compile error: a crate
 #     cannot name what it does not depend on; this says which edge must stay missing);
 #  2. nothing but the event log appends events: outside crates/store (which defines them), the
 #     store's appending functions are called only in crates/engine/src/log.rs, which publishes
@@ -41,6 +41,8 @@ deny spindle-protocol spindle-store
 deny spindle-protocol spindle-engine
 deny spindle-protocol axum
 deny spindle-domain spindle-store
+deny spindle-engine spindle-protocol
+deny spindle-engine axum
 
 # 2. The event log is the only appender: no store value (`store`, `self.store`,
 # `self.inner.store`, ...) calls an appending function anywhere else, even across lines.
