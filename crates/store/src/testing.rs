@@ -187,6 +187,9 @@ macro_rules! on_both_backends {
     };
     ($fixture:ty => $($name:ident),* $(,)?) => {
         mod sqlite {
+            // The fixture's name as the caller wrote it.
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
@@ -196,6 +199,8 @@ macro_rules! on_both_backends {
             )*
         }
         mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {

@@ -1,11 +1,11 @@
 //! The service routes, driven in-process on both backends.
 
+use crate::harness::{AppState, HttpConfig, app};
+use crate::harness::{Auth, AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use server::auth::{Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig, app};
 use store::testing::TestDb;
 use store::{Backend, Store};
 use tower::ServiceExt;

@@ -2,22 +2,21 @@
 //! `ids`, deep state updates, JSON that reads back exactly, and 404s for another user's
 //! thread classified from its owner alone.
 
-mod common;
-
+use crate::harness;
+use crate::harness::TestApp;
+use crate::harness::{AppState, HttpConfig};
+use crate::harness::{Auth, AuthMode, JwtConfig, auth};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::TestApp;
 use http_body_util::BodyExt;
 use ids::{RunId, ThreadId};
 use serde_json::{Value, json};
-use server::auth::{self, Auth, AuthMode, JwtConfig};
-use server::{AppState, HttpConfig};
 use store::doctor::{Check, DoctorOptions};
 use store::testing::{TestDb, new_run};
 use store::{Backend, DatabaseUrl, IfNotExists, Metadata, Store};
 use tower::ServiceExt;
 
-both_backends!(count_honours_ids, deep_state_updates_are_a_422);
+store::on_both_backends!(TestApp =>count_honours_ids, deep_state_updates_are_a_422);
 
 /// `/threads/count` took `ids` and ignored it: it counted every thread of the caller.
 async fn count_honours_ids(app: &TestApp) {
@@ -133,7 +132,7 @@ async fn call(
         request = request.header("content-type", "application/json");
     }
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = server::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+    let response = harness::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
@@ -276,7 +275,7 @@ static LOOKUPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `spindle_thread_lookup_failures_total{reason}` now.
 async fn lookup_failures(state: &AppState, reason: &str) -> f64 {
-    let response = server::app(state.clone())
+    let response = harness::app(state.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();

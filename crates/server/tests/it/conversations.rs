@@ -6,13 +6,11 @@
 //! The requests are the ones agent-chat-ui (`useStream` of `@langchain/langgraph-sdk`) sends;
 //! `docs/langgraph-checkpoints.md` records LangGraph's answers to them.
 
-mod common;
-
+use crate::harness::TestApp;
 use axum::http::{Method, StatusCode};
-use common::TestApp;
 use serde_json::{Value, json};
 
-both_backends!(
+store::on_both_backends!(TestApp =>
     history_starts_before_the_first_input,
     regenerate_makes_a_second_branch_and_shows_it,
     editing_a_message_replaces_it_in_a_new_branch,

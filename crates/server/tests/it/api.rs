@@ -1,18 +1,16 @@
 //! The Agent Protocol routes of this issue, driven in-process (`app(state).oneshot`) on SQLite
 //! and PostgreSQL, with several users to check isolation on every route.
 
-mod common;
-
+use crate::harness::HttpConfig;
+use crate::harness::TestApp;
+use crate::harness::{Auth, AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::TestApp;
 use ids::ThreadId;
 use serde_json::{Value, json};
-use server::HttpConfig;
-use server::auth::{Auth, AuthMode, JwtConfig};
 use store::Backend;
 
-both_backends!(
+store::on_both_backends!(TestApp =>
     thread_lifecycle,
     if_exists_raise_and_do_nothing,
     state_updates_and_history,
