@@ -264,15 +264,11 @@ async fn traffic_shows_in_the_counters(backend: Backend) {
 
 /// Scrapes until `done` holds (at most 10 s), and returns that scrape.
 async fn settle(app: &TestApp, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let settled = async || {
         let now = scrape(app).await;
-        if done(&now) {
-            return now;
-        }
-        assert!(std::time::Instant::now() < deadline, "the metrics never settled:\n{}", now.text);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        done(&now).then_some(now)
+    };
+    harness::eventually("the metrics settle", std::time::Duration::from_secs(10), settled).await
 }
 
 /// Runs one SQL statement on the test's database, behind the store's back.

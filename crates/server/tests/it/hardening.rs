@@ -182,8 +182,7 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
     state.start(std::future::pending()).await.expect("the server starts");
 
     // Bob's run is claimed and finishes; alice's unreadable one ends and frees its thread.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let settled = async || {
         let (_, run) = call(
             &state,
             &bob_key,
@@ -194,12 +193,10 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
         .await;
         let (_, thread) =
             call(&state, &alice_key, Method::GET, &format!("/threads/{broken}"), None).await;
-        if run["status"] == "success" && thread["status"] == "error" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "bob's run {run}, alice's thread {thread}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        (run["status"] == "success" && thread["status"] == "error").then_some(())
+    };
+    let what = "bob's run succeeds and alice's broken thread is in error";
+    harness::eventually(what, std::time::Duration::from_secs(30), settled).await;
     let (status, thread) =
         call(&state, &alice_key, Method::GET, &format!("/threads/{crashed}"), None).await;
     assert_eq!((status, &thread["status"]), (StatusCode::OK, &json!("error")));

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::harness::NetConfig;
-use crate::harness::SocketApp;
+use crate::harness::{self, SocketApp};
 use crate::harness::{AuthMode, auth};
 use crate::harness::{CorsOrigins, HttpConfig};
 use futures_util::{SinkExt, StreamExt};
@@ -122,11 +122,7 @@ async fn closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
 
 /// Waits (bounded) until `condition` holds.
 async fn until(what: &str, condition: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < BOUND, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    harness::eventually(what, BOUND, async || condition().then_some(())).await;
 }
 
 fn hi(text: &str) -> Value {

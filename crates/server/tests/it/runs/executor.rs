@@ -43,11 +43,11 @@ async fn a_run_waiting_for_a_place_starts_when_one_frees_up() {
         let first = call("POST", format!("/threads/{a}/runs"), slow).await;
         // Running at once, or (if the claim loop held the place at that moment) once claimed.
         let get_first = format!("/threads/{a}/runs/{}", first["run_id"].as_str().unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while call("GET", get_first.clone(), Value::Null).await["status"] != "running" {
-            assert!(std::time::Instant::now() < deadline, "{backend:?}: the first run never ran");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let running = async || {
+            (call("GET", get_first.clone(), Value::Null).await["status"] == "running").then_some(())
+        };
+        harness::eventually(&format!("{backend:?}: the first run runs"), harness::BOUND, running)
+            .await;
         let echo = json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}});
         let second = call("POST", format!("/threads/{b}/runs"), echo).await;
         assert_eq!(second["status"], "pending", "{backend:?}: no place, so it waits: {second}");
@@ -86,14 +86,17 @@ async fn post_run_until_stored(
         .unwrap();
     let mut request = Box::pin(tower::ServiceExt::oneshot(harness::app(state.clone()), request));
     let mut cx = Context::from_waker(Waker::noop());
-    let mut answered = None;
-    while db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
-        if let Poll::Ready(response) = request.as_mut().poll(&mut cx) {
-            answered = Some(response.unwrap());
-            break;
+    // `Some(answer)` once the run is stored; the answer too if it came that soon.
+    let stored = async || {
+        if !db.store.list_runs(owner, thread, 10, 0, None).await.unwrap().is_empty() {
+            return Some(None);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+        match request.as_mut().poll(&mut cx) {
+            Poll::Ready(response) => Some(Some(response.unwrap())),
+            Poll::Pending => None,
+        }
+    };
+    let answered = harness::eventually("the run is in the store", harness::BOUND, stored).await;
     RunRequestInFlight { owner, thread, request, answered }
 }
 
@@ -102,7 +105,6 @@ async fn post_run_until_stored(
 /// left `running` with no executor, and no thread `busy`, until a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
-    let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let config = harness::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
@@ -112,32 +114,22 @@ async fn a_create_request_dropped_after_its_commit_still_runs_its_run() {
             post_run_until_stored(&db, &state, hi("hello")).await;
         drop(request);
         // The run must still execute and end: wait for it (bounded).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        let ended = async || {
             let runs = db.store.list_runs(owner, thread, 10, 0, None).await.unwrap();
             let t_status = db.store.get_thread(owner, thread).await.unwrap().status;
-            if runs[0].status == store::RunStatus::Success {
-                assert_eq!(t_status, store::ThreadStatus::Idle, "{backend:?}");
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                failures.push(format!(
-                    "{backend:?}: run left {:?}, thread {t_status:?}",
-                    runs[0].status
-                ));
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+            (runs[0].status == store::RunStatus::Success).then_some(t_status)
+        };
+        let t_status =
+            harness::eventually(&format!("{backend:?}: the run succeeds"), harness::BOUND, ended)
+                .await;
+        assert_eq!(t_status, store::ThreadStatus::Idle, "{backend:?}");
     }
-    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// `interrupt` reaches a run claimed as created even before its request hands it to the
 /// executor: the run is registered when its place is reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
-    let mut failures = Vec::new();
     for backend in [store::Backend::Sqlite, store::Backend::Postgres] {
         let config = harness::ExecutorConfig::default();
         let Some((db, state)) = app_with_executor(backend, config).await else { continue };
@@ -162,26 +154,17 @@ async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
             async move { store.get_run(owner, thread, id.parse().unwrap()).await.unwrap().status }
         };
         // The endless first run must end interrupted, and the second then run: wait for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        let both = async || {
             let (a, b) = (run(&first["run_id"]).await, run(&second["run_id"]).await);
-            if a == store::RunStatus::Interrupted && b == store::RunStatus::Success {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                failures.push(format!(
-                    "{backend:?}: interrupted run is {a:?}, interrupting run is {b:?}"
-                ));
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+            (a == store::RunStatus::Interrupted && b == store::RunStatus::Success).then_some(())
+        };
+        let what = format!("{backend:?}: the first run is interrupted and the second succeeds");
+        harness::eventually(&what, harness::BOUND, both).await;
         // Clean up the endless run.
         let cancel =
             format!("/threads/{thread}/runs/{}/cancel?wait=1", first["run_id"].as_str().unwrap());
         call(&state, Method::POST, cancel, json!({})).await;
     }
-    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// The window the previous test cannot force: a run whose place is reserved but which is not
@@ -278,8 +261,7 @@ async fn one_user_cannot_take_every_place() {
         }
         // Her first two run (at once, or once claimed if the claim loop held the places at that
         // moment); the others wait.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        let two_run = async || {
             let mut statuses = Vec::new();
             for (t, run) in &hers {
                 let got =
@@ -287,12 +269,10 @@ async fn one_user_cannot_take_every_place() {
                         .await;
                 statuses.push(got["status"].as_str().unwrap().to_owned());
             }
-            if statuses == ["running", "running", "pending", "pending"] {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{backend:?}: {statuses:?}");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+            (statuses == ["running", "running", "pending", "pending"]).then_some(())
+        };
+        let what = format!("{backend:?}: her first two runs run and the others wait");
+        harness::eventually(&what, harness::BOUND, two_run).await;
         // Two places are free, but not for her: Alice's run takes one at once.
         let echo = json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}});
         let answer = tokio::time::timeout(
@@ -307,16 +287,12 @@ async fn one_user_cannot_take_every_place() {
         call(mallory, Method::POST, format!("/threads/{t}/runs/{run}/cancel?wait=1"), json!({}))
             .await;
         let (t, run) = &hers[2];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null).await["status"]
-            != "running"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{backend:?}: her next run never started"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let next_runs = async || {
+            let got = call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null);
+            (got.await["status"] == "running").then_some(())
+        };
+        let what = format!("{backend:?}: her next run starts");
+        harness::eventually(&what, harness::BOUND, next_runs).await;
         let (t, run) = &hers[3];
         let fourth =
             call(mallory, Method::GET, format!("/threads/{t}/runs/{run}"), Value::Null).await;

@@ -197,25 +197,20 @@ async fn slow_sse_client_is_dropped(backend: Backend) {
     }
 
     let stats = server.state.hub.sse_stats();
-    let deadline = std::time::Instant::now() + BOUND;
     let mut most = 0;
-    while stats.slow_dropped() == 0 {
+    let dropped = async || {
+        if stats.slow_dropped() != 0 {
+            return Some(());
+        }
         most = most.max(stats.buffered_bytes());
-        assert!(std::time::Instant::now() < deadline, "the slow client was never dropped");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        None
+    };
+    harness::eventually("the slow client is dropped", BOUND, dropped).await;
     assert!(most <= budget + largest, "buffered {most} bytes for SSE (budget {budget})");
     // Dropped: nothing is held for it any more.
     drop(reader);
-    let deadline = std::time::Instant::now() + BOUND;
-    while stats.buffered_bytes() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} bytes still buffered",
-            stats.buffered_bytes()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let released = async || (stats.buffered_bytes() == 0).then_some(());
+    harness::eventually("nothing is buffered for the dropped client", BOUND, released).await;
     drop(slow);
     server.stop().await;
 }

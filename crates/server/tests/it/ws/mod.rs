@@ -10,8 +10,8 @@ mod sessions;
 use std::time::Duration;
 
 use crate::harness::HttpConfig;
-use crate::harness::SocketApp;
 use crate::harness::WsConfig;
+use crate::harness::{self, SocketApp};
 use crate::harness::{Auth, AuthMode, JwtConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
