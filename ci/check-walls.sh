@@ -7,6 +7,7 @@
 #  2. nothing but the event log appends events: outside crates/store (which defines them), the
 #     store's appending functions are called only in crates/engine/src/log.rs, which publishes
 #     what they commit (persist, then publish, in one place). Tests may call them.
+#  3. no module imports a sibling module that imports it back.
 # Exit 1 and one line per breach.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -52,5 +53,31 @@ while IFS= read -r hit; do
   status=1
 done < <(git ls-files -- 'crates/*/src/*.rs' ':(exclude)crates/store/*' ':(exclude)crates/engine/src/log.rs' \
   | xargs perl -0777 -ne 'while (/\bstore\s*\.\s*('"$appenders"')\s*\(/g) { print "$ARGV: store.$1(\n" }' || true)
+
+# 3. No module imports a sibling that imports it back (within each crate; a module's
+# submodules count as the module, and the crate root is every module's parent).
+cycles=$(python3 - <<'PY'
+import glob, itertools, os, re
+for crate in sorted(glob.glob('crates/*/src')):
+    deps = {}
+    for path in glob.glob(crate + '/**/*.rs', recursive=True):
+        rel = os.path.relpath(path, crate)
+        if rel in ('lib.rs', 'main.rs'):
+            continue
+        module = rel[:-3].replace('/mod', '').split('/')[0]
+        text = open(path).read()
+        used = set(re.findall(r'crate::([a-z_]+)', text))
+        for group in re.findall(r'use crate::\{([^}]*)\}', text):
+            used.update(p.strip().split('::')[0] for p in group.split(',') if p.strip())
+        deps.setdefault(module, set()).update(used - {module})
+    for a, b in itertools.combinations(sorted(deps), 2):
+        if b in deps[a] and a in deps.get(b, ()):
+            print(f'{crate}: {a} and {b} import each other')
+PY
+)
+if [ -n "$cycles" ]; then
+  echo "$cycles" | sed 's/^/module cycle: /'
+  status=1
+fi
 
 exit "$status"

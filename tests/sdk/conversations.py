@@ -3,7 +3,7 @@
 regenerate, edit, interrupts and their resumes, breakpoints, the refusals Spindle makes on
 purpose, and runs racing on one thread.
 
-Run by crates/server/tests/sdk.rs with:
+Run by crates/server/tests/it/sdk.rs with:
     SPINDLE_URL        http://127.0.0.1:PORT of a server started with `--auth keys`
     SPINDLE_KEY_ALICE  an API key of user alice
     SPINDLE_KEY_BOB    an API key of user bob

@@ -2,7 +2,7 @@
 
 Every check runs on its own; each prints `ok NAME`, `skip NAME (why)` or `FAIL NAME: ...` with
 the failing request where there was one and the line of the script nearest the failure; the
-last line is `N passed, M failed` (crates/server/tests/sdk.rs reads it), and the exit status is
+last line is `N passed, M failed` (crates/server/tests/it/sdk.rs reads it), and the exit status is
 1 if any check failed.
 """
 

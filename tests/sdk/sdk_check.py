@@ -1,6 +1,6 @@
 """The official Python SDK (langgraph-sdk, sync client) against a running Spindle.
 
-Run by crates/server/tests/sdk.rs with:
+Run by crates/server/tests/it/sdk.rs with:
     SPINDLE_URL        http://127.0.0.1:PORT of a server started with `--auth keys`
     SPINDLE_KEY_ALICE  an API key of user alice
     SPINDLE_KEY_BOB    an API key of user bob

@@ -60,15 +60,15 @@ async fn check_checkpoint(
     body: &RunCreate,
     stateless: bool,
 ) -> ApiResult<Option<CheckpointId>> {
-    let id = match crate::routes::state::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+    let id = match crate::refs::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Some(id),
         None => match body.checkpoint_id.as_deref() {
             None | Some("") => None,
-            Some(text) => crate::routes::state::checkpoint_id("checkpoint_id", Some(&json!(text)))?,
+            Some(text) => crate::refs::checkpoint_id("checkpoint_id", Some(&json!(text)))?,
         },
     };
     let Some(id) = id else { return Ok(None) };
-    crate::routes::state::check_namespace(body.checkpoint.as_ref())?;
+    crate::refs::check_namespace(body.checkpoint.as_ref())?;
     let not_found = || ApiError::NotFound(format!("checkpoint {id} not found in thread {thread}"));
     if stateless {
         return Err(not_found());
@@ -233,7 +233,7 @@ pub async fn validate(
             detail: "assistant_id is required: an assistant id or a graph name such as `echo`"
                 .into(),
         })?;
-    let assistant = crate::routes::assistants::resolve(state, context, &assistant_ref).await?;
+    let assistant = crate::refs::assistant(state, context, &assistant_ref).await?;
     let agent = Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
         ApiError::invalid(format!("assistant {assistant_ref} has no agent on this server"))
     })?;

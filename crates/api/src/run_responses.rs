@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use domain::{Run, RunStatus, ThreadStatus};
 use futures_util::stream;
@@ -24,8 +24,23 @@ use domain::{CancelAction, Pending, is_terminal};
 use engine::{EndWatch, Finished, Live};
 use protocol::run_create::OnDisconnect;
 
-use crate::routes::runs::headers;
 use protocol::sse::{Cursor, Framer, StreamMode};
+
+fn location(run: &Run) -> String {
+    format!("/threads/{}/runs/{}", run.thread_id, run.run_id)
+}
+
+/// A run's `Content-Location` (and, for a stream, `Location`) headers.
+pub fn headers(run: &Run, stream: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&location(run)) {
+        headers.insert(header::CONTENT_LOCATION, v);
+    }
+    if stream && let Ok(v) = HeaderValue::from_str(&format!("{}/stream", location(run))) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers
+}
 
 /// How often a waiting response writes a newline, and a stream a heartbeat comment.
 const HEARTBEAT: Duration = Duration::from_secs(5);

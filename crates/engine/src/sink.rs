@@ -13,7 +13,6 @@ use store::{EventKind, FirstStep, NewEvent, Run, RunEnd, RunStatus, StateUpdate,
 use tokio::sync::watch;
 
 use crate::log::EventLog;
-use crate::step::{no_checkpoint, refused};
 
 /// Events a sink appends in one transaction at most.
 pub const BATCH: usize = 256;
@@ -229,4 +228,18 @@ impl Sink {
             tracing::warn!(error = %e, "could not append the rollback event");
         }
     }
+}
+
+/// A step the store refused: an invalid update fails the run as LangGraph's does.
+fn refused(e: store::Error) -> Stop {
+    match e {
+        store::Error::Invalid(message) => {
+            Stop::Failed { error: "InvalidUpdateError".into(), message }
+        }
+        other => other.into(),
+    }
+}
+
+fn no_checkpoint() -> Stop {
+    Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
 }

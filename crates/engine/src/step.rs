@@ -232,17 +232,3 @@ pub fn first_step(
         initial: Some((json!({ "messages": [] }), before)),
     })
 }
-
-/// A step the store refused: an invalid update fails the run as LangGraph's does.
-pub(crate) fn refused(e: store::Error) -> Stop {
-    match e {
-        store::Error::Invalid(message) => {
-            Stop::Failed { error: "InvalidUpdateError".into(), message }
-        }
-        other => other.into(),
-    }
-}
-
-pub(crate) fn no_checkpoint() -> Stop {
-    Stop::Failed { error: "StoreError".into(), message: "no checkpoint".into() }
-}

@@ -198,8 +198,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
             }
         });
     }
+    // Signals are caught from before the address is printed (see `shutdown_signal`).
+    let shutdown = shutdown_signal();
     print!("{lines}");
-    serve(listener, state, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
+    serve(listener, state, shutdown).await.map_err(|e| format!("server failed: {e}"))
 }
 
 async fn run_migrate(args: DatabaseArgs) -> Result<(), String> {

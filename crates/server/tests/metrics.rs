@@ -5,21 +5,23 @@
 //!
 //! The recorder is global to the process, so the tests of this file take turns (`SERIAL`)
 //! and assert differences between two scrapes: nothing else in this binary counts meanwhile.
+//! That is why this is a test binary of its own, beside `it` (every other server test): the
+//! tests there would count into the same recorder between two scrapes. It shares their
+//! harness (`it/harness`).
 
-mod common;
+#[path = "it/harness/mod.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use api::HttpConfig;
-use api::auth::{AuthMode, JwtConfig};
-use api::metrics::Exposure;
+use crate::harness::Exposure;
+use crate::harness::HttpConfig;
+use crate::harness::TestApp;
+use crate::harness::{AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::TestApp;
 use ids::ThreadId;
 use serde_json::{Value, json};
 use store::{Backend, DatabaseUrl};
@@ -27,31 +29,7 @@ use tower::ServiceExt;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Runs each named test body on both backends, one test of this file at a time.
-macro_rules! serial_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let _turn = super::SERIAL.lock().await;
-                    super::$name(store::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let _turn = super::SERIAL.lock().await;
-                    super::$name(store::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-serial_both_backends!(
+store::on_each_backend!(
     traffic_shows_in_the_counters,
     store_gauges_show_busy_threads_and_stuck_runs,
     metrics_can_be_public_authenticated_or_off,
@@ -133,7 +111,7 @@ fn assert_delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &s
 
 async fn scrape(app: &TestApp) -> Scrape {
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
-    let response = api::app(app.state.clone()).oneshot(request).await.unwrap();
+    let response = harness::app(app.state.clone()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
@@ -149,13 +127,14 @@ struct Client<'a> {
 }
 
 impl Client<'_> {
-    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> common::Reply {
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> harness::Reply {
         self.sessions.set(self.sessions.get() + 1);
         self.app.call(&self.key, method, uri, body).await
     }
 }
 
 async fn traffic_shows_in_the_counters(backend: Backend) {
+    let _turn = SERIAL.lock().await;
     let Some(app) = TestApp::new(backend).await else { return };
     let sessions = std::cell::Cell::new(0);
     let alice = Client { key: app.key("alice").await, app: &app, sessions: &sessions };
@@ -285,15 +264,11 @@ async fn traffic_shows_in_the_counters(backend: Backend) {
 
 /// Scrapes until `done` holds (at most 10 s), and returns that scrape.
 async fn settle(app: &TestApp, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let settled = async || {
         let now = scrape(app).await;
-        if done(&now) {
-            return now;
-        }
-        assert!(std::time::Instant::now() < deadline, "the metrics never settled:\n{}", now.text);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        done(&now).then_some(now)
+    };
+    harness::eventually("the metrics settle", std::time::Duration::from_secs(10), settled).await
 }
 
 /// Runs one SQL statement on the test's database, behind the store's back.
@@ -313,6 +288,7 @@ async fn break_database(app: &TestApp, sqlite: &str, postgres: &'static str) {
 }
 
 async fn store_gauges_show_busy_threads_and_stuck_runs(backend: Backend) {
+    let _turn = SERIAL.lock().await;
     let Some(app) = TestApp::new(backend).await else { return };
     let key = app.key("alice").await;
     let idle = scrape(&app).await;
@@ -372,6 +348,7 @@ async fn store_gauges_show_busy_threads_and_stuck_runs(backend: Backend) {
 }
 
 async fn metrics_can_be_public_authenticated_or_off(backend: Backend) {
+    let _turn = SERIAL.lock().await;
     for (exposure, anonymous, with_key) in [
         (Exposure::Public, StatusCode::OK, StatusCode::OK),
         (Exposure::Auth, StatusCode::UNAUTHORIZED, StatusCode::OK),
@@ -388,10 +365,10 @@ async fn metrics_can_be_public_authenticated_or_off(backend: Backend) {
             |s: &Scrape| s.get("spindle_sessions_opened_total", &[("transport", "http")]);
         let before = api::metrics::render(&app.state.engine).await;
         let request = Request::get("/metrics").body(Body::empty()).unwrap();
-        let response = api::app(app.state.clone()).oneshot(request).await.unwrap();
+        let response = harness::app(app.state.clone()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), anonymous, "{exposure:?} without a key");
         let request = Request::get("/metrics").header("x-api-key", &key).body(Body::empty());
-        let response = api::app(app.state.clone()).oneshot(request.unwrap()).await.unwrap();
+        let response = harness::app(app.state.clone()).oneshot(request.unwrap()).await.unwrap();
         assert_eq!(response.status(), with_key, "{exposure:?} with a key");
         let after = api::metrics::render(&app.state.engine).await;
         // Reading the metrics is not a session.
@@ -446,6 +423,7 @@ fn log_lines(captured: &Captured) -> Vec<Value> {
 }
 
 async fn request_log_lines_carry_the_ids_and_no_message_text(backend: Backend) {
+    let _turn = SERIAL.lock().await;
     let captured = logs();
     let Some(app) = TestApp::new(backend).await else { return };
     let key = app.key("alice").await;
@@ -479,59 +457,6 @@ async fn request_log_lines_carry_the_ids_and_no_message_text(backend: Backend) {
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(!text.contains(secret), "message text in the log");
     assert!(!text.contains(&key), "an API key in the log");
-}
-
-/// `--metrics-listen` serves `/metrics` on its own port, and the main port then has none.
-#[test]
-fn a_separate_metrics_listener() {
-    let dir = std::env::temp_dir().join(format!("spindle-metrics-{}", ids::RequestId::new()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_spindle"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    // The server prints both addresses once it is bound: wait for them, not a timer.
-    let mut out = BufReader::new(server.0.stdout.take().unwrap());
-    let (mut first, mut second) = (String::new(), String::new());
-    out.read_line(&mut first).unwrap();
-    out.read_line(&mut second).unwrap();
-    let main = first.trim().strip_prefix("spindle listening on http://").unwrap().to_owned();
-    let metrics = second.trim().strip_prefix("spindle metrics on http://").unwrap();
-    let metrics = metrics.strip_suffix("/metrics").unwrap().to_owned();
-    let (status, body) = get(&metrics, "/metrics");
-    assert_eq!(status, 200);
-    assert!(body.contains("# TYPE spindle_threads_created_total counter"), "{body}");
-    assert!(body.contains("spindle_threads_busy 0"), "{body}");
-    assert_eq!(get(&metrics, "/threads").0, 404, "the metrics port serves nothing else");
-    assert_eq!(get(&main, "/metrics").0, 404, "off on the main port by default then");
-    assert_eq!(get(&main, "/ok").0, 200);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A `spindle serve` child, stopped by its pid when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A plain HTTP/1.1 GET: the status and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
 }
 
 fn repo_file(path: &str) -> String {

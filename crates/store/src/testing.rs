@@ -5,9 +5,13 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`, the server CI runs); the test fails if it
 //! cannot be reached. Setting `SPINDLE_TEST_POSTGRES=skip` skips PostgreSQL tests instead, and
 //! says so on stderr; CI never sets it.
+//!
+//! Also what every test binary of the workspace shares: the one backend macro
+//! ([`on_both_backends!`], [`on_each_backend!`]) and the one bounded wait ([`eventually`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use ids::{AssistantId, RunId, ThreadId};
 
@@ -172,24 +176,36 @@ impl Drop for TempDir {
 
 /// Runs each named test body, `async fn name(db: &TestDb)`, on a fresh database of each
 /// backend: `mod sqlite { fn name() }` and `mod postgres { fn name() }`.
+///
+/// `on_both_backends!(Fixture => name, ...)` gives each body a `&Fixture` instead, made by
+/// `Fixture::new(backend).await -> Option<Fixture>` (`None`: PostgreSQL skipped), as the
+/// server's tests give theirs an app on a fresh database.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
+        $crate::on_both_backends!($crate::testing::TestDb => $($name),*);
+    };
+    ($fixture:ty => $($name:ident),* $(,)?) => {
         mod sqlite {
+            // The fixture's name as the caller wrote it.
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let db = $crate::testing::TestDb::new($crate::Backend::Sqlite).await.unwrap();
-                    super::$name(&db).await;
+                    let fixture = <$fixture>::new($crate::Backend::Sqlite).await.unwrap();
+                    super::$name(&fixture).await;
                 }
             )*
         }
         mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(db) = $crate::testing::TestDb::new($crate::Backend::Postgres).await else { return };
-                    super::$name(&db).await;
+                    let Some(fixture) = <$fixture>::new($crate::Backend::Postgres).await else { return };
+                    super::$name(&fixture).await;
                 }
             )*
         }
@@ -218,6 +234,26 @@ macro_rules! on_each_backend {
             )*
         }
     };
+}
+
+/// Calls `check` until it gives `Some` (every 5 ms), and returns that; panics naming `what`
+/// if `timeout` passes first. The one way tests wait for a condition: never a bare sleep.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A new `echo` run on `thread` with no input (`enqueue`).

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use domain::{Assistant, SortOrder, json_contains};
-use ids::AssistantId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -22,33 +21,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(search_assistants))
         .routes(routes!(count_assistants))
         .routes(routes!(get_assistant))
-}
-
-/// An assistant by id or, as LangGraph accepts too, by graph name.
-pub async fn resolve(
-    state: &AppState,
-    context: &RequestContext,
-    id_or_graph: &str,
-) -> ApiResult<Assistant> {
-    let id = match id_or_graph.parse::<AssistantId>() {
-        Ok(id) => id,
-        Err(_) if !id_or_graph.is_empty() && id_or_graph.len() <= 256 => {
-            AssistantId::for_graph(id_or_graph)
-        }
-        Err(e) => {
-            crate::metrics::id_parse_failed(&e);
-            return Err(ApiError::Invalid { code: "invalid_id", detail: e.to_string() });
-        }
-    };
-    if let Some(assistant) = state.engine.system_assistant(id) {
-        return Ok(assistant.clone());
-    }
-    state.engine.get_assistant(context.user, id).await.map_err(|e| match e {
-        domain::Error::NotFound { .. } => {
-            ApiError::NotFound(format!("assistant {id_or_graph} not found"))
-        }
-        other => other.into(),
-    })
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -146,5 +118,5 @@ async fn get_assistant(
     context: RequestContext,
     Path(assistant_id): Path<String>,
 ) -> ApiResult<Json<AssistantOut>> {
-    Ok(Json(resolve(&state, &context, &assistant_id).await?.into()))
+    Ok(Json(crate::refs::assistant(&state, &context, &assistant_id).await?.into()))
 }

@@ -2,10 +2,10 @@
 //! them, with their OpenAPI description built from the same registrations (utoipa-axum), so a
 //! route cannot be served without being documented.
 
-pub(crate) mod assistants;
+mod assistants;
 pub(crate) mod runs;
 mod service;
-pub(crate) mod state;
+mod state;
 mod threads;
 
 use axum::Router;

@@ -28,7 +28,7 @@ use engine::EndWatch;
 use protocol::run_create::{OnDisconnect, OneOrMany, RunCreate};
 
 use crate::run_request::parse_modes;
-use crate::run_responses::{sse, sse_frame, wait};
+use crate::run_responses::{headers, sse, sse_frame, wait};
 use protocol::sse::{Cursor, Framer, StreamMode};
 use protocol::wire::RunOut;
 
@@ -98,21 +98,6 @@ async fn waiting(
     let end = state.engine.watch_end(v.start.new_run.run_id);
     let run = crate::run_request::create(state, context, &v).await?;
     Ok(wait(state, context.user, run, end, true))
-}
-
-fn location(run: &Run) -> String {
-    format!("/threads/{}/runs/{}", run.thread_id, run.run_id)
-}
-
-pub(crate) fn headers(run: &Run, stream: bool) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&location(run)) {
-        headers.insert(header::CONTENT_LOCATION, v);
-    }
-    if stream && let Ok(v) = HeaderValue::from_str(&format!("{}/stream", location(run))) {
-        headers.insert(header::LOCATION, v);
-    }
-    headers
 }
 
 /// The `{thread_id}` of the path, parsed (the thread may not exist yet: `if_not_exists`).

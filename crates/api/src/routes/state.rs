@@ -29,40 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(history_post, history_get))
 }
 
-/// A checkpoint id given as a string, `{"checkpoint_id": ...}` or
-/// `{"configurable": {"checkpoint_id": ...}}`, as the SDKs send them.
-pub(crate) fn checkpoint_id(field: &str, value: Option<&Value>) -> ApiResult<Option<CheckpointId>> {
-    let id = match value {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(Value::Object(o)) => o
-            .get("checkpoint_id")
-            .or_else(|| o.get("configurable").and_then(|c| c.get("checkpoint_id")))
-            .and_then(Value::as_str),
-        Some(_) => None,
-    };
-    let id = id.ok_or_else(|| {
-        ApiError::invalid(format!(
-            "{field}: expected a checkpoint id or an object with `checkpoint_id`"
-        ))
-    })?;
-    id.parse().map(Some).map_err(|e: ids::ParseIdError| {
-        crate::metrics::id_parse_failed(&e);
-        ApiError::Invalid { code: "invalid_id", detail: format!("{field}: {e}") }
-    })
-}
-
-/// A `checkpoint` object's `checkpoint_ns` must be empty: this server's graphs have no
-/// subgraphs.
-pub(crate) fn check_namespace(checkpoint: Option<&Value>) -> ApiResult<()> {
-    match checkpoint.and_then(|c| c.get("checkpoint_ns")) {
-        Some(ns) if !(ns.is_null() || ns.as_str() == Some("")) => Err(ApiError::invalid(format!(
-            "checkpoint.checkpoint_ns: expected \"\" (this server's graphs have no subgraphs), got {ns}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 async fn latest(
     state: &AppState,
     context: &RequestContext,
@@ -115,10 +81,10 @@ async fn update_state(
     OwnedThread(thread): OwnedThread,
     ApiJson(body): ApiJson<UpdateState>,
 ) -> ApiResult<Json<StateUpdated>> {
-    check_namespace(body.checkpoint.as_ref())?;
-    let from = match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+    crate::refs::check_namespace(body.checkpoint.as_ref())?;
+    let from = match crate::refs::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Some(id),
-        None => checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
+        None => crate::refs::checkpoint_id("checkpoint_id", body.checkpoint_id.as_ref())?,
     };
     // The newest checkpoint is updated as without one; an older one gets a new branch.
     let from = match from {
@@ -211,7 +177,7 @@ async fn post_state_at(
     ThreadKey(thread): ThreadKey,
     ApiJson(body): ApiJson<StateAt>,
 ) -> ApiResult<Json<ThreadStateOut>> {
-    match checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
+    match crate::refs::checkpoint_id("checkpoint", body.checkpoint.as_ref())? {
         Some(id) => Ok(Json(state.engine.get_checkpoint(context.user, thread, id).await?.into())),
         None => Ok(Json(latest(&state, &context, thread).await?)),
     }
@@ -242,7 +208,7 @@ async fn history(
     query: History,
 ) -> ApiResult<Vec<ThreadStateOut>> {
     let limit = super::limit(query.limit, 10)?;
-    let mut before = checkpoint_id("before", query.before.as_ref())?;
+    let mut before = crate::refs::checkpoint_id("before", query.before.as_ref())?;
     let namespace =
         query.checkpoint.as_ref().and_then(|c| c.get("checkpoint_ns")).and_then(Value::as_str);
     if namespace.is_some_and(|ns| !ns.is_empty()) {

@@ -4,19 +4,17 @@
 //! connections (never on an established WebSocket or SSE stream), the connection caps,
 //! `--auth local`'s Host and Origin checks, preflights, and the large-body places.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use api::auth::{self, Auth, AuthMode, JwtConfig};
-use api::net::NetConfig;
-use api::{AppState, CorsOrigins, HttpConfig};
+use crate::harness::NetConfig;
+use crate::harness::{self, SocketApp};
+use crate::harness::{AuthMode, auth};
+use crate::harness::{CorsOrigins, HttpConfig};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use store::Backend;
-use store::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -25,45 +23,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 /// Every wait is bounded by this: a hang is a failure, not a stuck CI.
 const BOUND: Duration = Duration::from_secs(10);
 
-struct Server {
-    addr: SocketAddr,
-    state: AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _db: TestDb,
-}
-
-impl Server {
-    async fn start(backend: Backend, mode: AuthMode, http: HttpConfig) -> Option<Server> {
-        let db = TestDb::new(backend).await?;
-        let auth = Auth::new(mode, &JwtConfig::default()).unwrap();
-        let state = AppState::new(
-            engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
-            auth,
-            http,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let task = tokio::spawn(api::serve(listener, state.clone(), shutdown));
-        Some(Server { addr, state, stop: Some(stop), task, _db: db })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(BOUND, self.task).await.unwrap().unwrap().unwrap();
-    }
-
-    async fn key(&self, user: &str) -> String {
-        let key = auth::generate_key().unwrap();
-        let (hash, prefix) = (auth::hash_key(&key), auth::key_prefix(&key));
-        self._db.store.create_api_key(user, &hash, &prefix).await.unwrap();
-        key
-    }
-
+impl SocketApp {
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
     }
@@ -162,11 +122,7 @@ async fn closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
 
 /// Waits (bounded) until `condition` holds.
 async fn until(what: &str, condition: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < BOUND, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    harness::eventually(what, BOUND, async || condition().then_some(())).await;
 }
 
 fn hi(text: &str) -> Value {
@@ -193,7 +149,8 @@ fn short_deadlines() -> HttpConfig {
 /// Slow and idle strangers are dropped at their deadlines; an established WebSocket and an SSE
 /// stream are not; authenticated requests are served throughout.
 async fn slow_clients_are_dropped_at_their_deadlines(backend: Backend) {
-    let Some(server) = Server::start(backend, AuthMode::Keys, short_deadlines()).await else {
+    let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Keys, short_deadlines()).await
+    else {
         return;
     };
     let key = server.key("alice").await;
@@ -332,7 +289,9 @@ async fn connections_are_capped(backend: Backend) {
             },
             ..HttpConfig::default()
         };
-        let Some(server) = Server::start(backend, AuthMode::Keys, http).await else { return };
+        let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Keys, http).await else {
+            return;
+        };
         let key = server.key("alice").await;
         let mut open = Vec::new();
         for _ in 0..3 {
@@ -372,7 +331,7 @@ async fn connections_are_capped(backend: Backend) {
         },
         ..HttpConfig::default()
     };
-    let Some(server) = Server::start(backend, AuthMode::Keys, http).await else { return };
+    let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Keys, http).await else { return };
     let key = server.key("alice").await;
     let mut sockets = Vec::new();
     for _ in 0..2 {
@@ -394,7 +353,9 @@ async fn connections_are_capped(backend: Backend) {
 /// and a WebSocket handshake); loopback ones and `--cors-origins` are allowed. With keys, any
 /// origin may call (credentials protect), and a preflight allows the headers it asks for.
 async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
-    let Some(server) = Server::start(backend, AuthMode::Local, HttpConfig::default()).await else {
+    let Some(server) =
+        SocketApp::on_fresh_db(backend, AuthMode::Local, HttpConfig::default()).await
+    else {
         return;
     };
     let port = server.addr.port();
@@ -434,8 +395,8 @@ async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("access-control-allow-origin"), origin, "{r:?}");
     }
-    let local = server._db.store.ensure_user(auth::LOCAL_SUBJECT).await.unwrap().user_id;
-    let threads = server._db.store.list_threads(local, 100, 0).await.unwrap();
+    let local = server.store.ensure_user(auth::LOCAL_SUBJECT).await.unwrap().user_id;
+    let threads = server.store.list_threads(local, 100, 0).await.unwrap();
     assert_eq!(threads.len(), 4, "only the allowed requests wrote");
 
     // A preflight from a foreign origin is refused; from a loopback one, answered.
@@ -475,7 +436,7 @@ async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
         cors_origins: CorsOrigins::List(vec![HeaderValue::from_static("https://app.example")]),
         ..HttpConfig::default()
     };
-    let Some(server) = Server::start(backend, AuthMode::Local, http).await else { return };
+    let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Local, http).await else { return };
     let port = server.addr.port();
     let send = |host: String, head: String| {
         let addr = server.addr;
@@ -493,7 +454,8 @@ async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
 
     // With credentials, any origin and host: as before. A preflight (agent-chat-ui's headers)
     // is allowed, cached for 600 s, and goes through the request context (its log line).
-    let Some(server) = Server::start(backend, AuthMode::Keys, HttpConfig::default()).await else {
+    let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Keys, HttpConfig::default()).await
+    else {
         return;
     };
     let key = server.key("alice").await;
@@ -516,7 +478,7 @@ async fn local_mode_refuses_foreign_hosts_and_origins(backend: Backend) {
 /// second large body waits until the first has been answered, then both are served.
 async fn large_bodies_take_turns(backend: Backend) {
     let http = HttpConfig { large_body: 1024, large_body_parses: 1, ..HttpConfig::default() };
-    let Some(server) = Server::start(backend, AuthMode::Keys, http).await else { return };
+    let Some(server) = SocketApp::on_fresh_db(backend, AuthMode::Keys, http).await else { return };
     let key = server.key("alice").await;
     let host = format!("127.0.0.1:{}", server.addr.port());
     let body = |size: usize| {

@@ -8,9 +8,12 @@ use serde_json::json;
 use store::testing::{TempDir, TestDb, new_run};
 use store::{IfNotExists, Metadata, Store, SystemAssistant};
 
+use crate::harness;
+
+/// The binary, logging errors only: these commands' stderr must stay empty.
 fn spindle() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    cmd.env_remove("SPINDLE_DATABASE_URL").env("SPINDLE_LOG", "error");
+    let mut cmd = harness::spindle();
+    cmd.env("SPINDLE_LOG", "error");
     cmd
 }
 

@@ -1,7 +1,5 @@
-//! What the API test files share: an app on a fresh database, requests with API keys, and
-//! assertions on our error shape.
-
-#![allow(dead_code, reason = "each test file uses part of this")]
+//! [`TestApp`]: the router driven in-process (`app(state).oneshot`) on a fresh database, with
+//! API keys for the users asked for, and assertions on our error shape.
 
 use api::auth::{self, Auth, AuthMode, JwtConfig};
 use api::{AppState, HttpConfig, app};
@@ -13,10 +11,12 @@ use store::testing::TestDb;
 use store::{Backend, Store};
 use tower::ServiceExt;
 
+use super::BOUND;
+
 /// An app on a fresh database, with API keys for the users it was asked for.
 pub struct TestApp {
     pub state: AppState,
-    _db: TestDb,
+    db: TestDb,
 }
 
 pub struct Reply {
@@ -26,6 +26,8 @@ pub struct Reply {
 }
 
 impl TestApp {
+    /// `--auth keys` with the default configuration; `None` only when PostgreSQL is skipped
+    /// (the shape `store::on_both_backends!(TestApp => ...)` needs).
     pub async fn new(backend: Backend) -> Option<TestApp> {
         TestApp::with(backend, AuthMode::Keys, &JwtConfig::default(), HttpConfig::default()).await
     }
@@ -38,6 +40,11 @@ impl TestApp {
     ) -> Option<TestApp> {
         let db = TestDb::new(backend).await?;
         let auth = Auth::new(mode, jwt).unwrap();
+        Some(TestApp::on(db, auth, http).await)
+    }
+
+    /// An app on `db` (a test's own database, perhaps with its rows written first).
+    pub async fn on(db: TestDb, auth: Auth, http: HttpConfig) -> TestApp {
         let state = AppState::new(
             engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
             auth,
@@ -45,30 +52,31 @@ impl TestApp {
         );
         // The executor runs until the test's runtime ends.
         state.start(std::future::pending()).await.unwrap();
-        Some(TestApp { state, _db: db })
+        TestApp { state, db }
     }
 
+    /// The test's store (its database's, not the app's).
     pub fn store(&self) -> &Store {
-        &self._db.store
+        &self.db.store
     }
 
     /// The test's database (for tests that break it on purpose).
     pub fn db(&self) -> &TestDb {
-        &self._db
+        &self.db
+    }
+
+    /// The app's router, for a request driven by hand.
+    pub fn router(&self) -> axum::Router {
+        app(self.state.clone())
     }
 
     /// A new API key for `user`.
     pub async fn key(&self, user: &str) -> String {
-        let key = auth::generate_key().unwrap();
-        self.store()
-            .create_api_key(user, &auth::hash_key(&key), &auth::key_prefix(&key))
-            .await
-            .unwrap();
-        key
+        new_key(self.store(), user).await
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
-        let response = app(self.state.clone()).oneshot(request).await.unwrap();
+        let response = self.router().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -96,6 +104,52 @@ impl TestApp {
     pub async fn post(&self, key: &str, uri: &str, body: Value) -> Reply {
         self.call(key, Method::POST, uri, Some(body)).await
     }
+
+    /// Sends a request and reads its whole SSE body (the stream ends with the run).
+    pub async fn sse(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Vec<Frame>) {
+        let response = self.router().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, parse_sse(std::str::from_utf8(&bytes).unwrap()))
+    }
+
+    pub async fn post_sse(
+        &self,
+        key: &str,
+        uri: &str,
+        body: Value,
+    ) -> (StatusCode, HeaderMap, Vec<Frame>) {
+        let request = Request::post(uri)
+            .header("x-api-key", key)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.sse(request).await
+    }
+
+    /// Waits (bounded) until the run's status satisfies `done`; returns the run.
+    pub async fn wait_for_status(
+        &self,
+        key: &str,
+        thread: &str,
+        run: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> Value {
+        let uri = format!("/threads/{thread}/runs/{run}");
+        super::eventually(&format!("run {run} reaches the status awaited"), BOUND, async || {
+            let r = self.get(key, &uri).await.ok();
+            done(r["status"].as_str().unwrap()).then_some(r)
+        })
+        .await
+    }
+}
+
+/// A new API key for `user`, written straight into `store`.
+pub(super) async fn new_key(store: &Store, user: &str) -> String {
+    let key = auth::generate_key().unwrap();
+    store.create_api_key(user, &auth::hash_key(&key), &auth::key_prefix(&key)).await.unwrap();
+    key
 }
 
 impl Reply {
@@ -118,31 +172,6 @@ impl Reply {
         assert!(header.parse::<ids::RequestId>().is_ok());
         self.body
     }
-}
-
-/// Runs each named test body on both backends.
-#[macro_export]
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let app = super::TestApp::new(store::Backend::Sqlite).await.unwrap();
-                    super::$name(&app).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(app) = super::TestApp::new(store::Backend::Postgres).await else { return };
-                    super::$name(&app).await;
-                }
-            )*
-        }
-    };
 }
 
 /// One server-sent event.
@@ -174,48 +203,4 @@ pub fn parse_sse(text: &str) -> Vec<Frame> {
         }
     }
     frames
-}
-
-impl TestApp {
-    /// Sends a request and reads its whole SSE body (the stream ends with the run).
-    pub async fn sse(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Vec<Frame>) {
-        let response = app(self.state.clone()).oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, parse_sse(std::str::from_utf8(&bytes).unwrap()))
-    }
-
-    pub async fn post_sse(
-        &self,
-        key: &str,
-        uri: &str,
-        body: Value,
-    ) -> (StatusCode, HeaderMap, Vec<Frame>) {
-        let request = Request::post(uri)
-            .header("x-api-key", key)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.sse(request).await
-    }
-
-    /// Waits (bounded) until the run's status satisfies `done`; returns the run.
-    pub async fn wait_for_status(
-        &self,
-        key: &str,
-        thread: &str,
-        run: &str,
-        done: impl Fn(&str) -> bool,
-    ) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let r = self.get(key, &format!("/threads/{thread}/runs/{run}")).await.ok();
-            if done(r["status"].as_str().unwrap()) {
-                return r;
-            }
-            assert!(std::time::Instant::now() < deadline, "run {run} stayed {}", r["status"]);
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
 }

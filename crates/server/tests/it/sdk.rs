@@ -12,14 +12,14 @@
 //! tests/sdk/requirements.txt` (PyPI must be reachable the first time). A missing Python or a
 //! failed install fails the test: it is never skipped.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
+use store::Backend;
 use store::testing::TestDb;
-use store::{Backend, DatabaseUrl};
+
+use crate::harness::{Server, database_url, spindle};
 
 /// The SDK package as pinned in the requirements file.
 const SDK_PACKAGE: &str = "langgraph-sdk";
@@ -128,22 +128,6 @@ fn python() -> PathBuf {
     }
 }
 
-fn spindle() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    for var in ["SPINDLE_DATABASE_URL", "SPINDLE_LISTEN", "SPINDLE_AUTH", "SPINDLE_LOG_FORMAT"] {
-        cmd.env_remove(var);
-    }
-    cmd.env("SPINDLE_LOG", "warn");
-    cmd
-}
-
-fn database_url(url: &DatabaseUrl) -> String {
-    match url {
-        DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
-        DatabaseUrl::Postgres(url) => url.clone(),
-    }
-}
-
 /// `spindle keys create --user USER`: the key, alone on stdout.
 fn create_key(database_url: &str, user: &str) -> String {
     let output = run(
@@ -155,61 +139,6 @@ fn create_key(database_url: &str, user: &str) -> String {
     let key = stdout.trim().to_owned();
     assert!(!key.is_empty(), "keys create printed an empty key");
     key
-}
-
-/// A running `spindle serve`, killed when dropped (so a failing test stops it too).
-struct Server {
-    child: Child,
-    /// Kept open: the server's stdout stays a live pipe for as long as it runs.
-    _stdout: BufReader<ChildStdout>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(database_url: &str, name: &str) -> Server {
-        let log =
-            std::env::temp_dir().join(format!("spindle-sdk-{name}-{}.log", std::process::id()));
-        let log_file = File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create the server log {}: {e}", log.display()));
-        let mut child = spindle()
-            .args(["serve", "--listen", "127.0.0.1:0", "--auth", "keys"])
-            .args(["--database-url", database_url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start spindle serve: {e}"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        // The first line says where it listens, once it is bound: wait for it, not a timer.
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let url = match (read, line.trim().strip_prefix("spindle listening on ")) {
-            (Ok(_), Some(url)) if url.starts_with("http://127.0.0.1:") => url.to_owned(),
-            (read, _) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "spindle serve did not announce its address: first stdout line {line:?} \
-                     ({read:?}), exit {status:?}\n--- server log ---\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-        };
-        Server { child, _stdout: stdout, url, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
 }
 
 /// Runs `tests/sdk/{script}` against a fresh server on `backend` (`name` says which).
@@ -225,19 +154,18 @@ fn python_sdk_against(backend: Backend, name: &str, script: &str) {
             eprintln!("{script} on {name}: skipped (SPINDLE_TEST_POSTGRES=skip)");
             return;
         };
-        let url = database_url(&db.url);
+        let url = database_url(&db);
         let alice = create_key(&url, "alice");
         let bob = create_key(&url, "bob");
         assert_ne!(alice, bob, "two users, two keys");
 
-        let stem = script.trim_end_matches(".py");
-        let server = Server::start(&url, &format!("{stem}-{name}"));
+        let server = Server::on(&db, &["--auth", "keys"]);
         let root = workspace();
         let path = root.join("tests/sdk").join(script);
         let output = Command::new(&python)
             .arg(&path)
             .current_dir(&root)
-            .env("SPINDLE_URL", &server.url)
+            .env("SPINDLE_URL", server.url())
             .env("SPINDLE_KEY_ALICE", &alice)
             .env("SPINDLE_KEY_BOB", &bob)
             .env("PYTHONUNBUFFERED", "1")
@@ -266,7 +194,7 @@ fn python_sdk_against(backend: Backend, name: &str, script: &str) {
             .unwrap_or("no `N passed, M failed` line");
         let ok = output.status.success() && summary.ends_with(" passed, 0 failed");
         if ok {
-            println!("--- {script} on {name} ({}) ---\n{stdout}{stderr}", server.url);
+            println!("--- {script} on {name} ({}) ---\n{stdout}{stderr}", server.url());
         }
         assert!(
             ok,
@@ -275,7 +203,7 @@ fn python_sdk_against(backend: Backend, name: &str, script: &str) {
              --- {script} stderr ---\n{stderr}\
              --- server log ---\n{}",
             output.status,
-            server.url,
+            server.url(),
             server.log()
         );
         // Stop the server before the database it uses is dropped.

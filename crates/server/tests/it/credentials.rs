@@ -3,16 +3,12 @@
 //! `--log trace` authenticating a WebSocket with its first frame (issue #12, findings 5 and
 //! 14, and the `crit` header).
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-
-use api::HttpConfig;
-use api::auth::{AuthMode, JwtConfig};
+use crate::harness::HttpConfig;
+use crate::harness::TestApp;
+use crate::harness::{AuthMode, JwtConfig};
+use crate::harness::{Server, spindle};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::TestApp;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -86,12 +82,6 @@ async fn jwt_claims_required_and_crit_refused_postgres() {
     jwt_claims_required_and_crit_refused(Backend::Postgres).await;
 }
 
-fn spindle() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    cmd.env_remove("SPINDLE_DATABASE_URL").env_remove("SPINDLE_LISTEN").env_remove("SPINDLE_LOG");
-    cmd
-}
-
 /// At `--log trace`, a WebSocket authenticated by its first frame (and requests with a key in
 /// a header) leave no trace of the key in the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,23 +92,8 @@ async fn trace_logs_carry_no_credentials() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
-    let mut child = spindle()
-        .args(["serve", "--listen", "127.0.0.1:0", "--auth", "keys", "--log", "trace"])
-        .current_dir(&dir.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The log is read as it is written (a full pipe would stop the server).
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("spindle listening on http://").unwrap().to_owned();
+    let server = Server::start_in(&dir.0, &["--auth", "keys", "--log", "trace"]);
+    let addr = server.addr.clone();
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
     ws.send(Message::text(json!({"type": "auth", "token": key}).to_string())).await.unwrap();
@@ -129,10 +104,7 @@ async fn trace_logs_carry_no_credentials() {
     ws.close(None).await.unwrap();
     let _ = ws.next().await;
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    child.wait().unwrap();
-    let log = log.join().unwrap();
+    let log = String::from_utf8(server.terminate().stderr).unwrap();
     assert!(log.contains("websocket connected"), "the connection was logged");
     let secret = &key["spindle_".len()..];
     assert!(!log.contains(secret), "the key appears in the trace output");

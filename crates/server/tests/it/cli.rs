@@ -1,107 +1,17 @@
 //! The `spindle` binary as a user runs it: start-up, shutdown, and start-up failures.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use store::testing::TempDir;
 
-fn spindle() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spindle"));
-    cmd.env_remove("SPINDLE_DATABASE_URL").env_remove("SPINDLE_LISTEN").env("SPINDLE_LOG", "warn");
-    cmd
-}
-
-/// A running server, stopped by pid when dropped.
-struct Server {
-    child: Option<Child>,
-    addr: String,
-}
-
-impl Server {
-    fn start(dir: &TempDir) -> Server {
-        Server::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &TempDir, extra: &[&str]) -> Server {
-        let mut child = spindle()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(&dir.0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The server prints its address once it is bound: wait for that line, not a timer.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("spindle listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server { addr: addr.to_owned(), child: Some(child) }
-    }
-
-    fn get(&self, path: &str) -> String {
-        self.get_with(path, "")
-    }
-
-    fn get_with(&self, path: &str, headers: &str) -> String {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    }
-
-    /// A request with a JSON body; the status and the JSON of the answer (not chunked).
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response[9..12].parse().unwrap();
-        let json = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
-    }
-
-    /// SIGKILL: no shutdown, no cleanup, as in a crash.
-    fn kill(mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn terminate(mut self) -> Output {
-        let child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use crate::harness::{Server, eventually, spindle};
 
 #[test]
 fn serve_with_defaults_creates_the_sqlite_file_answers_and_stops_on_sigterm() {
     let dir = TempDir::new("serve");
-    let server = Server::start(&dir);
+    let server = Server::start_in(&dir.0, &[]);
     let ok = server.get("/ok");
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(ok.ends_with(r#"{"ok":true}"#), "{ok}");
@@ -197,7 +107,7 @@ fn keys_create_list_revoke_and_serve_with_keys() {
     assert!(listed.contains("alice") && listed.contains(&key[..12]), "{listed}");
     assert!(!listed.contains(&key), "keys list never shows a key");
 
-    let server = Server::start_with(&dir, &["--auth", "keys"]);
+    let server = Server::start_in(&dir.0, &["--auth", "keys"]);
     let search = |key: &str| {
         server.get_with(
             "/threads/00000000-0000-7000-8000-000000000001",
@@ -222,24 +132,24 @@ fn local_auth_refuses_a_non_loopback_address() {
     check_fails_with_one_line(&["keys", "revoke", "abc"], "error: invalid key_id `abc`");
 }
 
-#[test]
-fn a_run_left_running_by_a_crash_ends_in_error_after_restart() {
+#[tokio::test]
+async fn a_run_left_running_by_a_crash_ends_in_error_after_restart() {
     let dir = TempDir::new("crash");
-    let server = Server::start(&dir);
+    let server = Server::start_in(&dir.0, &[]);
     let (_, thread) = server.request("POST", "/threads", "{}");
     let t = thread["thread_id"].as_str().unwrap().to_owned();
     let body = r#"{"assistant_id": "synthetic", "input": {"n": 100000, "delay_ms": 5}}"#;
     let (status, run) = server.request("POST", &format!("/threads/{t}/runs"), body);
     assert_eq!(status, 200, "{run}");
     let r = run["run_id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while server.request("GET", &format!("/threads/{t}/runs/{r}"), "").1["status"] != "running" {
-        assert!(std::time::Instant::now() < deadline, "the run never started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let running = async || {
+        (server.request("GET", &format!("/threads/{t}/runs/{r}"), "").1["status"] == "running")
+            .then_some(())
+    };
+    eventually("the run starts", Duration::from_secs(30), running).await;
     server.kill();
 
-    let server = Server::start(&dir);
+    let server = Server::start_in(&dir.0, &[]);
     let (_, run) = server.request("GET", &format!("/threads/{t}/runs/{r}"), "");
     assert_eq!(run["status"], "error", "{run}");
     let (_, thread) = server.request("GET", &format!("/threads/{t}"), "");
@@ -252,9 +162,41 @@ fn a_run_left_running_by_a_crash_ends_in_error_after_restart() {
     );
     assert_eq!(status, 200, "{next}");
     let n = next["run_id"].as_str().unwrap().to_owned();
-    while server.request("GET", &format!("/threads/{t}/runs/{n}"), "").1["status"] != "success" {
-        assert!(std::time::Instant::now() < deadline, "the next run never finished");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let finished = async || {
+        (server.request("GET", &format!("/threads/{t}/runs/{n}"), "").1["status"] == "success")
+            .then_some(())
+    };
+    eventually("the next run finishes", Duration::from_secs(30), finished).await;
     assert_eq!(server.request("GET", &format!("/threads/{t}"), "").1["status"], "idle");
+}
+
+/// `--metrics-listen` serves `/metrics` on its own port, and the main port then has none.
+#[test]
+fn a_separate_metrics_listener() {
+    let dir = TempDir::new("metrics");
+    let mut server = Server::start_in(&dir.0, &["--metrics-listen", "127.0.0.1:0"]);
+    // The server prints both addresses once it is bound: wait for them, not a timer.
+    let second = server.line();
+    let main = server.addr.clone();
+    let metrics = second.trim().strip_prefix("spindle metrics on http://").unwrap();
+    let metrics = metrics.strip_suffix("/metrics").unwrap().to_owned();
+    let (status, body) = get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE spindle_threads_created_total counter"), "{body}");
+    assert!(body.contains("spindle_threads_busy 0"), "{body}");
+    assert_eq!(get(&metrics, "/threads").0, 404, "the metrics port serves nothing else");
+    assert_eq!(get(&main, "/metrics").0, 404, "off on the main port by default then");
+    assert_eq!(get(&main, "/ok").0, 200);
+    drop(server);
+}
+
+/// A plain HTTP/1.1 GET: the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -1,7 +1,7 @@
 //! The service routes, driven in-process on both backends.
 
-use api::auth::{Auth, AuthMode, JwtConfig};
-use api::{AppState, HttpConfig, app};
+use crate::harness::{AppState, HttpConfig, app};
+use crate::harness::{Auth, AuthMode, JwtConfig};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

@@ -2,13 +2,12 @@
 //! `ids`, deep state updates, JSON that reads back exactly, and 404s for another user's
 //! thread classified from its owner alone.
 
-mod common;
-
-use api::auth::{self, Auth, AuthMode, JwtConfig};
-use api::{AppState, HttpConfig};
+use crate::harness;
+use crate::harness::TestApp;
+use crate::harness::{AppState, HttpConfig};
+use crate::harness::{Auth, AuthMode, JwtConfig, auth};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::TestApp;
 use http_body_util::BodyExt;
 use ids::{RunId, ThreadId};
 use serde_json::{Value, json};
@@ -17,7 +16,7 @@ use store::testing::{TestDb, new_run};
 use store::{Backend, DatabaseUrl, IfNotExists, Metadata, Store};
 use tower::ServiceExt;
 
-both_backends!(count_honours_ids, deep_state_updates_are_a_422);
+store::on_both_backends!(TestApp =>count_honours_ids, deep_state_updates_are_a_422);
 
 /// `/threads/count` took `ids` and ignored it: it counted every thread of the caller.
 async fn count_honours_ids(app: &TestApp) {
@@ -133,7 +132,7 @@ async fn call(
         request = request.header("content-type", "application/json");
     }
     let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = api::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
+    let response = harness::app(state.clone()).oneshot(request.body(body).unwrap()).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() })
@@ -187,8 +186,7 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
     state.start(std::future::pending()).await.expect("the server starts");
 
     // Bob's run is claimed and finishes; alice's unreadable one ends and frees its thread.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    let settled = async || {
         let (_, run) = call(
             &state,
             &bob_key,
@@ -199,12 +197,10 @@ async fn a_poisoned_database_starts_and_serves(backend: Backend) {
         .await;
         let (_, thread) =
             call(&state, &alice_key, Method::GET, &format!("/threads/{broken}"), None).await;
-        if run["status"] == "success" && thread["status"] == "error" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "bob's run {run}, alice's thread {thread}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        (run["status"] == "success" && thread["status"] == "error").then_some(())
+    };
+    let what = "bob's run succeeds and alice's broken thread is in error";
+    harness::eventually(what, std::time::Duration::from_secs(30), settled).await;
     let (status, thread) =
         call(&state, &alice_key, Method::GET, &format!("/threads/{crashed}"), None).await;
     assert_eq!((status, &thread["status"]), (StatusCode::OK, &json!("error")));
@@ -280,7 +276,7 @@ static LOOKUPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `spindle_thread_lookup_failures_total{reason}` now.
 async fn lookup_failures(state: &AppState, reason: &str) -> f64 {
-    let response = api::app(state.clone())
+    let response = harness::app(state.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
