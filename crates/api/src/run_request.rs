@@ -2,7 +2,7 @@
 //! channel's `run` frame): validated against the caller's data, refused with a 4xx that says
 //! why before anything is stored, then started through the engine ([`engine::Engine::start_run`]).
 
-use domain::{IfNotExists, MultitaskStrategy, NewRun, Run, ThreadStatus};
+use domain::{IfNotExists, MultitaskStrategy, NewRun, Run, RunSpec, ThreadStatus};
 use engine::RunStart;
 use ids::{CheckpointId, RunId, ThreadId};
 use serde_json::{Map, Value, json};
@@ -262,31 +262,23 @@ pub async fn validate(
     }
     let on_completion = if stateless { Some(body.on_completion.unwrap_or_default()) } else { None };
     let on_disconnect = body.on_disconnect.unwrap_or_default();
-    let mut kwargs = json!({
-        "graph_id": agent.name(),
-        "input": body.input,
-        "config": body.config.unwrap_or_else(|| json!({})),
-        "context": body.context.unwrap_or_else(|| json!({})),
-        "stream_mode": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
-        "stream_subgraphs": body.stream_subgraphs.unwrap_or(false),
-        "stream_resumable": body.stream_resumable.unwrap_or(false),
-        "on_disconnect": on_disconnect,
-        "on_completion": on_completion,
-        "durability": body.durability,
-        "feedback_keys": body.feedback_keys,
-    });
-    // What the executor reads besides the input (see `runs::drive`).
-    if let Some(fields) = kwargs.as_object_mut() {
-        let mut set = |key: &str, value: Option<Value>| {
-            if let Some(value) = value {
-                fields.insert(key.into(), value);
-            }
-        };
-        set("command", command);
-        set("checkpoint_id", fork.map(|id| json!(id)));
-        set("interrupt_before", interrupt_before);
-        set("interrupt_after", interrupt_after);
-    }
+    let spec = RunSpec {
+        graph_id: agent.name().into(),
+        input: body.input.clone(),
+        config: body.config.unwrap_or_else(|| json!({})),
+        context: body.context.unwrap_or_else(|| json!({})),
+        stream_mode: modes.iter().map(|m| m.name().to_owned()).collect(),
+        stream_subgraphs: body.stream_subgraphs.unwrap_or(false),
+        stream_resumable: body.stream_resumable.unwrap_or(false),
+        on_disconnect,
+        on_completion,
+        durability: body.durability,
+        feedback_keys: body.feedback_keys,
+        command,
+        checkpoint_id: fork,
+        interrupt_before,
+        interrupt_after,
+    };
     let mut thread_metadata = Map::new();
     thread_metadata.insert("graph_id".into(), agent.name().into());
     thread_metadata.insert("assistant_id".into(), assistant.assistant_id.to_string().into());
@@ -295,7 +287,7 @@ pub async fn validate(
         thread_id,
         assistant_id: assistant.assistant_id,
         input: body.input,
-        kwargs,
+        kwargs: spec.to_kwargs(),
         metadata: body.metadata.unwrap_or_default(),
         multitask_strategy: body.multitask_strategy.unwrap_or(MultitaskStrategy::Enqueue),
         thread_metadata,
@@ -304,7 +296,11 @@ pub async fn validate(
         (true, _) | (false, IfNotExistsField::Create) => IfNotExists::Create,
         (false, IfNotExistsField::Reject) => IfNotExists::Reject,
     };
-    Ok(Validated { start: RunStart { new_run, if_not_exists, stateless }, modes, on_disconnect })
+    Ok(Validated {
+        start: RunStart { new_run, spec, if_not_exists, stateless },
+        modes,
+        on_disconnect,
+    })
 }
 
 /// Creates the run and tells the executor (and, for `interrupt`/`rollback`, the runs it

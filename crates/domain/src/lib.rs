@@ -7,8 +7,10 @@ mod error;
 pub mod messages;
 pub mod model;
 mod pending;
+mod run_spec;
 
 pub use error::{Error, Result, UnreadableRow};
 pub use messages::{apply_update, normalize_message};
 pub use model::*;
 pub use pending::{Interrupt, PENDING, Pending};
+pub use run_spec::{OnCompletion, OnDisconnect, RunSpec};

@@ -29,6 +29,7 @@ const ROLLED_BACK: &str = "rolled_back";
 
 pub use agents::Stop;
 pub use domain::CancelAction;
+use domain::RunSpec;
 
 /// A place in this node's executor, reserved for a run about to be created claimed (see
 /// [`Executor::try_reserve`]). Dropped without being handed to
@@ -270,7 +271,7 @@ impl Executor {
         if self.inner.store.cancel_pending_run(owner, run.thread_id, run.run_id, rollback).await? {
             self.announce_cancelled(owner, run.thread_id, run.run_id, action).await?;
             // A stateless run's thread goes with it, even when it never started.
-            if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
+            if RunSpec::of(&run.kwargs).deletes_thread() {
                 self.inner.log.delete_thread(owner, run.thread_id).await?;
             }
             return Ok(());
@@ -336,7 +337,7 @@ impl Executor {
             };
             metrics::run_finished(RunStatus::Error.as_str());
             // A stateless run's temporary thread was deleted with it: no event to tell.
-            if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete") {
+            if RunSpec::of(&run.kwargs).deletes_thread() {
                 tracing::warn!(run_id = %run.run_id, thread_id = %run.thread_id, "run ended by restart; its temporary thread is deleted");
                 continue;
             }
@@ -514,11 +515,12 @@ impl Executor {
                 Sink::new(store, log, run.clone(), cancel, self.inner.config.run_timeout);
             // The time limit is checked by the sink, like a cancel, so a run is never dropped
             // in the middle of a write (which could commit an event nobody is told about).
-            let outcome = run_steps(&run, &mut sink, started).await;
+            let spec = RunSpec::of(&run.kwargs);
+            let outcome = run_steps(&run, &spec, &mut sink, started).await;
             let finished = self.finish(&run, &mut sink, outcome).await;
             self.running().runs.remove(&run.run_id);
             self.announce(finished);
-            if run.kwargs.get("on_completion").and_then(Value::as_str) == Some("delete")
+            if spec.deletes_thread()
                 && let Err(e) = self.inner.log.delete_thread(run.owner_id, run.thread_id).await
             {
                 tracing::warn!(error = %e, "could not delete the thread of a stateless run");

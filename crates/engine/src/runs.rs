@@ -1,6 +1,6 @@
 //! The run use cases every transport calls: start a run, cancel one.
 
-use domain::CancelAction;
+use domain::{CancelAction, RunSpec};
 use ids::UserId;
 use store::{IfNotExists, MultitaskStrategy, NewRun, Run, RunStatus};
 
@@ -10,7 +10,9 @@ use crate::{Engine, step};
 /// A run request a transport has validated: the run to create, and how.
 #[derive(Clone, Debug)]
 pub struct RunStart {
+    /// The run; its `kwargs` are `spec`'s (`RunSpec::to_kwargs`).
     pub new_run: NewRun,
+    pub spec: RunSpec,
     pub if_not_exists: IfNotExists,
     /// A run on a new temporary thread (`/runs...`).
     pub stateless: bool,
@@ -39,12 +41,12 @@ impl Engine {
         };
         let reservation = self.executor.try_reserve(new_run.run_id, thread, owner);
         // A `command` resumes the thread's state: the executor reads it first (no first step).
-        let resumes = new_run.kwargs.get("command").is_some();
+        let resumes = start.spec.command.is_some();
         let first = reservation.as_ref().filter(|_| !resumes).and_then(|_| {
             step::first_step(
                 new_run.run_id,
                 new_run.assistant_id,
-                &new_run.kwargs,
+                &start.spec,
                 new_run.input.as_ref(),
             )
             .ok()

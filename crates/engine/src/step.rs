@@ -4,7 +4,7 @@
 //! and resumes live here.
 
 use agents::{Agent, Sink as _, Stop};
-use domain::{Pending, apply_update};
+use domain::{Pending, RunSpec, apply_update};
 use ids::{AssistantId, RunId};
 use serde_json::{Map, Value, json};
 use store::{EventKind, FirstStep, NewEvent, Run};
@@ -19,12 +19,13 @@ use crate::sink::Sink;
 /// stopped on one); on an error the run has not ended yet (the executor's `finish` ends it).
 pub(crate) async fn run_steps(
     run: &Run,
+    spec: &RunSpec,
     sink: &mut Sink,
     started: Option<Value>,
 ) -> Result<Value, Stop> {
-    let agent = agent_of(&run.kwargs)?;
+    let agent = agent_of(spec)?;
     let input = run.input.clone().unwrap_or(Value::Null);
-    let command = run.kwargs.get("command").filter(|c| c.is_object());
+    let command = spec.command.as_ref().filter(|c| c.is_object());
     let (state, resumed) = match command {
         Some(command) => match resume(run, sink, agent, command).await? {
             Resumed::Run { state, value } => (state, value),
@@ -37,11 +38,11 @@ pub(crate) async fn run_steps(
                 Some(state) => state,
                 None => {
                     let first =
-                        first_step(run.run_id, run.assistant_id, &run.kwargs, run.input.as_ref())?;
+                        first_step(run.run_id, run.assistant_id, spec, run.input.as_ref())?;
                     sink.commit_first(first).await?
                 }
             };
-            if stops_before(&run.kwargs, agent) {
+            if spec.stops_before(agent.name()) {
                 // A static breakpoint: the state's pending task is the agent's.
                 sink.push(EventKind::Interrupt, json!({ "node": agent.name(), "interrupts": [] }));
                 sink.end_interrupted().await?;
@@ -61,17 +62,6 @@ pub(crate) async fn run_steps(
         json!({ "source": "loop", "run_id": run.run_id, "writes": writes, "parents": {} });
     // The last step and the run's end, in one transaction.
     sink.commit_final(json!({ "messages": [message] }), metadata).await
-}
-
-/// Whether `interrupt_before` (in the run's kwargs) names the agent's node, or is `*`.
-fn stops_before(kwargs: &Value, agent: Agent) -> bool {
-    match kwargs.get("interrupt_before") {
-        Some(Value::String(all)) => all == "*",
-        Some(Value::Array(nodes)) => {
-            nodes.iter().any(|n| n.as_str() == Some(agent.name()) || n.as_str() == Some("*"))
-        }
-        _ => false,
-    }
 }
 
 /// How a `command` run goes on.
@@ -173,8 +163,8 @@ fn started_event(agent: Agent, assistant: AssistantId) -> Value {
 }
 
 /// The agent a run's `graph_id` names.
-fn agent_of(kwargs: &Value) -> Result<Agent, Stop> {
-    let graph_id = kwargs.get("graph_id").and_then(Value::as_str).unwrap_or("echo");
+fn agent_of(spec: &RunSpec) -> Result<Agent, Stop> {
+    let graph_id = &spec.graph_id;
     Agent::from_graph(graph_id).ok_or_else(|| Stop::Failed {
         error: "ValueError".into(),
         message: format!("no agent named {graph_id}"),
@@ -186,15 +176,15 @@ fn agent_of(kwargs: &Value) -> Result<Agent, Stop> {
 /// pending task is the agent's. On a thread without a checkpoint, the state before the input
 /// (`{"messages": []}`, waiting for `__start__`) is written first, as LangGraph's step −1:
 /// the first message then has a parent to fork from. A run from an older checkpoint
-/// (`checkpoint_id` in its kwargs) forks there; without input it copies that checkpoint
+/// (`RunSpec::checkpoint_id`) forks there; without input it copies that checkpoint
 /// (`source: "fork"`) and the agent answers again (regenerate).
 pub fn first_step(
     run: RunId,
     assistant: AssistantId,
-    kwargs: &Value,
+    spec: &RunSpec,
     input: Option<&Value>,
 ) -> Result<FirstStep, Stop> {
-    let agent = agent_of(kwargs)?;
+    let agent = agent_of(spec)?;
     let started = NewEvent {
         run_id: Some(run),
         kind: EventKind::AgentStarted,
@@ -212,7 +202,7 @@ pub fn first_step(
         }
         _ => Value::Null,
     };
-    let from = kwargs.get("checkpoint_id").and_then(Value::as_str).and_then(|id| id.parse().ok());
+    let from = spec.checkpoint_id;
     let source = if from.is_some() && state_input.is_null() { "fork" } else { "loop" };
     let mut metadata = json!({ "source": source, "run_id": run, "parents": {} })
         .as_object()

@@ -1,6 +1,7 @@
 //! The run-create body of the Agent Protocol (`POST /threads/{thread_id}/runs...`, `POST
 //! /runs...`, and the WebSocket channel's `run` frame), as the SDKs send it.
 
+pub use domain::{OnCompletion, OnDisconnect};
 use domain::MultitaskStrategy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -12,22 +13,6 @@ pub enum IfNotExistsField {
     #[default]
     Reject,
     Create,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDisconnect {
-    Cancel,
-    #[default]
-    Continue,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnCompletion {
-    #[default]
-    Delete,
-    Keep,
 }
 
 /// A string or a list of strings.

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use domain::{Run, RunStatus};
 use ids::{RunId, ThreadId, UserId};
 use serde::Deserialize;
-use serde_json::Value;
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -357,13 +356,9 @@ fn query_modes(query: &[(String, String)]) -> ApiResult<Option<Vec<StreamMode>>>
 }
 
 fn run_modes(run: &Run) -> Vec<StreamMode> {
-    let names = run.kwargs.get("stream_mode").and_then(Value::as_array);
-    let modes: Vec<StreamMode> = names
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n.as_str())
-        .filter_map(|n| StreamMode::parse(n).ok())
-        .collect();
+    let spec = domain::RunSpec::of(&run.kwargs);
+    let modes: Vec<StreamMode> =
+        spec.stream_mode.iter().filter_map(|n| StreamMode::parse(n).ok()).collect();
     if modes.is_empty() { vec![StreamMode::Values] } else { modes }
 }
 

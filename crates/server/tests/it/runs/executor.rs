@@ -191,7 +191,7 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
         state.engine.executor().try_reserve(new_run.run_id, thread, owner).expect("a free place");
     // Another run's `interrupt` arrives between the reservation and the creation.
     state.engine.executor().cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
-    let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
+    let first = first_step(new_run.run_id, new_run.assistant_id, &domain::RunSpec::of(&kwargs), Some(&input)).unwrap();
     let (run, _, step) = db
         .store
         .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
@@ -232,7 +232,7 @@ async fn a_run_registered_after_a_newer_runs_interrupt_stops() {
     executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
     // ... which it is only now (as the claim loop registers what it claimed).
     let place = executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
-    let first = first_step(new_run.run_id, new_run.assistant_id, &kwargs, Some(&input)).unwrap();
+    let first = first_step(new_run.run_id, new_run.assistant_id, &domain::RunSpec::of(&kwargs), Some(&input)).unwrap();
     let (run, _, step) = db
         .store
         .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
