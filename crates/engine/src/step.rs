@@ -37,8 +37,7 @@ pub(crate) async fn run_steps(
             let state = match started {
                 Some(state) => state,
                 None => {
-                    let first =
-                        first_step(run.run_id, run.assistant_id, spec, run.input.as_ref())?;
+                    let first = first_step(run.run_id, run.assistant_id, spec, run.input.as_ref())?;
                     sink.commit_first(first).await?
                 }
             };

@@ -1,8 +1,8 @@
 //! The run-create body of the Agent Protocol (`POST /threads/{thread_id}/runs...`, `POST
 //! /runs...`, and the WebSocket channel's `run` frame), as the SDKs send it.
 
-pub use domain::{OnCompletion, OnDisconnect};
 use domain::MultitaskStrategy;
+pub use domain::{OnCompletion, OnDisconnect};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

@@ -5,7 +5,7 @@
 //! a row lock on the thread (`update ... returning last_seq`) to number events, and
 //! `select ... for update` on the thread while a run is created.
 //!
-//! This module holds the store type, opening, migrations and the known-state cache, and the helpers
+//! This module holds the store type, opening, migrations and the last-written-state cache, and the helpers
 //! the resource modules share (row decoding first of all). Those are the same in both
 //! backends (`sqlite` is the other), each function in the same module: `keys` (users,
 //! assistants, API keys), `threads`, `runs`, `state` (state updates, steps,
@@ -51,14 +51,14 @@ pub struct PgStore {
     /// A run's next step computes its update from these rather than reading them first; the
     /// write checks the version, so an entry made stale by another writer costs a retry,
     /// never a lost update.
-    known: Arc<Mutex<HashMap<ThreadId, KnownState>>>,
+    last_written: Arc<Mutex<HashMap<ThreadId, WrittenState>>>,
 }
 
 /// A thread's `(state_version, values)`.
-type KnownState = (i64, Option<Value>);
+type WrittenState = (i64, Option<Value>);
 
-/// Entries of `PgStore::known` at most (it is emptied when full): about one per running run.
-const KNOWN_STATES: usize = 4096;
+/// Entries of `PgStore::last_written` at most (it is emptied when full): about one per running run.
+const MAX_LAST_WRITTEN: usize = 4096;
 
 impl PgStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
@@ -78,32 +78,32 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(PgStore { pool, known: Arc::default() })
+        Ok(PgStore { pool, last_written: Arc::default() })
     }
 
-    fn known_states(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, KnownState>> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    fn last_written(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, WrittenState>> {
+        self.last_written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn know(&self, thread: ThreadId, version: i64, values: Option<Value>) {
-        let mut known = self.known_states();
-        if known.len() >= KNOWN_STATES && !known.contains_key(&thread) {
-            known.clear();
+    fn remember_written(&self, thread: ThreadId, version: i64, values: Option<Value>) {
+        let mut written = self.last_written();
+        if written.len() >= MAX_LAST_WRITTEN && !written.contains_key(&thread) {
+            written.clear();
         }
-        known.insert(thread, (version, values));
+        written.insert(thread, (version, values));
     }
 
-    fn forget(&self, thread: ThreadId) {
-        self.known_states().remove(&thread);
+    fn forget_written(&self, thread: ThreadId) {
+        self.last_written().remove(&thread);
     }
 
     /// The thread's state and its version: as this process last wrote it (then `true`: it
     /// may be stale), or as read now. Either way it is no longer remembered.
-    async fn state_of(&self, owner: UserId, thread: ThreadId) -> Result<(KnownState, bool)> {
-        if let Some(known) = self.known_states().remove(&thread) {
-            return Ok((known, true));
+    async fn state_of(&self, owner: UserId, thread: ThreadId) -> Result<(WrittenState, bool)> {
+        if let Some(written) = self.last_written().remove(&thread) {
+            return Ok((written, true));
         }
-        let row: Option<KnownState> = sqlx::query_as(
+        let row: Option<WrittenState> = sqlx::query_as(
             "select state_version, state_values from threads where thread_id = $1 and owner_id = $2",
         )
         .bind(thread)

@@ -142,7 +142,7 @@ impl PgStore {
             ("started", Some((_, values, events, metadata))) => {
                 let first_seq: i64 = row.try_get(3)?;
                 let version: i64 = row.try_get(5)?;
-                self.know(id, version, Some(values.clone()));
+                self.remember_written(id, version, Some(values.clone()));
                 let checkpoint = Checkpoint {
                     checkpoint_id,
                     thread_id: id,
@@ -319,7 +319,7 @@ impl PgStore {
     }
 
     pub async fn rollback_run(&self, owner: UserId, thread: ThreadId, id: RunId) -> Result<()> {
-        self.forget(thread);
+        self.forget_written(thread);
         let mut tx = self.pool.begin().await?;
         lock_owned_thread(&mut tx, owner, thread).await?;
         sqlx::query("delete from checkpoints where run_id = $1 and thread_id = $2")

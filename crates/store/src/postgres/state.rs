@@ -21,8 +21,8 @@ impl PgStore {
         update: StateUpdate,
         metadata: &Metadata,
     ) -> Result<Checkpoint> {
-        // Written here without the known state: a run's next step reads the new one.
-        self.forget(thread);
+        // Written here without the last-written state: a run's next step reads the new one.
+        self.forget_written(thread);
         let mut tx = self.pool.begin().await?;
         let checkpoint =
             update_state_in(&mut tx, owner, thread, run, from, update, metadata).await?;
@@ -52,7 +52,7 @@ impl PgStore {
             return Ok(step);
         }
         // Stale every time (the state is being written by others as fast): under its lock.
-        self.forget(thread);
+        self.forget_written(thread);
         let mut events = events;
         let mut tx = self.pool.begin().await?;
         lock_owned_thread(&mut tx, owner, thread).await?;
@@ -90,7 +90,7 @@ impl PgStore {
             return Ok(step);
         }
         // Stale every time (the state is being written by others as fast): under its lock.
-        self.forget(thread);
+        self.forget_written(thread);
         let mut tx = self.pool.begin().await?;
         let step =
             commit_step_in(&mut tx, owner, thread, run, events.to_vec(), update, metadata, end)
@@ -181,7 +181,7 @@ impl PgStore {
                     )));
                 }
                 "stale" => {
-                    self.forget(thread);
+                    self.forget_written(thread);
                     continue;
                 }
                 _ => {}
@@ -193,8 +193,10 @@ impl PgStore {
             };
             // A run's end leaves the thread to whatever comes next: its state is read then.
             match (&ended, &values) {
-                (None, Some(values)) => self.know(thread, new_version, Some(values.clone())),
-                (Some(_), _) => self.forget(thread),
+                (None, Some(values)) => {
+                    self.remember_written(thread, new_version, Some(values.clone()))
+                }
+                (Some(_), _) => self.forget_written(thread),
                 (None, None) => {}
             }
             let checkpoint = match values {
@@ -261,7 +263,7 @@ impl PgStore {
     }
 }
 
-/// Tries of a step whose known state turned out stale, before it takes the thread's lock
+/// Tries of a step whose last-written state turned out stale, before it takes the thread's lock
 /// first and reads the state under it.
 const STALE_TRIES: usize = 3;
 

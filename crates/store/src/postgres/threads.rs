@@ -23,7 +23,7 @@ impl PgStore {
         for _ in 0..3 {
             if let Some(thread) = insert_thread(&self.pool, owner, id, metadata).await? {
                 // A run on it next starts from this state without reading it.
-                self.know(id, 0, None);
+                self.remember_written(id, 0, None);
                 return Ok((thread, true));
             }
             match find_thread(&self.pool, id).await? {
@@ -116,7 +116,7 @@ impl PgStore {
     }
 
     pub async fn delete_thread(&self, owner: UserId, id: ThreadId) -> Result<()> {
-        self.forget(id);
+        self.forget_written(id);
         let done = sqlx::query("delete from threads where thread_id = $1 and owner_id = $2")
             .bind(id)
             .bind(owner)

@@ -172,6 +172,29 @@ async fn interrupt_reaches_a_run_claimed_as_created_before_it_is_handed_over() {
 /// (`cancel_thread`) reaches it and it ends `interrupted` once it runs.
 #[tokio::test]
 async fn a_reserved_run_is_registered_before_it_is_created() {
+    cancelled_in_a_window(Window::AfterReservation).await;
+}
+
+/// The claim's window: a run the claim has taken but not registered yet when a newer run's
+/// `interrupt` or `rollback` comes (`cancel_thread`) is cancelled as it registers (found by
+/// the SDK suite's `race_resume_then_input_rollback` on a loaded machine: the resume, claimed
+/// but unregistered, ran to its end).
+#[tokio::test]
+async fn a_run_registered_after_a_newer_runs_interrupt_stops() {
+    cancelled_in_a_window(Window::BeforeRegistration).await;
+}
+
+/// When a newer run's `interrupt` reaches a long `synthetic` run, driven by hand.
+enum Window {
+    /// After its place is reserved (it is registered), before it is created.
+    AfterReservation,
+    /// Before it is registered at all (as the claim loop registers what it claimed).
+    BeforeRegistration,
+}
+
+/// A long run of a new thread, interrupted in `window` by a newer run's strategy, must end
+/// `interrupted` once it runs.
+async fn cancelled_in_a_window(window: Window) {
     use domain::CancelAction;
     use engine::first_step;
     let config = harness::ExecutorConfig::default();
@@ -187,57 +210,23 @@ async fn a_reserved_run_is_registered_before_it_is_created() {
         kwargs: kwargs.clone(),
         ..store::testing::new_run(thread)
     };
-    let place =
-        state.engine.executor().try_reserve(new_run.run_id, thread, owner).expect("a free place");
-    // Another run's `interrupt` arrives between the reservation and the creation.
-    state.engine.executor().cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
-    let first = first_step(new_run.run_id, new_run.assistant_id, &domain::RunSpec::of(&kwargs), Some(&input)).unwrap();
+    let executor = state.engine.executor();
+    let interrupt = || executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
+    if let Window::BeforeRegistration = window {
+        interrupt();
+    }
+    let place = executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
+    if let Window::AfterReservation = window {
+        interrupt();
+    }
+    let spec = domain::RunSpec::of(&kwargs);
+    let first = first_step(new_run.run_id, new_run.assistant_id, &spec, Some(&input)).unwrap();
     let (run, _, step) = db
         .store
         .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
         .await
         .unwrap();
     assert_eq!(run.status, store::RunStatus::Running);
-    let started = step.and_then(|s| s.checkpoint).map(|c| c.values);
-    let mut end = state.engine.executor().watch_end(run.run_id);
-    state.engine.executor().spawn_claimed(run.clone(), place, started);
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), end.ended()).await;
-    let ended = ended.expect("the run ended").expect("its end was announced");
-    assert_eq!(ended.status, Some(store::RunStatus::Interrupted));
-}
-
-/// The claim's window: a run the claim has taken but not registered yet when a newer run's
-/// `interrupt` or `rollback` comes (`cancel_thread`) is cancelled as it registers (found by
-/// the SDK suite's `race_resume_then_input_rollback` on a loaded machine: the resume, claimed
-/// but unregistered, ran to its end).
-#[tokio::test]
-async fn a_run_registered_after_a_newer_runs_interrupt_stops() {
-    use domain::CancelAction;
-    use engine::first_step;
-    let config = engine::ExecutorConfig::default();
-    let (db, state) = app_with_executor(store::Backend::Sqlite, config).await.unwrap();
-    let owner = db.store.ensure_user("local").await.unwrap().user_id;
-    let thread = ThreadId::new();
-    db.store.get_or_create_thread(owner, thread, &store::Metadata::new()).await.unwrap();
-    let kwargs = json!({"graph_id": "synthetic"});
-    let input = json!({"n": 100000, "delay_ms": 5, "messages": [{"role": "user", "content": "x"}]});
-    let new_run = store::NewRun {
-        assistant_id: ids::AssistantId::for_graph("synthetic"),
-        input: Some(input.clone()),
-        kwargs: kwargs.clone(),
-        ..store::testing::new_run(thread)
-    };
-    let executor = state.engine.executor();
-    // A newer run's `interrupt` arrives before the older run is registered...
-    executor.cancel_thread(thread, ids::RunId::new(), CancelAction::Interrupt);
-    // ... which it is only now (as the claim loop registers what it claimed).
-    let place = executor.try_reserve(new_run.run_id, thread, owner).expect("a free place");
-    let first = first_step(new_run.run_id, new_run.assistant_id, &domain::RunSpec::of(&kwargs), Some(&input)).unwrap();
-    let (run, _, step) = db
-        .store
-        .create_run_claiming(owner, &new_run, store::IfNotExists::Reject, first)
-        .await
-        .unwrap();
     let started = step.and_then(|s| s.checkpoint).map(|c| c.values);
     let mut end = executor.watch_end(run.run_id);
     executor.spawn_claimed(run.clone(), place, started);
