@@ -2,19 +2,18 @@
 //! channel's `run` frame): validated against the caller's data, refused with a 4xx that says
 //! why before anything is stored, then started through the engine ([`engine::Engine::start_run`]).
 
-use domain::{IfNotExists, MultitaskStrategy, NewRun, Run, RunSpec, ThreadStatus};
+use agents::Agent;
+use domain::{IfNotExists, MultitaskStrategy, NewRun, Pending, Run, RunSpec, ThreadStatus};
 use engine::RunStart;
 use ids::{CheckpointId, RunId, ThreadId};
+use protocol::run_create::{IfNotExistsField, OnDisconnect, OneOrMany, RunCreate};
+use protocol::sse::StreamMode;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use crate::AppState;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiResult, REQUEST_ID};
-use agents::Agent;
-use domain::Pending;
-use protocol::run_create::{IfNotExistsField, OnDisconnect, OneOrMany, RunCreate};
-use protocol::sse::StreamMode;
 
 /// A run request that passed validation.
 #[derive(Clone, Debug)]

@@ -9,9 +9,12 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use domain::{Run, RunStatus, ThreadStatus};
+use domain::{CancelAction, Pending, Run, RunStatus, ThreadStatus, is_terminal};
+use engine::{EndWatch, Finished, Live};
 use futures_util::stream;
 use ids::UserId;
+use protocol::run_create::OnDisconnect;
+use protocol::sse::{Cursor, Framer, StreamMode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -20,11 +23,6 @@ use crate::AppState;
 use crate::auth::Credential;
 use crate::metrics::{self, Transport};
 use crate::stream::{Outbox, credential_lapsed, unauthorized_data};
-use domain::{CancelAction, Pending, is_terminal};
-use engine::{EndWatch, Finished, Live};
-use protocol::run_create::OnDisconnect;
-
-use protocol::sse::{Cursor, Framer, StreamMode};
 
 fn location(run: &Run) -> String {
     format!("/threads/{}/runs/{}", run.thread_id, run.run_id)

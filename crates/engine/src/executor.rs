@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agents::Stop;
+use domain::{CancelAction, RunSpec};
 use ids::{RunId, ThreadId, UserId};
 use serde_json::{Value, json};
 use store::{EventKind, NewEvent, Run, RunStatus, Store};
@@ -26,10 +28,6 @@ use crate::step::run_steps;
 const POLL: Duration = Duration::from_millis(500);
 /// The `status` label of `spindle_runs_finished_total` for a run undone by a rollback.
 const ROLLED_BACK: &str = "rolled_back";
-
-pub use agents::Stop;
-pub use domain::CancelAction;
-use domain::RunSpec;
 
 /// A place in this node's executor, reserved for a run about to be created claimed (see
 /// [`Executor::try_reserve`]). Dropped without being handed to

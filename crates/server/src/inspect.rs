@@ -8,12 +8,12 @@
 use std::fmt::Write;
 use std::process::ExitCode;
 
+use agents::Agent;
 use chrono::{DateTime, SecondsFormat, Utc};
 use ids::{AssistantId, ThreadId};
 use store::doctor::{AnyId, IdLookup};
 
 use crate::config::DatabaseArgs;
-use agents::Agent;
 
 /// What the text alone says about an input.
 #[derive(Clone, Debug)]

@@ -16,9 +16,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::config::{
-    Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
-};
 use api::auth::{self, Auth, AuthMode};
 use api::metrics::Exposure;
 use api::{AppState, CorsOrigins, HttpConfig, serve, shutdown_signal};
@@ -27,6 +24,10 @@ use clap::Parser;
 use engine::{Engine, ExecutorConfig};
 use store::{Store, StoreOptions};
 use tracing_subscriber::EnvFilter;
+
+use crate::config::{
+    Cli, Command, DatabaseArgs, IdCommand, KeysCommand, LogArgs, LogFormat, ServeArgs,
+};
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use domain::{Assistant, SortOrder, json_contains};
+use protocol::wire::{ASSISTANT_FIELDS, AssistantOut, check_select, select_fields};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -14,7 +15,6 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use protocol::wire::{ASSISTANT_FIELDS, AssistantOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -9,8 +9,12 @@ use axum::extract::{Extension, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use domain::{Run, RunStatus};
+use domain::{CancelAction, Run, RunStatus, is_terminal};
+use engine::EndWatch;
 use ids::{RunId, ThreadId, UserId};
+use protocol::run_create::{OnDisconnect, OneOrMany, RunCreate};
+use protocol::sse::{Cursor, Framer, StreamMode};
+use protocol::wire::RunOut;
 use serde::Deserialize;
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,15 +25,9 @@ use crate::auth::Credential;
 use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::metrics::{self, Transport};
-use crate::stream::{credential_lapsed, unauthorized_data};
-use domain::{CancelAction, is_terminal};
-use engine::EndWatch;
-use protocol::run_create::{OnDisconnect, OneOrMany, RunCreate};
-
 use crate::run_request::parse_modes;
 use crate::run_responses::{headers, sse, sse_frame, wait};
-use protocol::sse::{Cursor, Framer, StreamMode};
-use protocol::wire::RunOut;
+use crate::stream::{credential_lapsed, unauthorized_data};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -4,8 +4,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::request::Parts;
-use domain::json_contains;
+use domain::{apply_update, json_contains};
 use ids::{CheckpointId, ThreadId};
+use protocol::wire::{
+    CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, check_select, select_fields,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
@@ -15,11 +18,6 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext, ThreadKey, path_id};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use domain::apply_update;
-
-use protocol::wire::{
-    CheckpointRef, STATE_FIELDS, StateUpdated, ThreadStateOut, check_select, select_fields,
-};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use domain::{SortOrder, ThreadFilter, ThreadPage, ThreadSortBy, ThreadStatus};
 use ids::ThreadId;
+use protocol::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -16,7 +17,6 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::context::{OwnedThread, RequestContext, ThreadKey};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
-use protocol::wire::{THREAD_FIELDS, ThreadOut, check_select, select_fields};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

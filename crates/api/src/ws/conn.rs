@@ -5,9 +5,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use domain::CancelAction;
+use engine::{Ended, Live, Notice, Published};
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use ids::{RequestId, RunId, ThreadId, UserId};
+use protocol::wire::RunOut;
+use protocol::ws::{
+    Cancel, ClientFrame, FrameError, ServerFrame, StartRun, Subscribe, TYPES, Unsubscribe, close,
+};
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::StreamMap;
@@ -15,19 +21,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
 
+use super::{Closing, GAP_PAGE, MAX_CONSECUTIVE_ERRORS, Outbound, too_big};
 use crate::AppState;
 use crate::auth::{Caller, Credential};
 use crate::context::RequestContext;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::metrics::{self, LookupFailure, Transport};
-use domain::CancelAction;
-use engine::{Ended, Live, Notice, Published};
-use protocol::wire::RunOut;
-use protocol::ws::{
-    Cancel, ClientFrame, FrameError, ServerFrame, StartRun, Subscribe, TYPES, Unsubscribe, close,
-};
-
-use super::{Closing, GAP_PAGE, MAX_CONSECUTIVE_ERRORS, Outbound, too_big};
 
 /// A command that failed: an `error` frame (the connection stays open).
 struct Failure {

@@ -22,6 +22,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use ids::{ConnectionId, RequestId, UserId};
+use protocol::ws::{Authenticate, BEARER_PROTOCOL, ClientFrame, PROTOCOL, ServerFrame, close};
 use tokio::sync::watch;
 use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
@@ -30,7 +31,6 @@ use crate::AppState;
 use crate::auth::{AuthMode, Caller};
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::metrics::{self, Transport};
-use protocol::ws::{Authenticate, BEARER_PROTOCOL, ClientFrame, PROTOCOL, ServerFrame, close};
 
 mod conn;
 mod outbound;
