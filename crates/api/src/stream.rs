@@ -285,3 +285,62 @@ pub fn ended_data(ended: &Ended) -> Value {
         }
     }
 }
+
+/// The outbox's deadlines on tokio's paused clock: what is tested is time, so time is
+/// simulated (each wait ends at once, as the clock jumps to the next timer).
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn config() -> SseConfig {
+        SseConfig {
+            max_buffer: 10,
+            slow_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_dropped_at_the_slow_deadline() {
+        let stats = Arc::new(SseStats::default());
+        let (tx, body) = outbox(&config(), stats.clone());
+        let mut body = Box::pin(body);
+        tx.send("0123456789".into()).await.expect("the first frame fits the budget");
+        let start = Instant::now();
+        // Over the budget, the producer waits for the reader, up to the slow deadline.
+        assert_eq!(tx.send("more".into()).await, Err(Stop::Slow));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(stats.slow_dropped(), 1);
+        assert_eq!(stats.buffered_bytes(), 0, "a dropped stream holds nothing");
+        // The response ends with an error, so the connection is closed.
+        assert!(body.next().await.expect("an item").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_keeps_up_never_meets_the_deadline() {
+        let (tx, body) = outbox(&config(), Arc::default());
+        let mut body = Box::pin(body);
+        for i in 0..100 {
+            tx.send(format!("frame {i:02}")).await.expect("queued");
+            let chunk = body.next().await.expect("a chunk").expect("not an error");
+            assert_eq!(chunk, format!("frame {i:02}"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_sends_heartbeats_on_time_and_ends_with_its_producer() {
+        let (tx, body) = outbox(&config(), Arc::default());
+        let mut body = Box::pin(body);
+        let start = Instant::now();
+        for beat in 1..=3 {
+            let chunk = body.next().await.expect("a chunk").expect("not an error");
+            assert_eq!(chunk, Bytes::from_static(b": heartbeat\n\n"));
+            assert_eq!(start.elapsed(), Duration::from_secs(5 * beat));
+        }
+        drop(tx);
+        assert!(body.next().await.is_none(), "the response ends with its producer");
+    }
+}
