@@ -240,7 +240,12 @@ pub async fn serve(
         let mut stopped = stopped;
         let _ = stopped.wait_for(|s| *s).await;
     };
-    state.start(executor_stop).await.map_err(std::io::Error::other)?;
+    // A signal during start-up (recovering runs a crash left) stops the server at once.
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        started = state.start(executor_stop) => started.map_err(std::io::Error::other)?,
+        () = &mut shutdown => return Ok(()),
+    }
     // Upgraded connections outlive the HTTP server's graceful shutdown: tell them to close
     // (1001) when it starts, and give them a moment to say so to their clients.
     let connections = state.ws.clone();

@@ -6,7 +6,8 @@ use ids::CheckpointId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Whether a streaming run is cancelled when its client goes away.
+// Whether a streaming run is cancelled when its client goes away. (Plain comments on the two
+// request enums: a doc comment would become their OpenAPI description.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -16,7 +17,7 @@ pub enum OnDisconnect {
     Continue,
 }
 
-/// What a stateless run does with its temporary thread when it ends.
+// What a stateless run does with its temporary thread when it ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -28,47 +29,36 @@ pub enum OnCompletion {
 
 /// A run's request, validated: the agent, its input and options, and how it starts (a fork,
 /// a command, breakpoints).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunSpec {
     /// The agent the run executes (a built-in graph's name).
-    #[serde(default = "echo")]
     pub graph_id: String,
     /// The input as sent (also the run's `input`).
-    #[serde(default)]
     pub input: Option<Value>,
-    #[serde(default = "empty_object")]
     pub config: Value,
-    #[serde(default = "empty_object")]
     pub context: Value,
     /// The stream modes asked for (`values` when none was).
-    #[serde(default)]
     pub stream_mode: Vec<String>,
-    #[serde(default)]
     pub stream_subgraphs: bool,
-    #[serde(default)]
     pub stream_resumable: bool,
-    #[serde(default)]
     pub on_disconnect: OnDisconnect,
     /// A stateless run's: `delete` its temporary thread at its end (the default), or `keep`;
     /// `None` for a run on a thread.
-    #[serde(default)]
     pub on_completion: Option<OnCompletion>,
-    #[serde(default)]
     pub durability: Option<String>,
-    #[serde(default)]
     pub feedback_keys: Option<Vec<String>>,
     /// `{resume, update, goto}`: the run resumes the thread's interrupted state (kept as sent:
     /// a `resume` of `null` is a resume).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Value>,
     /// An older checkpoint of the thread the run forks from (regenerate, edit); `None`
     /// continues from the newest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_id: Option<CheckpointId>,
     /// Breakpoints: `"*"` or a list of node names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupt_before: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupt_after: Option<Value>,
 }
 
@@ -103,13 +93,42 @@ impl Default for RunSpec {
 }
 
 impl RunSpec {
-    /// The spec of a run's stored `kwargs`. A value this build cannot read (stored by hand)
-    /// is the default spec: an `echo` run of the input.
+    /// The spec of a run's stored `kwargs`, field by field: a field this build cannot read
+    /// (stored by hand) takes its default alone, as the readers before `RunSpec` did, and
+    /// `on_completion` is read as the store's SQL reads it (`kwargs ->> 'on_completion'`).
     pub fn of(kwargs: &Value) -> RunSpec {
-        RunSpec::deserialize(kwargs).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "a run's kwargs cannot be read: running it as echo");
-            RunSpec::default()
-        })
+        let field = |key: &str| kwargs.get(key).filter(|v| !v.is_null());
+        let text = |key: &str| field(key).and_then(Value::as_str);
+        let strings = |key: &str| {
+            field(key).and_then(Value::as_array).map(|items| {
+                items.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>()
+            })
+        };
+        RunSpec {
+            graph_id: text("graph_id").unwrap_or("echo").to_owned(),
+            input: field("input").cloned(),
+            config: field("config").cloned().unwrap_or_else(empty_object),
+            context: field("context").cloned().unwrap_or_else(empty_object),
+            stream_mode: strings("stream_mode").unwrap_or_default(),
+            stream_subgraphs: field("stream_subgraphs").and_then(Value::as_bool).unwrap_or(false),
+            stream_resumable: field("stream_resumable").and_then(Value::as_bool).unwrap_or(false),
+            on_disconnect: match text("on_disconnect") {
+                Some("cancel") => OnDisconnect::Cancel,
+                _ => OnDisconnect::Continue,
+            },
+            on_completion: match text("on_completion") {
+                Some("delete") => Some(OnCompletion::Delete),
+                Some("keep") => Some(OnCompletion::Keep),
+                _ => None,
+            },
+            durability: text("durability").map(str::to_owned),
+            feedback_keys: strings("feedback_keys"),
+            // Kept as stored: a `command` whose `resume` is `null` is a resume.
+            command: kwargs.get("command").cloned(),
+            checkpoint_id: text("checkpoint_id").and_then(|id| id.parse().ok()),
+            interrupt_before: field("interrupt_before").cloned(),
+            interrupt_after: field("interrupt_after").cloned(),
+        }
     }
 
     /// The `kwargs` to store.
@@ -165,5 +184,20 @@ mod tests {
         assert_eq!(spec, RunSpec::default());
         assert!(RunSpec::of(&json!({"on_completion": "delete"})).deletes_thread());
         assert_eq!(RunSpec::of(&json!([1])), RunSpec::default());
+    }
+
+    #[test]
+    fn a_field_that_cannot_be_read_takes_its_default_alone() {
+        let spec = RunSpec::of(&json!({
+            "graph_id": "synthetic", "on_completion": "delete", "checkpoint_id": "not-an-id",
+            "stream_mode": ["updates", 1],
+        }));
+        assert_eq!(spec.graph_id, "synthetic");
+        assert!(spec.deletes_thread());
+        assert_eq!(spec.checkpoint_id, None);
+        assert_eq!(spec.stream_mode, ["updates"]);
+        let spec = RunSpec::of(&json!({"graph_id": null, "on_completion": "delete"}));
+        assert_eq!(spec.graph_id, "echo");
+        assert!(spec.deletes_thread());
     }
 }

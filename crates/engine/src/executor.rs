@@ -155,10 +155,11 @@ struct Running {
     runs: HashMap<RunId, (ThreadId, watch::Sender<Option<CancelAction>>)>,
     /// Cancels that arrived between a run's claim and its registration.
     early: HashMap<RunId, CancelAction>,
-    /// Threads whose runs created before a run (`interrupt`/`rollback` strategy) must stop:
-    /// a run of the thread claimed but not registered yet when the strategy's cancel came
-    /// (`cancel_thread`) is cancelled as it registers. Removed once that run, or a later one,
-    /// of the thread registers (no older run can start after it: one active run per thread).
+    /// Threads with a run (`keep`) whose `interrupt`/`rollback` strategy asked the thread's
+    /// other runs to stop (`cancel_thread`), while `keep` is active: a run of the thread that
+    /// registers meanwhile is one the claim took before `keep` was created (while `keep` is
+    /// active no other run of its thread can be claimed), so it is cancelled as it registers.
+    /// Removed when `keep` registers (the run it replaced has ended) or ends.
     early_threads: HashMap<ThreadId, (RunId, CancelAction)>,
 }
 
@@ -208,6 +209,9 @@ impl Executor {
 
     /// Tells the run's waiters how it ended.
     fn announce(&self, finished: Finished) {
+        let mut running = self.running();
+        running.early_threads.retain(|_, (keep, _)| *keep != finished.run_id);
+        drop(running);
         let waiters = self.ends().remove(&finished.run_id).unwrap_or_default();
         for waiter in waiters {
             let _ = waiter.send(finished.clone());
@@ -312,16 +316,20 @@ impl Executor {
     }
 
     /// Asks every run of `thread` executing on this node to stop (multitask `interrupt` and
-    /// `rollback`), except `keep`, the run that replaces them; a run of the thread created
-    /// before `keep` that the claim has taken but not registered yet stops as it registers.
+    /// `rollback`), except `keep`, the run that replaces them; a run of the thread that the
+    /// claim has taken but not registered yet stops as it registers (see `early_threads`).
     pub fn cancel_thread(&self, thread: ThreadId, keep: RunId, action: CancelAction) {
         let mut running = self.running();
         for (run, (t, cancel)) in &running.runs {
-            if *t == thread && *run < keep {
+            if *t == thread && *run != keep {
                 let _ = cancel.send(Some(action));
             }
         }
-        running.early_threads.insert(thread, (keep, action));
+        // `keep` registered already (claimed as it was created): its thread had no other
+        // active run, so none can register before `keep` ends.
+        if !running.runs.contains_key(&keep) {
+            running.early_threads.insert(thread, (keep, action));
+        }
     }
 
     /// At start-up: runs a crash left `running` end `error`, each with a `run_error` event.
@@ -461,12 +469,12 @@ impl Executor {
             let _ = cancel_tx.send(Some(action));
         }
         match running.early_threads.get(&thread) {
-            // Run ids are UUIDv7: an older id is a run created before `keep`.
-            Some(&(keep, action)) if run < keep => {
-                let _ = cancel_tx.send(Some(action));
-            }
-            Some(_) => {
+            // `keep` starts: the run it replaced has ended.
+            Some(&(keep, _)) if keep == run => {
                 running.early_threads.remove(&thread);
+            }
+            Some(&(_, action)) => {
+                let _ = cancel_tx.send(Some(action));
             }
             None => {}
         }

@@ -15,7 +15,7 @@
 //! [`Published`] event carries its owner, which the live path checks before delivering
 //! (defence in depth: a subscription never delivers another user's event).
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::Deref;
@@ -46,7 +46,7 @@ pub struct Published {
     event: Event,
     /// The thread's owner when the event was committed.
     owner: UserId,
-    encoded: OnceLock<Box<dyn Any + Send + Sync>>,
+    encoded: OnceLock<(TypeId, Box<dyn Any + Send + Sync>)>,
 }
 
 impl Published {
@@ -60,13 +60,19 @@ impl Published {
     }
 
     /// The event as `encode` writes it, encoded once for every subscriber (`T` should be
-    /// cheap to clone, e.g. shared bytes). One encoding is kept per event: the first type
-    /// asked for; another type is encoded anew at each call.
-    pub fn encoded<T: Any + Clone + Send + Sync>(&self, encode: impl Fn(&Event) -> T) -> T {
-        let kept = self.encoded.get_or_init(|| Box::new(encode(&self.event)));
+    /// cheap to clone, e.g. shared bytes). The cache is keyed by the encoder (each closure is
+    /// a type of its own), so two transports never get each other's encoding; one encoding is
+    /// kept per event (the first asked for), another is encoded anew at each call.
+    pub fn encoded<T, F>(&self, encode: F) -> T
+    where
+        T: Any + Clone + Send + Sync,
+        F: Fn(&Event) -> T + 'static,
+    {
+        let (by, kept) =
+            self.encoded.get_or_init(|| (TypeId::of::<F>(), Box::new(encode(&self.event))));
         match kept.downcast_ref::<T>() {
-            Some(value) => value.clone(),
-            None => encode(&self.event),
+            Some(value) if *by == TypeId::of::<F>() => value.clone(),
+            _ => encode(&self.event),
         }
     }
 }

@@ -71,12 +71,20 @@ pub struct Cancel {
     pub action: Option<String>,
 }
 
-/// The `auth` frame (only as a connection's first frame, when the handshake carried no
-/// credential; afterwards it is refused: `already_authenticated`).
+/// The `auth` frame, `{"type": "auth", "token": ...}`: a connection's first frame when the
+/// handshake carried no credential (read with [`Authenticate::parse`]). Afterwards it is
+/// refused whatever its fields (`already_authenticated`).
 #[derive(Debug, Deserialize)]
 pub struct Authenticate {
-    #[serde(default)]
-    pub token: Option<String>,
+    pub r#type: String,
+    pub token: String,
+}
+
+impl Authenticate {
+    /// The first frame as an `auth` frame, if it is one.
+    pub fn parse(text: &str) -> Option<Authenticate> {
+        serde_json::from_str::<Authenticate>(text).ok().filter(|auth| auth.r#type == "auth")
+    }
 }
 
 /// A client frame, by its `type` (see [`TYPES`]).
@@ -90,7 +98,8 @@ pub enum ClientFrame {
     Run(Box<StartRun>),
     Cancel(Cancel),
     Ping,
-    Auth(Authenticate),
+    /// `auth` on an authenticated connection (its fields are not read).
+    Auth,
 }
 
 /// Why a text frame is not a client frame.
@@ -118,7 +127,7 @@ impl ClientFrame {
             "run" => ClientFrame::Run(Box::new(fields(frame)?)),
             "cancel" => ClientFrame::Cancel(fields(frame)?),
             "ping" => ClientFrame::Ping,
-            "auth" => ClientFrame::Auth(fields(frame)?),
+            "auth" => ClientFrame::Auth,
             other => return Err(FrameError::UnknownType(other.to_owned())),
         })
     }

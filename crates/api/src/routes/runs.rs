@@ -394,6 +394,9 @@ async fn wait_stateless(
     waiting(&state, &context, ThreadId::new(), body, true).await
 }
 
+/// Join a thread's stream (SSE): the events of every run of the thread, live, in the
+/// requested modes (`values` by default), resuming after `Last-Event-ID`. It stays open until
+/// the client leaves; runs ending do not end it.
 #[utoipa::path(get, path = "/threads/{thread_id}/stream", tag = "runs",
     params(("thread_id" = String, Path, format = Uuid), JoinStreamQuery),
     responses((status = 200, content_type = "text/event-stream"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]

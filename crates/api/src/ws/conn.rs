@@ -259,7 +259,7 @@ impl Conn {
                 self.send(&ServerFrame::Pong { r#ref: r#ref.as_ref() });
                 Ok(())
             }
-            ClientFrame::Auth(_) => {
+            ClientFrame::Auth => {
                 Err(Failure::new("already_authenticated", "this connection is authenticated"))
             }
         };

@@ -22,7 +22,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use ids::{ConnectionId, RequestId, UserId};
-use protocol::ws::{Authenticate, BEARER_PROTOCOL, ClientFrame, PROTOCOL, ServerFrame, close};
+use protocol::ws::{Authenticate, BEARER_PROTOCOL, PROTOCOL, ServerFrame, close};
 use tokio::sync::watch;
 use tracing::field::{Empty, display};
 use tracing::{Instrument, Span};
@@ -333,14 +333,11 @@ async fn first_frame_auth(
                 ));
             }
         };
-        let frame = serde_json::from_str(&text).map(ClientFrame::decode);
-        return match frame {
-            Ok(Ok(ClientFrame::Auth(Authenticate { token: Some(token) }))) => {
-                authenticate_token(state, &token).await.map_err(|e| {
-                    let (_, _, detail) = e.into_parts(RequestId::new());
-                    fail(detail)
-                })
-            }
+        return match Authenticate::parse(&text) {
+            Some(auth) => authenticate_token(state, &auth.token).await.map_err(|e| {
+                let (_, _, detail) = e.into_parts(RequestId::new());
+                fail(detail)
+            }),
             _ => Err(fail(
                 "the first frame must be {\"type\": \"auth\", \"token\": \"<API key or JWT>\"}"
                     .into(),
