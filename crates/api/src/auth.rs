@@ -276,7 +276,7 @@ impl Auth {
     /// Whether a long-lived connection's credential is still valid: a JWT before its `exp`,
     /// an API key not revoked (asked of the store at most once per `--auth-key-recheck` per
     /// key; a store that does not answer keeps the connection). The error says why not.
-    pub async fn recheck(&self, store: &Spindle, credential: &Credential) -> Result<(), String> {
+    pub async fn recheck(&self, engine: &Spindle, credential: &Credential) -> Result<(), String> {
         match credential {
             Credential::Local => Ok(()),
             Credential::Jwt { .. } => match credential.expires_in() {
@@ -290,7 +290,7 @@ impl Auth {
                 if fresh(&self.key_checked.lock().unwrap_or_else(|e| e.into_inner())) {
                     return Ok(());
                 }
-                match store.user_for_api_key(hash).await {
+                match engine.user_for_api_key(hash).await {
                     Ok(Some(_)) => {
                         let mut checked =
                             self.key_checked.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,11 +318,11 @@ impl Auth {
     /// Resolves the request's credentials to a user, or says what is wrong with them.
     pub async fn authenticate(
         &self,
-        store: &Spindle,
+        engine: &Spindle,
         headers: &HeaderMap,
     ) -> Result<Caller, ApiError> {
         if self.mode == AuthMode::Local {
-            return self.user(store, LOCAL_SUBJECT, Credential::Local).await;
+            return self.user(engine, LOCAL_SUBJECT, Credential::Local).await;
         }
         let unauthorized = |m: &str| ApiError::Unauthorized(m.to_owned());
         let api_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or_default());
@@ -332,16 +332,16 @@ impl Auth {
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
         if let Some(key) = api_key.filter(|_| self.mode.keys()) {
-            return self.key_user(store, key).await;
+            return self.key_user(engine, key).await;
         }
         match bearer {
             Some(token) if self.mode.keys() && token.starts_with(KEY_PREFIX) => {
-                self.key_user(store, token).await
+                self.key_user(engine, token).await
             }
             Some(token) => match &self.jwt {
                 Some(jwt) => match jwt.verify(token) {
                     Ok((subject, expires_at)) => {
-                        self.user(store, &subject, Credential::Jwt { expires_at }).await
+                        self.user(engine, &subject, Credential::Jwt { expires_at }).await
                     }
                     Err(e) => Err(ApiError::Unauthorized(format!("invalid bearer token: {e}"))),
                 },
@@ -359,9 +359,9 @@ impl Auth {
         }
     }
 
-    async fn key_user(&self, store: &Spindle, key: &str) -> Result<Caller, ApiError> {
+    async fn key_user(&self, engine: &Spindle, key: &str) -> Result<Caller, ApiError> {
         let hash = hash_key(key);
-        match store.user_for_api_key(&hash).await? {
+        match engine.user_for_api_key(&hash).await? {
             Some(user) => Ok(Caller {
                 user: user.user_id,
                 subject: user.subject,
@@ -373,7 +373,7 @@ impl Auth {
 
     async fn user(
         &self,
-        store: &Spindle,
+        engine: &Spindle,
         subject: &str,
         credential: Credential,
     ) -> Result<Caller, ApiError> {
@@ -381,7 +381,7 @@ impl Auth {
         let user = match cached {
             Some(user) => user,
             None => {
-                let user = store.ensure_user(subject).await?.user_id;
+                let user = engine.ensure_user(subject).await?.user_id;
                 self.users
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

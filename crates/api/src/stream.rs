@@ -247,7 +247,7 @@ impl Drop for Reader {
 /// finds it revoked. Never, for `--auth local`.
 pub async fn credential_lapsed(
     auth: &Auth,
-    store: &Engine,
+    engine: &Engine,
     credential: &Credential,
     every: Duration,
 ) -> String {
@@ -262,7 +262,7 @@ pub async fn credential_lapsed(
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        if let Err(why) = auth.recheck(store, credential).await {
+        if let Err(why) = auth.recheck(engine, credential).await {
             return why;
         }
     }

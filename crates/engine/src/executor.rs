@@ -210,7 +210,9 @@ impl Executor {
     /// Tells the run's waiters how it ended.
     fn announce(&self, finished: Finished) {
         let mut running = self.running();
-        running.early_threads.retain(|_, (keep, _)| *keep != finished.run_id);
+        if !running.early_threads.is_empty() {
+            running.early_threads.retain(|_, (keep, _)| *keep != finished.run_id);
+        }
         drop(running);
         let waiters = self.ends().remove(&finished.run_id).unwrap_or_default();
         for waiter in waiters {
