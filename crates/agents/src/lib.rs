@@ -54,15 +54,23 @@ pub trait Sink: Send {
 pub enum Agent {
     Echo,
     Synthetic,
+    /// A model on an OpenAI-compatible server, with tools over MCP, configured by its
+    /// assistant (`context`, or `config.configurable`).
+    Llm,
 }
 
 impl Agent {
-    pub const ALL: [(Agent, &'static str, &'static str); 2] = [
+    pub const ALL: [(Agent, &'static str, &'static str); 3] = [
         (Agent::Echo, "echo", "Replies with the user's last message; deterministic, no network"),
         (
             Agent::Synthetic,
             "synthetic",
             "Streams n custom events or message chunks (input fields n, mode, delay_ms), then echoes; with input field interrupt, first asks a human that value and answers with the resume value",
+        ),
+        (
+            Agent::Llm,
+            "llm",
+            "A model on an OpenAI-compatible server (the assistant's context: model, provider, system_prompt, temperature, max_tokens, tools over MCP, approve, max_steps)",
         ),
     ];
 
@@ -74,6 +82,7 @@ impl Agent {
         match self {
             Agent::Echo => "echo",
             Agent::Synthetic => "synthetic",
+            Agent::Llm => "llm",
         }
     }
 
@@ -87,7 +96,7 @@ impl Agent {
     pub fn interrupt_value(self, input: &Value) -> Option<Value> {
         match self {
             Agent::Synthetic => input.get("interrupt").filter(|v| !v.is_null()).cloned(),
-            Agent::Echo => None,
+            Agent::Echo | Agent::Llm => None,
         }
     }
 
@@ -102,6 +111,12 @@ impl Agent {
         resumed: Option<&Value>,
         sink: &mut impl Sink,
     ) -> Result<Value, Stop> {
+        if self == Agent::Llm {
+            return Err(Stop::Failed {
+                error: "ValueError".into(),
+                message: "the llm agent is not configured on this server".into(),
+            });
+        }
         let text = last_human_text(state);
         sink.push(
             EventKind::AgentThinking,
