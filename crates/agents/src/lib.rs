@@ -2,6 +2,11 @@
 //! tests and demos). Agents emit through a [`Sink`], which the engine implements: this crate
 //! depends on neither the store nor the engine, so an agent cannot touch either.
 
+pub mod llm;
+pub mod mcp;
+
+pub use llm::Runtime;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -34,6 +39,10 @@ pub trait Sink: Send {
 
     /// Flushes when enough events wait (a long stream goes out in growing batches).
     fn flush_if_full(&mut self) -> impl Future<Output = Result<(), Stop>> + Send;
+
+    /// Resolves when the run is cancelled or out of time (with why); an agent waiting on
+    /// something else (a model server, a tool) races it and drops what it waited for.
+    fn stopped(&self) -> impl Future<Output = Stop> + Send + 'static;
 
     /// Waits `delay`, unless the run is cancelled or out of time first.
     fn pause(&mut self, delay: Duration) -> impl Future<Output = Result<(), Stop>> + Send;

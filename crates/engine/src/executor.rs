@@ -113,11 +113,18 @@ pub struct ExecutorConfig {
     pub per_user: usize,
     /// Longest a run may execute before it ends `timeout`.
     pub run_timeout: Duration,
+    /// The model servers and MCP servers the `llm` agent may use (server configuration).
+    pub agents: agents::Runtime,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { concurrency: 64, per_user: 64, run_timeout: Duration::from_secs(600) }
+        ExecutorConfig {
+            concurrency: 64,
+            per_user: 64,
+            run_timeout: Duration::from_secs(600),
+            agents: agents::Runtime::default(),
+        }
     }
 }
 
@@ -524,7 +531,8 @@ impl Executor {
             // The time limit is checked by the sink, like a cancel, so a run is never dropped
             // in the middle of a write (which could commit an event nobody is told about).
             let spec = RunSpec::of(&run.kwargs);
-            let outcome = run_steps(&run, &spec, &mut sink, started).await;
+            let runtime = &self.inner.config.agents;
+            let outcome = run_steps(&run, &spec, runtime, &mut sink, started).await;
             let finished = self.finish(&run, &mut sink, outcome).await;
             self.running().runs.remove(&run.run_id);
             self.announce(finished);

@@ -4,6 +4,7 @@
 //! to write once its run is cancelled or out of time, so a stopped run never leaves an event
 //! committed but unpublished.
 
+use std::future::Future;
 use std::time::Duration;
 
 use agents::{Agent, Sink as _, Stop};
@@ -35,6 +36,27 @@ impl agents::Sink for Sink {
         }
         self.batch = (self.batch * 2).min(BATCH);
         self.flush_now().await
+    }
+
+    fn stopped(&self) -> impl Future<Output = Stop> + Send + 'static {
+        let (mut cancel, deadline, timeout) = (self.cancel.clone(), self.deadline, self.timeout);
+        async move {
+            let cancelled = async {
+                loop {
+                    if let Some(action) = *cancel.borrow_and_update() {
+                        return Stop::Cancelled(action);
+                    }
+                    if cancel.changed().await.is_err() {
+                        // No one can cancel the run any more: only its time can run out.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                stop = cancelled => stop,
+                () = tokio::time::sleep_until(deadline) => timed_out(timeout),
+            }
+        }
     }
 
     async fn pause(&mut self, delay: Duration) -> Result<(), Stop> {
@@ -88,8 +110,7 @@ impl Sink {
             return Err(Stop::Cancelled(action));
         }
         if tokio::time::Instant::now() >= self.deadline {
-            let message = format!("the run exceeded {} s", self.timeout.as_secs_f64());
-            return Err(Stop::Failed { error: "TimeoutError".into(), message });
+            return Err(timed_out(self.timeout));
         }
         Ok(())
     }
@@ -133,13 +154,25 @@ impl Sink {
     /// pending task (the agent's) holds the interrupt, and the run's end (`success`, the
     /// thread `interrupted`), in one transaction. Returns the values with `__interrupt__`.
     pub(crate) async fn interrupt(&mut self, agent: Agent, value: Value) -> Result<Value, Stop> {
+        self.interrupt_with(agent, Value::Null, value).await
+    }
+
+    /// As [`Sink::interrupt`], with the agent's `update` (what it wrote before it asked)
+    /// applied in the same step.
+    pub(crate) async fn interrupt_with(
+        &mut self,
+        agent: Agent,
+        update: Value,
+        value: Value,
+    ) -> Result<Value, Stop> {
         self.check()?;
         let id = ids::InterruptId::new().simple();
         let mut pending = Pending::next(agent.name());
         pending.interrupts.push(Interrupt { id, value });
         let shown = pending.shown();
+        let writes = if update.is_null() { json!({}) } else { json!({ agent.name(): update }) };
         let mut metadata =
-            json!({ "source": "loop", "run_id": self.run.run_id, "writes": {}, "parents": {} })
+            json!({ "source": "loop", "run_id": self.run.run_id, "writes": writes, "parents": {} })
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
@@ -148,7 +181,7 @@ impl Sink {
         let end = self.end(true);
         let mut values = self
             .commit(
-                Some(Box::new(|current| apply_update(current, Value::Null))),
+                Some(Box::new(move |current| apply_update(current, update.clone()))),
                 &metadata,
                 Some(&end),
             )
@@ -228,6 +261,11 @@ impl Sink {
             tracing::warn!(error = %e, "could not append the rollback event");
         }
     }
+}
+
+fn timed_out(timeout: Duration) -> Stop {
+    let message = format!("the run exceeded {} s", timeout.as_secs_f64());
+    Stop::Failed { error: "TimeoutError".into(), message }
 }
 
 /// A step the store refused: an invalid update fails the run as LangGraph's does.

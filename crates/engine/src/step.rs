@@ -20,6 +20,7 @@ use crate::sink::Sink;
 pub(crate) async fn run_steps(
     run: &Run,
     spec: &RunSpec,
+    runtime: &agents::Runtime,
     sink: &mut Sink,
     started: Option<Value>,
 ) -> Result<Value, Stop> {
@@ -55,12 +56,42 @@ pub(crate) async fn run_steps(
     {
         return sink.interrupt(agent, value).await;
     }
+    if agent == Agent::Llm {
+        return llm(run, spec, runtime, &state, resumed.as_ref(), sink).await;
+    }
     let message = agent.run(&state, &input, resumed.as_ref(), sink).await?;
     let writes = json!({ agent.name(): { "messages": [message.clone()] } });
     let metadata =
         json!({ "source": "loop", "run_id": run.run_id, "writes": writes, "parents": {} });
     // The last step and the run's end, in one transaction.
     sink.commit_final(json!({ "messages": [message] }), metadata).await
+}
+
+/// The `llm` agent's run: its settings from the run's (merged) `context` and
+/// `config.configurable`, then its answer as the last step, or its approval request as an
+/// interrupt with the messages it wrote before asking.
+async fn llm(
+    run: &Run,
+    spec: &RunSpec,
+    runtime: &agents::Runtime,
+    state: &Value,
+    resumed: Option<&Value>,
+    sink: &mut Sink,
+) -> Result<Value, Stop> {
+    let settings = agents::llm::Settings::of(&spec.context, &spec.config["configurable"])
+        .map_err(|message| Stop::Failed { error: "ValueError".into(), message })?;
+    match agents::llm::run(runtime, &settings, state, resumed, sink).await? {
+        agents::llm::Outcome::Answered(messages) => {
+            let update = json!({ "messages": messages });
+            let writes = json!({ Agent::Llm.name(): update.clone() });
+            let metadata =
+                json!({ "source": "loop", "run_id": run.run_id, "writes": writes, "parents": {} });
+            sink.commit_final(update, metadata).await
+        }
+        agents::llm::Outcome::Asks { messages, value } => {
+            sink.interrupt_with(Agent::Llm, json!({ "messages": messages }), value).await
+        }
+    }
 }
 
 /// How a `command` run goes on.

@@ -166,11 +166,25 @@ impl Framer {
                 let text = self.partial.entry(id.clone()).or_default();
                 text.push_str(delta);
                 let so_far = text.clone();
+                // A model's tool-call fragments and reasoning ride in the chunk as LangChain's
+                // ChatOpenAI streams them.
+                let tool_call_chunks = event.data.get("tool_call_chunks").cloned();
+                let mut additional = json!({});
+                if let Some(reasoning) = event.data.get("reasoning") {
+                    additional["reasoning_content"] = reasoning.clone();
+                }
                 let chunk = json!({
                     "type": "AIMessageChunk", "id": id, "content": delta, "name": node,
-                    "additional_kwargs": {}, "response_metadata": {},
-                    "tool_calls": [], "tool_call_chunks": [], "invalid_tool_calls": [],
+                    "additional_kwargs": additional, "response_metadata": {},
+                    "tool_calls": [], "tool_call_chunks": tool_call_chunks.unwrap_or(json!([])),
+                    "invalid_tool_calls": [],
                 });
+                let mut chunk = chunk;
+                for key in ["usage_metadata", "response_metadata"] {
+                    if let Some(value) = event.data.get(key) {
+                        chunk[key] = value.clone();
+                    }
+                }
                 if self.wants(StreamMode::MessagesTuple) {
                     out.push(("messages".into(), json!([chunk, self.metadata(&node)])));
                 }
@@ -195,6 +209,15 @@ impl Framer {
                 }
                 if self.wants(StreamMode::Messages) {
                     out.push(("messages/complete".into(), json!([message])));
+                }
+                // A message that was not streamed (a tool's result, an edited call) is one
+                // tuple of its own, as LangGraph sends the messages a node returns; a streamed
+                // one was sent as its chunks.
+                if self.wants(StreamMode::MessagesTuple) && !transient {
+                    let id = message["id"].as_str().unwrap_or_default();
+                    if message["type"] == "tool" || !self.partial.contains_key(id) {
+                        out.push(("messages".into(), json!([message, self.metadata(&node)])));
+                    }
                 }
             }
             EventKind::Custom if self.wants(StreamMode::Custom) => {

@@ -141,6 +141,28 @@ pub struct ServeArgs {
     pub ws: WsArgs,
     #[command(flatten)]
     pub sse: SseArgs,
+    #[command(flatten)]
+    pub agents: AgentArgs,
+}
+
+/// Where the `llm` agent's models and tools are: server configuration only, never an
+/// assistant's (docs/llm.md). The default provider's key is `SPINDLE_LLM_API_KEY`, read from
+/// the environment only.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The default model provider: an OpenAI-compatible API's base URL (e.g.
+    /// http://127.0.0.1:11434/v1 for Ollama); `/chat/completions` is called under it.
+    #[arg(long, env = "SPINDLE_LLM_BASE_URL", value_name = "URL")]
+    pub llm_base_url: Option<String>,
+    /// An MCP server over Streamable HTTP, as NAME=URL; repeatable, or comma-separated in
+    /// the environment. Assistants name them in `context.tools`.
+    #[arg(long = "mcp", env = "SPINDLE_MCP", value_name = "NAME=URL", value_delimiter = ',')]
+    pub mcp: Vec<String>,
+    /// A TOML file naming more model providers (`[providers.NAME]` with `base_url` and
+    /// `api_key_env`, `default_provider`) and MCP servers (`[mcp.NAME]` with `url`, or
+    /// `command` and `args` for a stdio server).
+    #[arg(long = "config", env = "SPINDLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// What a connection may hold, and for how long (docs/security.md).

@@ -3,6 +3,7 @@
 //! process with one line on stderr and exit code 1. This crate is the one place that holds
 //! both the store and the API: it wires them together.
 
+mod agents_config;
 mod config;
 mod doctor;
 mod inspect;
@@ -172,6 +173,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         concurrency,
         per_user: per_user.max(1),
         run_timeout: std::time::Duration::from_secs(args.run_timeout.max(1)),
+        agents: agents_config::runtime(&args.agents)?,
     };
     let engine = Engine::new(store, executor).await.map_err(|e| e.to_string())?;
     let state = AppState::new(engine, auth, http);

@@ -10,6 +10,7 @@ mod conversations;
 mod credentials;
 mod hardening;
 mod inspect;
+mod llm;
 mod net;
 mod runs;
 mod sdk;

@@ -45,8 +45,19 @@ impl TestApp {
 
     /// An app on `db` (a test's own database, perhaps with its rows written first).
     pub async fn on(db: TestDb, auth: Auth, http: HttpConfig) -> TestApp {
+        TestApp::running(db, auth, http, Default::default()).await
+    }
+
+    /// An app on `db` whose executor runs with `executor` (its places, the `llm` agent's
+    /// model and MCP servers).
+    pub async fn running(
+        db: TestDb,
+        auth: Auth,
+        http: HttpConfig,
+        executor: engine::ExecutorConfig,
+    ) -> TestApp {
         let state = AppState::new(
-            engine::Engine::new(db.store.clone(), Default::default()).await.unwrap(),
+            engine::Engine::new(db.store.clone(), executor).await.unwrap(),
             auth,
             http,
         );

@@ -1,0 +1,257 @@
+//! The model server's side: streaming, the request Spindle sends, and its failures.
+
+use axum::http::StatusCode;
+use testkit::model::Reply;
+
+use super::*;
+use crate::harness::BOUND;
+
+store::on_both_backends!(LlmApp =>
+    tokens_stream_as_message_chunks_and_the_answer_is_kept,
+    the_model_is_sent_the_system_prompt_the_history_and_the_settings,
+    reasoning_is_kept_apart_from_the_answer,
+    busy_or_failing_servers_are_retried_before_the_first_token,
+    a_failure_after_the_first_token_ends_the_run_with_what_the_server_said,
+    a_malformed_stream_or_a_cut_connection_is_a_clear_error,
+    cancel_mid_stream_closes_the_upstream_request,
+    settings_and_providers_that_do_not_fit_are_refused_with_what_was_expected,
+);
+
+async fn tokens_stream_as_message_chunks_and_the_answer_is_kept(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    fx.model.push(Reply::Text("Hello there, Alice".into()));
+    let mut body = llm("hi", json!({"model": "test-model"}));
+    body["stream_mode"] = json!(["messages-tuple", "values"]);
+    let (status, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    assert_eq!(status, StatusCode::OK);
+    let chunks: Vec<&Value> =
+        frames.iter().filter(|f| f.event == "messages").map(|f| &f.data[0]).collect();
+    let text: String = chunks.iter().filter_map(|c| c["content"].as_str()).collect();
+    assert_eq!(text, "Hello there, Alice");
+    assert!(chunks.iter().all(|c| c["type"] == "AIMessageChunk"), "{chunks:?}");
+    assert!(chunks.len() >= 5, "a chunk per word and space: {chunks:?}");
+    let metadata = &frames.iter().find(|f| f.event == "messages").unwrap().data[1];
+    assert_eq!(metadata["langgraph_node"], "llm");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["usage_metadata"]["output_tokens"], 5, "{last}");
+    assert_eq!(last["response_metadata"]["finish_reason"], "stop");
+    let values = &frames.iter().rev().find(|f| f.event == "values").unwrap().data;
+    assert_eq!(texts(values), ["hi", "Hello there, Alice"]);
+    let answer = &values["messages"][1];
+    assert_eq!(answer["type"], "ai");
+    assert_eq!(
+        answer["usage_metadata"],
+        json!({"input_tokens": 7, "output_tokens": 5, "total_tokens": 12})
+    );
+    assert_eq!(answer["response_metadata"]["model_name"], "test-model");
+    assert_eq!(answer["id"], chunks[0]["id"], "the chunks are the message's");
+    // The thread is idle with the answer; the key reached the model server, never the client.
+    let th = app.get(&key, &format!("/threads/{t}")).await.ok();
+    assert_eq!(th["status"], "idle");
+    assert_eq!(fx.model.authorizations(), [Some("Bearer sk-test-secret".to_owned())]);
+    assert!(!frames.iter().any(|f| f.data.to_string().contains("sk-test-secret")));
+}
+
+async fn the_model_is_sent_the_system_prompt_the_history_and_the_settings(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let context =
+        json!({"model": "m1", "system_prompt": "Be brief.", "temperature": 0.2, "max_tokens": 50});
+    let first = llm("first question", context.clone());
+    app.post(&key, &format!("/threads/{t}/runs/wait"), first).await.ok();
+    let image = json!([{"type": "text", "text": "and this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]);
+    let second = json!({"assistant_id": "llm", "context": context,
+        "input": {"messages": [{"type": "human", "content": image}]}});
+    let values = app.post(&key, &format!("/threads/{t}/runs/wait"), second).await.ok();
+    assert_eq!(values["messages"].as_array().unwrap().len(), 4);
+    let sent = fx.model.requests();
+    assert_eq!(sent.len(), 2);
+    let request = &sent[1];
+    assert_eq!(request["model"], "m1");
+    assert_eq!(request["stream"], true);
+    assert_eq!(request["stream_options"], json!({"include_usage": true}));
+    assert_eq!(request["temperature"], 0.2);
+    assert_eq!(request["max_tokens"], 50);
+    assert!(request.get("tools").is_none(), "no tools were named");
+    let roles: Vec<&str> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(request["messages"][0]["content"], "Be brief.");
+    assert_eq!(request["messages"][1]["content"], "first question");
+    assert_eq!(request["messages"][2]["content"], "echo: first question");
+    assert_eq!(request["messages"][3]["content"], image, "image parts pass through");
+}
+
+async fn reasoning_is_kept_apart_from_the_answer(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    fx.model.push(Reply::Reasoning { thinking: "let me think".into(), answer: "42".into() });
+    let mut body = llm("meaning?", json!({"model": "r1"}));
+    body["stream_mode"] = json!(["messages-tuple", "values"]);
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    let chunks: Vec<&Value> =
+        frames.iter().filter(|f| f.event == "messages").map(|f| &f.data[0]).collect();
+    let thinking: String = chunks
+        .iter()
+        .filter_map(|c| c["additional_kwargs"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(thinking, "let me think");
+    let text: String = chunks.iter().filter_map(|c| c["content"].as_str()).collect();
+    assert_eq!(text, "42");
+    let values = &frames.iter().rev().find(|f| f.event == "values").unwrap().data;
+    let answer = &values["messages"][1];
+    assert_eq!(answer["content"], "42");
+    assert_eq!(answer["additional_kwargs"]["reasoning_content"], "let me think");
+}
+
+async fn busy_or_failing_servers_are_retried_before_the_first_token(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    fx.model.push(Reply::Status(429, "slow down".into()));
+    fx.model.push(Reply::Status(503, "overloaded".into()));
+    fx.model.push(Reply::Text("made it".into()));
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("hi", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values), ["hi", "made it"]);
+    assert_eq!(fx.model.requests().len(), 3);
+    // Past the retries (2 here): the run errors with what the server said, the thread is usable.
+    for _ in 0..3 {
+        fx.model.push(Reply::Status(500, "the GPU caught fire".into()));
+    }
+    let mut body = llm("again", json!({"model": "m"}));
+    body["stream_mode"] = json!(["values"]);
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    assert!(message.contains("500") && message.contains("the GPU caught fire"), "{message}");
+    assert!(message.contains("after 3 attempts"), "{message}");
+    // A client error is not retried.
+    fx.model.push(Reply::Status(400, "unknown model m".into()));
+    let before = fx.model.requests().len();
+    let (_, _, frames) = app
+        .post_sse(&key, &format!("/threads/{t}/runs/stream"), llm("x", json!({"model": "m"})))
+        .await;
+    assert!(error_of(&frames).1.contains("unknown model m"));
+    assert_eq!(fx.model.requests().len(), before + 1);
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("last", json!({"model": "m"})))
+        .await
+        .ok();
+    // A failed run keeps the human's message (as LangGraph keeps a run's input) and no
+    // partial answer.
+    assert_eq!(texts(&values), ["hi", "made it", "again", "x", "last", "echo: last"]);
+}
+
+async fn a_failure_after_the_first_token_ends_the_run_with_what_the_server_said(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    fx.model.push(Reply::ErrorAfterFirstToken("context length exceeded".into()));
+    let mut body = llm("hi", json!({"model": "m"}));
+    body["stream_mode"] = json!(["messages-tuple"]);
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    assert!(frames.iter().any(|f| f.event == "messages"), "the first token was streamed");
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    assert!(message.contains("context length exceeded"), "{message}");
+    assert_eq!(fx.model.requests().len(), 1, "no retry after the first token");
+    let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+    assert_eq!(runs[0]["status"], "error");
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("again", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values), ["hi", "again", "echo: again"], "no partial answer was kept");
+}
+
+async fn a_malformed_stream_or_a_cut_connection_is_a_clear_error(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let cases = [(Reply::Malformed, "not JSON"), (Reply::CutAfterFirstToken, "stream")];
+    for (reply, said) in cases {
+        fx.model.push(reply);
+        let (_, _, frames) = app
+            .post_sse(&key, &format!("/threads/{t}/runs/stream"), llm("hi", json!({"model": "m"})))
+            .await;
+        let (error, message) = error_of(&frames);
+        assert_eq!(error, "ModelError");
+        assert!(message.contains(said), "{message}");
+        let th = app.get(&key, &format!("/threads/{t}")).await.ok();
+        assert_eq!(th["status"], "error");
+    }
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("fine?", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values), ["hi", "hi", "fine?", "echo: fine?"]);
+}
+
+async fn cancel_mid_stream_closes_the_upstream_request(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    fx.model.push(Reply::Hang);
+    let run =
+        app.post(&key, &format!("/threads/{t}/runs"), llm("hi", json!({"model": "m"}))).await.ok();
+    let run_id = run["run_id"].as_str().unwrap();
+    assert!(fx.model.wait_for(BOUND, |m| m.requests().len() == 1).await);
+    let cancel = format!("/threads/{t}/runs/{run_id}/cancel?wait=true&action=interrupt");
+    let reply = app.post(&key, &cancel, json!({})).await;
+    assert!(reply.status.is_success(), "{}", reply.body);
+    assert!(
+        fx.model.wait_for(BOUND, |m| m.abandoned() == 1).await,
+        "the upstream stream was closed"
+    );
+    let ended = app.wait_for_status(&key, &t, run_id, |s| s != "running" && s != "pending").await;
+    assert_eq!(ended["status"], "interrupted");
+    // The run's time limit stops a stream the same way: covered by the same race in the agent.
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("next", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values).last().unwrap(), "echo: next");
+}
+
+async fn settings_and_providers_that_do_not_fit_are_refused_with_what_was_expected(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let cases = [
+        (json!({}), "context.model"),
+        (json!({"model": 3}), "context.model: expected a string"),
+        (json!({"model": "m", "temperature": "hot"}), "context.temperature"),
+        (json!({"model": "m", "max_steps": 0}), "context.max_steps"),
+        (json!({"model": "m", "provider": "elsewhere"}), "no model provider named `elsewhere`"),
+        (json!({"model": "m", "tools": ["nowhere"]}), "no MCP server named `nowhere`"),
+        (json!({"model": "m", "tools": "x"}), "context.tools: expected a list of strings"),
+    ];
+    for (context, said) in cases {
+        let (_, _, frames) = app
+            .post_sse(&key, &format!("/threads/{t}/runs/stream"), llm("hi", context.clone()))
+            .await;
+        let (error, message) = error_of(&frames);
+        assert_eq!(error, "ValueError", "{context}");
+        assert!(message.contains(said), "{context}: {message}");
+    }
+    assert!(fx.model.requests().is_empty(), "nothing reached the model server");
+    // `config.configurable` is read too (older LangGraph clients), `context` wins.
+    let body = json!({"assistant_id": "llm", "input": human("hi"),
+        "config": {"configurable": {"model": "from-config", "system_prompt": "cfg"}},
+        "context": {"system_prompt": "ctx"}});
+    app.post(&key, &format!("/threads/{t}/runs/wait"), body).await.ok();
+    let sent = fx.model.requests();
+    assert_eq!(sent[0]["model"], "from-config");
+    assert_eq!(sent[0]["messages"][0]["content"], "ctx");
+}
