@@ -28,8 +28,30 @@ pub enum McpServerConfig {
     /// Streamable HTTP at this endpoint (`http://host:port/mcp`).
     Http { url: String },
     /// A child process speaking MCP on its stdin and stdout, started on first use and killed
-    /// when the [`McpServers`] are dropped.
+    /// when the [`McpServers`] are dropped. Its environment is `env` over a few of Spindle's
+    /// variables (`PATH`, `HOME`, ...), never all of them.
     Stdio { command: String, args: Vec<String>, env: BTreeMap<String, String> },
+}
+
+impl McpServerConfig {
+    /// An operator's `--mcp NAME=URL`: a name of letters, digits, `_` and `-`, and an
+    /// `http://` or `https://` URL.
+    pub fn parse_flag(value: &str) -> Result<(String, McpServerConfig), String> {
+        let Some((name, url)) = value.split_once('=') else {
+            return Err("expected NAME=URL, e.g. search=http://127.0.0.1:8931/mcp".into());
+        };
+        let name_is_valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_is_valid {
+            return Err(format!("the MCP server name {name:?} must be letters, digits, _ or -"));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "the URL of MCP server {name:?} must start with http:// or https://"
+            ));
+        }
+        Ok((name.to_owned(), McpServerConfig::Http { url: url.to_owned() }))
+    }
 }
 
 /// Neither a URL (it may carry a token) nor an environment value is ever printed.
@@ -96,6 +118,10 @@ pub enum McpError {
 }
 
 type Session = RunningService<RoleClient, ()>;
+
+/// What a stdio server inherits of Spindle's environment; the rest (database URLs, keys) stays
+/// with Spindle, and the operator's configuration gives the server what else it needs.
+const INHERITED_ENV: [&str; 6] = ["PATH", "HOME", "USER", "LANG", "TMPDIR", "TZ"];
 
 /// The configured MCP servers, each with its session once opened. Cheap to clone: clones share
 /// the sessions; the last one dropped closes them (and kills stdio servers).
@@ -276,7 +302,13 @@ async fn connect(
         }
         McpServerConfig::Stdio { command, args, env } => {
             let mut child = tokio::process::Command::new(command);
-            child.args(args).envs(env).kill_on_drop(true);
+            child.args(args).env_clear().kill_on_drop(true);
+            for key in INHERITED_ENV {
+                if let Some(value) = std::env::var_os(key) {
+                    child.env(key, value);
+                }
+            }
+            child.envs(env);
             let (transport, _) = TokioChildProcess::builder(child)
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -366,4 +398,31 @@ fn tool_result(result: CallToolResult) -> ToolResult {
         parts.push(structured.to_string());
     }
     ToolResult { content: parts.join("\n"), is_error: result.is_error.unwrap_or(false) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(flag: &str, expected: Result<(&str, &str), &str>) {
+        let parsed = McpServerConfig::parse_flag(flag);
+        let expected = expected
+            .map(|(name, url)| (name.to_owned(), McpServerConfig::Http { url: url.to_owned() }))
+            .map_err(str::to_owned);
+        assert_eq!(parsed, expected, "{flag}");
+    }
+
+    #[test]
+    fn parses_the_mcp_flag() {
+        check("search=http://127.0.0.1:8931/mcp", Ok(("search", "http://127.0.0.1:8931/mcp")));
+        check("a_b-1=https://h/mcp?k=v", Ok(("a_b-1", "https://h/mcp?k=v")));
+        check("search", Err("expected NAME=URL, e.g. search=http://127.0.0.1:8931/mcp"));
+        check("=http://h/mcp", Err(r#"the MCP server name "" must be letters, digits, _ or -"#));
+        check(
+            "a b=http://h/mcp",
+            Err(r#"the MCP server name "a b" must be letters, digits, _ or -"#),
+        );
+        check("s=ftp://h", Err(r#"the URL of MCP server "s" must start with http:// or https://"#));
+    }
 }

@@ -124,6 +124,24 @@ async fn a_server_that_is_down_is_unavailable_not_a_hang() {
 }
 
 #[tokio::test]
+async fn a_server_that_never_answers_times_out_at_initialize() {
+    // Connections are queued by the kernel but never accepted: the TCP connect succeeds and
+    // `initialize` is never answered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let connect = Duration::from_millis(200);
+    let mcp = servers_with(url, Timeouts { connect, ..Timeouts::default() });
+
+    let error = mcp.list_tools("tools").await.unwrap_err();
+
+    assert_eq!(
+        error,
+        McpError::Timeout { server: "tools".into(), what: "initialize", after: connect }
+    );
+    drop(listener);
+}
+
+#[tokio::test]
 async fn a_restarted_server_gets_a_new_session() {
     let mut server = McpServer::start().await;
     let mcp = servers(server.url());

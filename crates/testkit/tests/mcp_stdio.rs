@@ -18,12 +18,31 @@ async fn lists_and_calls_tools_over_stdio() {
 
     let tools = mcp.list_tools("local").await.unwrap();
     let names: Vec<_> = tools.iter().map(|tool| tool.name.as_str()).collect();
-    assert_eq!(names, ["add", "echo", "fail", "slow"]);
+    assert_eq!(names, ["add", "echo", "fail", "slow", "env"]);
 
     let sum = mcp.call_tool("local", "add", json!({"a": 40, "b": 2})).await.unwrap();
     assert_eq!(sum, ToolResult { content: "42".into(), is_error: false });
     let failed = mcp.call_tool("local", "fail", json!({})).await.unwrap();
     assert!(failed.is_error, "{failed:?}");
+}
+
+#[tokio::test]
+async fn the_server_gets_its_configured_environment_not_spindles() {
+    let config = McpServerConfig::Stdio {
+        command: env!("CARGO_BIN_EXE_mcp-stdio").into(),
+        args: vec![],
+        env: BTreeMap::from([("GIVEN".to_owned(), "to the server".to_owned())]),
+    };
+    let mcp = McpServers::new(BTreeMap::from([("local".to_owned(), config)]));
+    let env = async |name: &str| {
+        mcp.call_tool("local", "env", json!({"name": name})).await.unwrap().content
+    };
+
+    assert_eq!(env("GIVEN").await, "to the server");
+    assert_eq!(env("PATH").await, std::env::var("PATH").unwrap());
+    // Cargo sets this for the test, so Spindle's process has it; the server must not.
+    assert!(std::env::var("CARGO_PKG_NAME").is_ok());
+    assert_eq!(env("CARGO_PKG_NAME").await, "");
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! An MCP server over stdio, for tests: newline-delimited JSON-RPC on stdin and stdout, the same
-//! tools as the HTTP server (`testkit::mcp::call_tool`). One request at a time.
+//! tools as the HTTP server (`testkit::mcp::call_tool`), and `env` {name}, the value of one of
+//! its environment variables (empty if unset), to test what a stdio server is given. One request
+//! at a time.
 
 use serde_json::{Value, json};
 use testkit::mcp::{PROTOCOL_VERSIONS, call_tool, error, success, tools};
@@ -42,7 +44,20 @@ async fn answer(line: &str) -> Option<Value> {
             )
         }
         "ping" => success(id, json!({})),
-        "tools/list" => success(id, json!({"tools": tools()})),
+        "tools/list" => {
+            let mut tools = tools();
+            tools.as_array_mut().expect("a list").push(json!({
+                "name": "env",
+                "description": "The value of an environment variable",
+                "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+            }));
+            success(id, json!({"tools": tools}))
+        }
+        "tools/call" if params["name"] == "env" => {
+            let value = std::env::var(params["arguments"]["name"].as_str().unwrap_or(""))
+                .unwrap_or_default();
+            success(id, json!({"content": [{"type": "text", "text": value}], "isError": false}))
+        }
         "tools/call" => {
             let arguments = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
             match call_tool(params["name"].as_str().unwrap_or(""), &arguments).await {
