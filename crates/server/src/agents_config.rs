@@ -84,17 +84,15 @@ pub fn runtime(args: &AgentArgs) -> Result<agents::Runtime, String> {
         mcp.insert(name, config);
     }
     for entry in &args.mcp {
-        let (name, url) = entry
-            .split_once('=')
-            .filter(|(n, u)| !n.is_empty() && !u.is_empty())
-            .ok_or_else(|| format!("--mcp: expected NAME=URL, got `{entry}`"))?;
-        mcp.insert(name.to_owned(), McpServerConfig::Http { url: url.to_owned() });
+        let (name, config) =
+            McpServerConfig::parse_flag(entry).map_err(|e| format!("--mcp: {e}"))?;
+        mcp.insert(name, config);
     }
     for (name, config) in &mcp {
         if let McpServerConfig::Http { url } = config
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(format!("mcp server {name}: expected an http(s) URL, got `{url}`"));
+            return Err(format!("mcp.{name}: expected an http(s) URL"));
         }
     }
     let models = Models::new(providers, file.default_provider);
@@ -147,7 +145,7 @@ args = ["/srv"]
         let e = runtime(&args(None, &["nourl"])).unwrap_err();
         assert!(e.contains("NAME=URL"), "{e}");
         let e = runtime(&args(None, &["x=file:///etc/passwd"])).unwrap_err();
-        assert!(e.contains("http(s) URL"), "{e}");
+        assert!(e.contains("http://"), "{e}");
         let mut bad = args(None, &[]);
         bad.llm_base_url = Some("not a url".into());
         assert!(runtime(&bad).unwrap_err().contains("--llm-base-url"));

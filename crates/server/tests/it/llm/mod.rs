@@ -5,20 +5,25 @@
 //! mid-stream closing the upstream request.
 
 mod model;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agents::llm::{Models, Provider, Retry};
+use agents::mcp::{McpServerConfig, McpServers};
 use serde_json::{Value, json};
+use testkit::mcp::McpServer;
 use testkit::model::ModelServer;
 
 use crate::harness::{self, Auth, AuthMode, ExecutorConfig, HttpConfig, JwtConfig, TestApp};
 
-/// An app whose `llm` agent talks to a model server of its own.
+/// An app whose `llm` agent talks to a model server of its own, with the MCP servers `math`
+/// (the test server's tools: add, echo, fail, slow) and `gone` (a port nothing listens on).
 pub struct LlmApp {
     pub app: TestApp,
     pub model: ModelServer,
+    pub mcp: McpServer,
 }
 
 impl LlmApp {
@@ -31,11 +36,20 @@ impl LlmApp {
         let mut models = Models::new(providers, None);
         // Retries wait a millisecond here: what is tested is that they happen.
         models.retry = Retry { retries: 2, first_wait: Duration::from_millis(1) };
-        let agents = agents::Runtime { models, mcp: Default::default() };
+        let mcp = McpServer::start().await;
+        let gone = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/mcp", listener.local_addr().unwrap())
+        };
+        let servers = BTreeMap::from([
+            ("math".to_owned(), McpServerConfig::Http { url: mcp.url() }),
+            ("gone".to_owned(), McpServerConfig::Http { url: gone }),
+        ]);
+        let agents = agents::Runtime { models, mcp: McpServers::new(servers) };
         let executor = ExecutorConfig { agents, ..Default::default() };
         let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
         let app = TestApp::running(db, auth, HttpConfig::default(), executor).await;
-        Some(LlmApp { app, model })
+        Some(LlmApp { app, model, mcp })
     }
 }
 
