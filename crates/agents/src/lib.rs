@@ -2,6 +2,8 @@
 //! tests and demos). Agents emit through a [`Sink`], which the engine implements: this crate
 //! depends on neither the store nor the engine, so an agent cannot touch either.
 
+mod schema;
+
 use std::future::Future;
 use std::time::Duration;
 

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use agents::Agent;
 use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use store::{
-    Assistant, Checkpoint, Event, Metadata, Run, RunStatus, StateUpdate, Stats, Store,
-    SystemAssistant, Thread, ThreadFilter, ThreadPage, User,
+    Assistant, AssistantPatch, AssistantVersion, Checkpoint, Event, Metadata, NewAssistant, Run,
+    RunStatus, StateUpdate, Stats, Store, SystemAssistant, Thread, ThreadFilter, ThreadPage, User,
 };
 use tokio::sync::mpsc;
 
@@ -178,6 +178,48 @@ impl Engine {
 
     pub async fn list_assistants(&self, owner: UserId) -> store::Result<Vec<Assistant>> {
         self.store.list_assistants(owner).await
+    }
+
+    /// Creates the caller's assistant; with `existing`, an id the caller already has gives
+    /// that assistant back unchanged (and `false`).
+    pub async fn create_assistant(
+        &self,
+        owner: UserId,
+        new: &NewAssistant,
+        existing: bool,
+    ) -> store::Result<(Assistant, bool)> {
+        self.store.create_assistant(owner, new, existing).await
+    }
+
+    /// A new version of the caller's assistant (system assistants are nobody's: not found).
+    pub async fn patch_assistant(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        patch: &AssistantPatch,
+    ) -> store::Result<Assistant> {
+        self.store.patch_assistant(owner, id, patch).await
+    }
+
+    pub async fn delete_assistant(&self, owner: UserId, id: AssistantId) -> store::Result<()> {
+        self.store.delete_assistant(owner, id).await
+    }
+
+    pub async fn assistant_versions(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+    ) -> store::Result<Vec<AssistantVersion>> {
+        self.store.assistant_versions(owner, id).await
+    }
+
+    pub async fn set_latest_assistant_version(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        version: i64,
+    ) -> store::Result<Assistant> {
+        self.store.set_latest_assistant_version(owner, id, version).await
     }
 
     pub async fn create_thread(
