@@ -25,7 +25,8 @@ use agents::Agent;
 use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use store::{
     Assistant, AssistantPatch, AssistantVersion, Checkpoint, Event, Metadata, NewAssistant, Run,
-    RunStatus, StateUpdate, Stats, Store, SystemAssistant, Thread, ThreadFilter, ThreadPage, User,
+    RunStatus, SortOrder, StateUpdate, Stats, Store, SystemAssistant, Thread, ThreadFilter,
+    ThreadPage, ThreadSortBy, User,
 };
 use tokio::sync::mpsc;
 
@@ -201,8 +202,41 @@ impl Engine {
         self.store.patch_assistant(owner, id, patch).await
     }
 
-    pub async fn delete_assistant(&self, owner: UserId, id: AssistantId) -> store::Result<()> {
-        self.store.delete_assistant(owner, id).await
+    /// Deletes the caller's assistant and its versions; with `threads`, then also the caller's
+    /// threads whose `metadata.assistant_id` names it (with their runs and logs), as
+    /// LangGraph's `delete_threads` does. A failed delete deletes no thread.
+    pub async fn delete_assistant(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        threads: bool,
+    ) -> store::Result<()> {
+        self.store.delete_assistant(owner, id).await?;
+        if !threads {
+            return Ok(());
+        }
+        let filter = ThreadFilter {
+            metadata: Some(serde_json::json!({ "assistant_id": id.to_string() })),
+            ..ThreadFilter::default()
+        };
+        let page = ThreadPage {
+            limit: 100,
+            offset: 0,
+            sort_by: ThreadSortBy::ThreadId,
+            sort_order: SortOrder::Asc,
+        };
+        loop {
+            let found = self.store.search_threads(owner, &filter, &page).await?;
+            if found.is_empty() {
+                return Ok(());
+            }
+            for thread in found {
+                match self.delete_thread(owner, thread.thread_id).await {
+                    Ok(()) | Err(store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     pub async fn assistant_versions(

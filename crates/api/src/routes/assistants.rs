@@ -207,11 +207,11 @@ async fn patch_assistant(
 #[serde(default)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
-    /// Not supported yet: `true` is refused.
+    /// Also delete the caller's threads whose `metadata.assistant_id` is this assistant.
     delete_threads: Option<bool>,
 }
 
-/// Delete an assistant and its versions (its threads and runs stay).
+/// Delete an assistant and its versions; its threads and runs stay unless `delete_threads`.
 #[utoipa::path(delete, path = "/assistants/{assistant_id}", tag = "assistants",
     params(("assistant_id" = String, Path, format = Uuid), DeleteQuery),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -221,11 +221,9 @@ async fn delete_assistant(
     Path(assistant_id): Path<String>,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    if q.delete_threads == Some(true) {
-        return Err(ApiError::unsupported("delete_threads=true"));
-    }
     let id = own(&state, &context, &assistant_id).await?;
-    state.engine.delete_assistant(context.user, id).await?;
+    let threads = q.delete_threads.unwrap_or(false);
+    state.engine.delete_assistant(context.user, id, threads).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,7 +7,7 @@ use axum::http::{Method, StatusCode};
 use ids::AssistantId;
 use serde_json::{Value, json};
 
-use crate::harness::TestApp;
+use crate::harness::{Reply, TestApp};
 
 store::on_both_backends!(TestApp =>
     create_patch_versions_latest_delete,
@@ -18,6 +18,7 @@ store::on_both_backends!(TestApp =>
     schemas_and_graph_of_the_built_in_graphs,
     a_run_merges_its_assistants_config_and_records_the_version,
     bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing,
+    delete_threads_deletes_the_callers_threads_of_that_assistant_only,
 );
 
 async fn create(app: &TestApp, key: &str, body: Value) -> Value {
@@ -454,9 +455,9 @@ async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app:
         "invalid_request",
         "limit: expected 1 to 1000",
     );
-    app.call(&key, Method::DELETE, &format!("{path}?delete_threads=true"), None).await.error(
+    app.call(&key, Method::DELETE, &format!("{path}?delete_threads=maybe"), None).await.error(
         invalid,
-        "unsupported",
+        "invalid_query",
         "delete_threads",
     );
     let run = json!({"assistant_id": id, "input": {"messages": []}, "config": "x"});
@@ -469,4 +470,31 @@ async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app:
     let versions = app.post(&key, &format!("{path}/versions"), json!({})).await.ok();
     assert_eq!(versions.as_array().unwrap().len(), 1);
     assert_eq!(app.post(&key, "/assistants/count", json!({})).await.ok(), json!(4));
+}
+
+async fn delete_threads_deletes_the_callers_threads_of_that_assistant_only(app: &TestApp) {
+    let key = app.key("alice").await;
+    let mine = create(app, &key, json!({"graph_id": "echo"})).await;
+    let id = id_of(&mine);
+    let run = |assistant: &str| {
+        json!({"assistant_id": assistant, "input": {"messages": [{"role": "user", "content": "hi"}]},
+               "on_completion": "keep"})
+    };
+    let thread_of = |reply: Reply| {
+        let location = reply.headers["content-location"].to_str().unwrap().to_owned();
+        reply.ok();
+        location.split('/').nth(2).unwrap().to_owned()
+    };
+    let doomed = thread_of(app.post(&key, "/runs/wait", run(&id)).await);
+    let kept = thread_of(app.post(&key, "/runs/wait", run("echo")).await);
+    // Bob's thread naming her assistant in its metadata is not hers to delete.
+    let bob = app.key("bob").await;
+    let bobs = app.post(&bob, "/threads", json!({"metadata": {"assistant_id": id}})).await.ok();
+    let path = format!("/assistants/{id}?delete_threads=true");
+    let deleted = app.call(&key, Method::DELETE, &path, None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let gone = app.get(&key, &format!("/threads/{doomed}")).await;
+    gone.error(StatusCode::NOT_FOUND, "not_found", "not found");
+    app.get(&key, &format!("/threads/{kept}")).await.ok();
+    app.get(&bob, &format!("/threads/{}", bobs["thread_id"].as_str().unwrap())).await.ok();
 }
