@@ -241,10 +241,13 @@ fn with_assistant(
     Ok((Value::Object(merged), Value::Object(merged_context)))
 }
 
-/// The run's metadata with the version of the assistant it runs with (`assistant_version`,
-/// which LangGraph does not record: a run's behaviour depends on it once assistants change).
+/// The run's metadata with the version of the user's assistant it runs with
+/// (`assistant_version`, which LangGraph does not record: a run's behaviour depends on it once
+/// the assistant changes). A system assistant never changes, so its runs' metadata is theirs.
 fn with_version(mut metadata: Map<String, Value>, assistant: &Assistant) -> Map<String, Value> {
-    metadata.insert("assistant_version".into(), assistant.version.into());
+    if assistant.owner_id.is_some() {
+        metadata.insert("assistant_version".into(), assistant.version.into());
+    }
     metadata
 }
 
