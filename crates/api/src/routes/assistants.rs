@@ -81,6 +81,16 @@ fn configured(
     }
 }
 
+/// A `name` or `description`: any text but the NUL character, which PostgreSQL cannot store.
+fn text(field: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    match value {
+        Some(text) if text.contains('\0') => Err(ApiError::invalid(format!(
+            "{field}: expected text without the NUL character (\\u0000)"
+        ))),
+        other => Ok(other),
+    }
+}
+
 fn object_or_absent(field: &str, value: Option<Value>) -> ApiResult<Option<Value>> {
     match value {
         None | Some(Value::Null) => Ok(None),
@@ -145,8 +155,10 @@ async fn create_assistant(
     let new = NewAssistant {
         assistant_id: body.assistant_id.unwrap_or_else(AssistantId::new),
         graph_id: agent.name().into(),
-        name: body.name.filter(|n| !n.is_empty()).unwrap_or_else(|| "Untitled".into()),
-        description: body.description,
+        name: text("name", body.name)?
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "Untitled".into()),
+        description: text("description", body.description)?,
         config: config.unwrap_or_else(empty),
         context: run_context.unwrap_or_else(empty),
         metadata: body.metadata.unwrap_or_default(),
@@ -193,8 +205,8 @@ async fn patch_assistant(
     let (config, new_context) = configured(body.config, body.context)?;
     let patch = AssistantPatch {
         graph_id,
-        name: body.name,
-        description: body.description,
+        name: text("name", body.name)?,
+        description: text("description", body.description)?,
         // An empty config keeps the current one, as LangGraph does.
         config: config.filter(|c| c.as_object().is_some_and(|c| !c.is_empty())),
         context: new_context,

@@ -419,6 +419,11 @@ async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app:
             "not both",
         ),
         (json!({"graph_id": "echo", "metadata": [1]}), "invalid_body", "metadata"),
+        (
+            json!({"graph_id": "echo", "name": "a\0b"}),
+            "invalid_request",
+            "name: expected text without the NUL",
+        ),
         (json!({"graph_id": "echo", "if_exists": "bogus"}), "invalid_body", "if_exists"),
         (json!({"graph_id": "echo", "assistant_id": "nope"}), "invalid_body", "assistant_id"),
     ] {
@@ -434,6 +439,11 @@ async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app:
         StatusCode::NOT_FOUND,
         "not_found",
         "Graph 'nope' not found",
+    );
+    patch(json!({"description": "a\0"})).await.error(
+        invalid,
+        "invalid_request",
+        "description: expected text without the NUL",
     );
     patch(json!({"context": [1]})).await.error(
         invalid,
