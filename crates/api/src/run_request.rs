@@ -213,15 +213,17 @@ fn fields(value: Option<&Value>) -> Map<String, Value> {
 
 /// The run's `config` and `context` laid over its assistant's, as LangGraph's `Runs.put`
 /// merges them: key by key at the top of `context`, of `config` and of
-/// `config.configurable`, the run's own values winning. The agent reads what it is
-/// configured with from these (`RunSpec.context`, `RunSpec.config["configurable"]`).
+/// `config.configurable`, the run's own values winning. As in LangGraph, the run's `context`
+/// and `config.configurable` are one set of values (given one, the other mirrors it; given
+/// both, the run is refused), so the agent finds them in either (`RunSpec.context`,
+/// `RunSpec.config["configurable"]`).
 fn with_assistant(
     assistant: &Assistant,
     config: Option<Value>,
     context: Option<Value>,
 ) -> ApiResult<(Value, Value)> {
     let config = run_object("config", config)?;
-    let own_configurable = match config.get("configurable") {
+    let mut own_configurable = match config.get("configurable") {
         None | Some(Value::Null) | Some(Value::Object(_)) => fields(config.get("configurable")),
         Some(other) => {
             return Err(ApiError::invalid(format!(
@@ -229,15 +231,27 @@ fn with_assistant(
             )));
         }
     };
+    let mut own_context = run_object("context", context)?;
+    match (own_configurable.is_empty(), own_context.is_empty()) {
+        (false, false) => {
+            return Err(ApiError::invalid(
+                "config.configurable and context: expected one of them, not both (prefer context)",
+            ));
+        }
+        (true, false) => own_configurable = own_context.clone(),
+        (false, true) => own_context = own_configurable.clone(),
+        (true, true) => {}
+    }
     let mut configurable = fields(assistant.config.get("configurable"));
     configurable.extend(own_configurable);
     let mut merged = fields(Some(&assistant.config));
     merged.extend(config);
+    merged.remove("configurable");
     if !configurable.is_empty() {
         merged.insert("configurable".into(), Value::Object(configurable));
     }
     let mut merged_context = fields(Some(&assistant.context));
-    merged_context.extend(run_object("context", context)?);
+    merged_context.extend(own_context);
     Ok((Value::Object(merged), Value::Object(merged_context)))
 }
 

@@ -359,7 +359,7 @@ async fn a_run_merges_its_assistants_config_and_records_the_version(app: &TestAp
         "assistant_id": id,
         "input": {"messages": [{"role": "user", "content": "hi"}]},
         "context": {"max_steps": 3},
-        "config": {"tags": ["from-run"], "configurable": {"temperature": 0.5}},
+        "config": {"tags": ["from-run"]},
         "metadata": {"mine": true},
     });
     let answer = app.post(&key, &format!("/threads/{t}/runs/wait"), run).await.ok();
@@ -376,7 +376,8 @@ async fn a_run_merges_its_assistants_config_and_records_the_version(app: &TestAp
     assert_eq!(
         run["kwargs"]["config"],
         json!({"tags": ["from-run"], "recursion_limit": 5,
-               "configurable": {"model": "a", "max_steps": 2, "tools": ["fs"], "temperature": 0.5}})
+               "configurable": {"model": "a", "max_steps": 3, "tools": ["fs"]}}),
+        "the run's context is its configurable too"
     );
     let thread = app.get(&key, &format!("/threads/{t}")).await.ok();
     assert_eq!(thread["metadata"]["assistant_id"], id.as_str());
@@ -386,8 +387,16 @@ async fn a_run_merges_its_assistants_config_and_records_the_version(app: &TestAp
     let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
     assert_eq!(runs[0]["assistant_id"], AssistantId::for_graph("echo").to_string());
     assert_eq!(runs[0]["kwargs"]["context"], json!({"x": 1}));
-    assert_eq!(runs[0]["kwargs"]["config"], json!({}));
+    assert_eq!(runs[0]["kwargs"]["config"], json!({"configurable": {"x": 1}}));
     assert_eq!(runs[0]["metadata"], json!({}), "a system assistant's runs keep their metadata");
+    // Only config.configurable: the context mirrors it, over the assistant's.
+    let run = json!({"assistant_id": id, "input": {"messages": [{"role": "user", "content": "hi"}]},
+                     "config": {"configurable": {"temperature": 0.5}}});
+    app.post(&key, &format!("/threads/{t}/runs/wait"), run).await.ok();
+    let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+    let both = json!({"model": "a", "max_steps": 2, "tools": ["fs"], "temperature": 0.5});
+    assert_eq!(runs[0]["kwargs"]["context"], both);
+    assert_eq!(runs[0]["kwargs"]["config"]["configurable"], both);
 }
 
 async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app: &TestApp) {
@@ -470,6 +479,9 @@ async fn bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing(app:
         "invalid_query",
         "delete_threads",
     );
+    let both = json!({"assistant_id": id, "input": {"messages": []},
+                      "context": {"a": 1}, "config": {"configurable": {"b": 2}}});
+    app.post(&key, "/runs/wait", both).await.error(invalid, "invalid_request", "not both");
     let run = json!({"assistant_id": id, "input": {"messages": []}, "config": "x"});
     app.post(&key, "/runs/wait", run).await.error(
         invalid,
