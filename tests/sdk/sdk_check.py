@@ -33,6 +33,7 @@ from langgraph_sdk.errors import (
     AuthenticationError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     UnprocessableEntityError,
 )
 
@@ -170,6 +171,53 @@ def check_assistants_get() -> None:
 def check_assistants_get_missing() -> None:
     expect_error(
         NotFoundError, 404, lambda: alice.assistants.get(str(uuid.uuid4())), "assistants.get(random)"
+    )
+
+
+def check_assistants_create_update_versions_latest_delete() -> None:
+    created = alice.assistants.create(
+        "llm", context={"model": "m1"}, metadata={"run": RUN}, name="helper", description="d"
+    )
+    expect_shape(created, schema.Assistant, "assistants.create")
+    aid = created["assistant_id"]
+    expect_eq((created["version"], created["context"]), (1, {"model": "m1"}), "created")
+    again = alice.assistants.create("llm", assistant_id=aid, if_exists="do_nothing", name="other")
+    expect_eq(again, created, "create(if_exists='do_nothing') gives the existing one")
+    expect_error(
+        ConflictError, 409, lambda: alice.assistants.create("llm", assistant_id=aid), "create twice"
+    )
+    updated = alice.assistants.update(aid, context={"model": "m2"}, metadata={"stage": 2})
+    expect_eq(updated["version"], 2, "update makes version 2")
+    expect_eq(updated["metadata"], {"run": RUN, "stage": 2}, "update merges metadata")
+    expect_eq(updated["name"], "helper", "update keeps the name")
+    versions = alice.assistants.get_versions(aid)
+    for version in versions:
+        expect_shape(version, schema.AssistantVersion, "get_versions item")
+    expect_eq([v["version"] for v in versions], [2, 1], "get_versions order")
+    pinned = alice.assistants.set_latest(aid, 1)
+    expect_eq((pinned["version"], pinned["context"]), (1, {"model": "m1"}), "set_latest(1)")
+    expect_error(
+        NotFoundError, 404, lambda: bob.assistants.get(aid), "bob's assistants.get(alice's)"
+    )
+    expect_error(
+        NotFoundError, 404, lambda: bob.assistants.delete(aid), "bob's assistants.delete(alice's)"
+    )
+    alice.assistants.delete(aid)
+    expect_error(NotFoundError, 404, lambda: alice.assistants.get(aid), "get after delete")
+
+
+def check_assistants_schemas_and_graph() -> None:
+    schemas = alice.assistants.get_schemas("llm")
+    expect_shape(schemas, schema.GraphSchema, "assistants.get_schemas")
+    expect_eq(schemas["context_schema"]["required"], ["model"], "llm context_schema.required")
+    graph = alice.assistants.get_graph(ECHO_ID, xray=True)
+    expect_eq([n["id"] for n in graph["nodes"]], ["__start__", "echo", "__end__"], "graph nodes")
+    expect_eq(alice.assistants.get_subgraphs(ECHO_ID), {}, "get_subgraphs")
+    expect_error(
+        PermissionDeniedError,
+        403,
+        lambda: alice.assistants.update(ECHO_ID, name="mine"),
+        "assistants.update(system)",
     )
 
 
@@ -1587,6 +1635,8 @@ CHECKS: list[Callable[[], None]] = [
     check_assistants_count,
     check_assistants_get,
     check_assistants_get_missing,
+    check_assistants_create_update_versions_latest_delete,
+    check_assistants_schemas_and_graph,
     check_threads_create,
     check_threads_create_with_id,
     check_threads_get,

@@ -4,6 +4,7 @@
 
 pub mod llm;
 pub mod mcp;
+mod schema;
 
 pub use llm::Runtime;
 

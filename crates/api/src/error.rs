@@ -32,6 +32,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: missing or bad credentials.
     Unauthorized(String),
+    /// 403: visible to the caller but not theirs to change (a system assistant).
+    Forbidden(String),
     /// 404: missing, or another user's (never told apart).
     NotFound(String),
     /// 405
@@ -67,6 +69,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -82,6 +85,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "malformed_json",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method not allowed on this route".to_owned(),
             ApiError::BadRequest(d)
             | ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
             | ApiError::NotFound(d)
             | ApiError::Conflict(d)
             | ApiError::PayloadTooLarge(d)

@@ -3,7 +3,9 @@
 //! why before anything is stored, then started through the engine ([`engine::Engine::start_run`]).
 
 use agents::Agent;
-use domain::{IfNotExists, MultitaskStrategy, NewRun, Pending, Run, RunSpec, ThreadStatus};
+use domain::{
+    Assistant, IfNotExists, MultitaskStrategy, NewRun, Pending, Run, RunSpec, ThreadStatus,
+};
 use engine::RunStart;
 use ids::{CheckpointId, RunId, ThreadId};
 use protocol::run_create::{IfNotExistsField, OnDisconnect, OneOrMany, RunCreate};
@@ -196,6 +198,73 @@ async fn check_command(
         .map_err(|why| ApiError::Conflict(format!("command.resume: {why} (thread {thread})")))
 }
 
+/// A run's own `config` or `context`: an object, or absent.
+fn run_object(field: &str, value: Option<Value>) -> ApiResult<Map<String, Value>> {
+    match value {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(fields)) => Ok(fields),
+        Some(other) => Err(ApiError::invalid(format!("{field}: expected an object, got {other}"))),
+    }
+}
+
+fn fields(value: Option<&Value>) -> Map<String, Value> {
+    value.and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
+/// The run's `config` and `context` laid over its assistant's, as LangGraph's `Runs.put`
+/// merges them: key by key at the top of `context`, of `config` and of
+/// `config.configurable`, the run's own values winning. As in LangGraph, the run's `context`
+/// and `config.configurable` are one set of values (given one, the other mirrors it; given
+/// both, the run is refused), so the agent finds them in either (`RunSpec.context`,
+/// `RunSpec.config["configurable"]`).
+fn with_assistant(
+    assistant: &Assistant,
+    config: Option<Value>,
+    context: Option<Value>,
+) -> ApiResult<(Value, Value)> {
+    let config = run_object("config", config)?;
+    let mut own_configurable = match config.get("configurable") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => fields(config.get("configurable")),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "config.configurable: expected an object, got {other}"
+            )));
+        }
+    };
+    let mut own_context = run_object("context", context)?;
+    match (own_configurable.is_empty(), own_context.is_empty()) {
+        (false, false) => {
+            return Err(ApiError::invalid(
+                "config.configurable and context: expected one of them, not both (prefer context)",
+            ));
+        }
+        (true, false) => own_configurable = own_context.clone(),
+        (false, true) => own_context = own_configurable.clone(),
+        (true, true) => {}
+    }
+    let mut configurable = fields(assistant.config.get("configurable"));
+    configurable.extend(own_configurable);
+    let mut merged = fields(Some(&assistant.config));
+    merged.extend(config);
+    merged.remove("configurable");
+    if !configurable.is_empty() {
+        merged.insert("configurable".into(), Value::Object(configurable));
+    }
+    let mut merged_context = fields(Some(&assistant.context));
+    merged_context.extend(own_context);
+    Ok((Value::Object(merged), Value::Object(merged_context)))
+}
+
+/// The run's metadata with the version of the user's assistant it runs with
+/// (`assistant_version`, which LangGraph does not record: a run's behaviour depends on it once
+/// the assistant changes). A system assistant never changes, so its runs' metadata is theirs.
+fn with_version(mut metadata: Map<String, Value>, assistant: &Assistant) -> Map<String, Value> {
+    if assistant.owner_id.is_some() {
+        metadata.insert("assistant_version".into(), assistant.version.into());
+    }
+    metadata
+}
+
 pub async fn validate(
     state: &AppState,
     context: &RequestContext,
@@ -261,11 +330,12 @@ pub async fn validate(
     }
     let on_completion = if stateless { Some(body.on_completion.unwrap_or_default()) } else { None };
     let on_disconnect = body.on_disconnect.unwrap_or_default();
+    let (config, run_context) = with_assistant(&assistant, body.config, body.context)?;
     let spec = RunSpec {
         graph_id: agent.name().into(),
         input: body.input.clone(),
-        config: body.config.unwrap_or_else(|| json!({})),
-        context: body.context.unwrap_or_else(|| json!({})),
+        config,
+        context: run_context,
         stream_mode: modes.iter().map(|m| m.name().to_owned()).collect(),
         stream_subgraphs: body.stream_subgraphs.unwrap_or(false),
         stream_resumable: body.stream_resumable.unwrap_or(false),
@@ -287,7 +357,7 @@ pub async fn validate(
         assistant_id: assistant.assistant_id,
         input: body.input,
         kwargs: spec.to_kwargs(),
-        metadata: body.metadata.unwrap_or_default(),
+        metadata: with_version(body.metadata.unwrap_or_default(), &assistant),
         multitask_strategy: body.multitask_strategy.unwrap_or(MultitaskStrategy::Enqueue),
         thread_metadata,
     };

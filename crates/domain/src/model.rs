@@ -206,6 +206,79 @@ pub struct Assistant {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One immutable version of an assistant, as `POST /assistants/{id}/versions` lists them; the
+/// `assistants` row holds a copy of its current one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssistantVersion {
+    pub assistant_id: AssistantId,
+    pub version: i64,
+    pub graph_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub config: Value,
+    pub context: Value,
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Assistant> for AssistantVersion {
+    /// The version an assistant row is a copy of.
+    fn from(a: &Assistant) -> Self {
+        AssistantVersion {
+            assistant_id: a.assistant_id,
+            version: a.version,
+            graph_id: a.graph_id.clone(),
+            name: a.name.clone(),
+            description: a.description.clone(),
+            config: a.config.clone(),
+            context: a.context.clone(),
+            metadata: a.metadata.clone(),
+            created_at: a.updated_at,
+        }
+    }
+}
+
+/// A user's assistant to create (its version 1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAssistant {
+    pub assistant_id: AssistantId,
+    pub graph_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub config: Value,
+    pub context: Value,
+    pub metadata: Metadata,
+}
+
+/// A change to an assistant, which becomes its next version: each field given replaces the
+/// current one, but `metadata`, which is merged key by key into it (as LangGraph does).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AssistantPatch {
+    pub graph_id: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub config: Option<Value>,
+    pub context: Option<Value>,
+    pub metadata: Option<Metadata>,
+}
+
+impl AssistantPatch {
+    /// The next version this patch makes of `current`.
+    pub fn apply(&self, current: &Assistant) -> NewAssistant {
+        let mut metadata = current.metadata.clone();
+        metadata.extend(self.metadata.clone().unwrap_or_default());
+        NewAssistant {
+            assistant_id: current.assistant_id,
+            graph_id: self.graph_id.clone().unwrap_or_else(|| current.graph_id.clone()),
+            name: self.name.clone().unwrap_or_else(|| current.name.clone()),
+            description: self.description.clone().or_else(|| current.description.clone()),
+            config: self.config.clone().unwrap_or_else(|| current.config.clone()),
+            context: self.context.clone().unwrap_or_else(|| current.context.clone()),
+            metadata,
+        }
+    }
+}
+
 /// A built-in assistant to register at start-up.
 #[derive(Clone, Debug)]
 pub struct SystemAssistant {

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use agents::Agent;
 use ids::{AssistantId, CheckpointId, RunId, ThreadId, UserId};
 use store::{
-    Assistant, Checkpoint, Event, Metadata, Run, RunStatus, StateUpdate, Stats, Store,
-    SystemAssistant, Thread, ThreadFilter, ThreadPage, User,
+    Assistant, AssistantPatch, AssistantVersion, Checkpoint, Event, Metadata, NewAssistant, Run,
+    RunStatus, SortOrder, StateUpdate, Stats, Store, SystemAssistant, Thread, ThreadFilter,
+    ThreadPage, ThreadSortBy, User,
 };
 use tokio::sync::mpsc;
 
@@ -178,6 +179,81 @@ impl Engine {
 
     pub async fn list_assistants(&self, owner: UserId) -> store::Result<Vec<Assistant>> {
         self.store.list_assistants(owner).await
+    }
+
+    /// Creates the caller's assistant; with `existing`, an id the caller already has gives
+    /// that assistant back unchanged (and `false`).
+    pub async fn create_assistant(
+        &self,
+        owner: UserId,
+        new: &NewAssistant,
+        existing: bool,
+    ) -> store::Result<(Assistant, bool)> {
+        self.store.create_assistant(owner, new, existing).await
+    }
+
+    /// A new version of the caller's assistant (system assistants are nobody's: not found).
+    pub async fn patch_assistant(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        patch: &AssistantPatch,
+    ) -> store::Result<Assistant> {
+        self.store.patch_assistant(owner, id, patch).await
+    }
+
+    /// Deletes the caller's assistant and its versions; with `threads`, then also the caller's
+    /// threads whose `metadata.assistant_id` names it (with their runs and logs), as
+    /// LangGraph's `delete_threads` does. A failed delete deletes no thread.
+    pub async fn delete_assistant(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        threads: bool,
+    ) -> store::Result<()> {
+        self.store.delete_assistant(owner, id).await?;
+        if !threads {
+            return Ok(());
+        }
+        let filter = ThreadFilter {
+            metadata: Some(serde_json::json!({ "assistant_id": id.to_string() })),
+            ..ThreadFilter::default()
+        };
+        let page = ThreadPage {
+            limit: 100,
+            offset: 0,
+            sort_by: ThreadSortBy::ThreadId,
+            sort_order: SortOrder::Asc,
+        };
+        loop {
+            let found = self.store.search_threads(owner, &filter, &page).await?;
+            if found.is_empty() {
+                return Ok(());
+            }
+            for thread in found {
+                match self.delete_thread(owner, thread.thread_id).await {
+                    Ok(()) | Err(store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    pub async fn assistant_versions(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+    ) -> store::Result<Vec<AssistantVersion>> {
+        self.store.assistant_versions(owner, id).await
+    }
+
+    pub async fn set_latest_assistant_version(
+        &self,
+        owner: UserId,
+        id: AssistantId,
+        version: i64,
+    ) -> store::Result<Assistant> {
+        self.store.set_latest_assistant_version(owner, id, version).await
     }
 
     pub async fn create_thread(

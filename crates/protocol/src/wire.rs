@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use domain::{
-    Assistant, Checkpoint, MultitaskStrategy, Pending, Run, RunStatus, Thread, ThreadStatus,
+    Assistant, AssistantVersion, Checkpoint, MultitaskStrategy, Pending, Run, RunStatus, Thread,
+    ThreadStatus,
 };
 use ids::{AssistantId, CheckpointId, RunId, TaskId, ThreadId};
 use serde::Serialize;
@@ -184,6 +185,40 @@ impl From<Assistant> for AssistantOut {
             version: a.version,
             created_at: a.created_at,
             updated_at: a.updated_at,
+        }
+    }
+}
+
+/// One immutable version of an assistant (`POST /assistants/{id}/versions`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AssistantVersionOut {
+    #[schema(value_type = String, format = Uuid)]
+    pub assistant_id: AssistantId,
+    pub version: i64,
+    pub graph_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    #[schema(value_type = Object)]
+    pub context: Value,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<AssistantVersion> for AssistantVersionOut {
+    fn from(v: AssistantVersion) -> Self {
+        AssistantVersionOut {
+            assistant_id: v.assistant_id,
+            version: v.version,
+            graph_id: v.graph_id,
+            name: v.name,
+            description: v.description,
+            config: v.config,
+            context: v.context,
+            metadata: v.metadata,
+            created_at: v.created_at,
         }
     }
 }

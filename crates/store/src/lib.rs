@@ -34,6 +34,11 @@ macro_rules! assistant_cols {
         "assistant_id, graph_id, name, description, config, context, metadata, version, owner_id, created_at, updated_at"
     };
 }
+macro_rules! assistant_version_cols {
+    () => {
+        "assistant_id, version, graph_id, name, description, config, context, metadata, created_at"
+    };
+}
 
 /// The ids of up to `$limit` claimable runs: the oldest pending run of each thread that has
 /// no running run, taken in turns between users (every user's oldest such run, then every
@@ -70,7 +75,7 @@ pub mod testing;
 mod url;
 
 use chrono::{DateTime, Utc};
-use ids::ThreadId;
+use ids::{AssistantId, ThreadId};
 use serde_json::Value;
 
 /// The domain's types (rows, closed sets, lifecycle rules), named as the store's callers
@@ -184,6 +189,10 @@ impl Store {
 /// Busy threads with no active run (both backends; `runs_thread_status` answers the probe).
 pub(crate) const STATS_BUSY_WITHOUT_RUN: &str = "select count(*) from threads t where t.status = 'busy'
      and not exists (select 1 from runs r where r.thread_id = t.thread_id and r.status in ('pending', 'running'))";
+
+pub(crate) fn assistant_conflict(id: AssistantId) -> Error {
+    Error::Conflict(format!("assistant {id} already exists"))
+}
 
 pub(crate) fn thread_conflict(id: ThreadId) -> Error {
     Error::Conflict(format!("thread {id} already exists"))

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api;
+mod assistants;
 mod cli;
 mod conversations;
 mod credentials;

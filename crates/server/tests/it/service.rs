@@ -58,5 +58,5 @@ async fn builtin_assistants_are_registered_at_start() {
     let user = db.store.ensure_user("u").await.unwrap().user_id;
     let names: Vec<_> =
         db.store.list_assistants(user).await.unwrap().into_iter().map(|a| a.graph_id).collect();
-    assert_eq!(names, ["echo", "synthetic"]);
+    assert_eq!(names, ["echo", "synthetic", "llm"]);
 }

@@ -1,6 +1,6 @@
-//! `Store`: users, assistants and API keys.
+//! `Store`: users and API keys.
 
-use ids::{ApiKeyId, AssistantId, UserId};
+use ids::ApiKeyId;
 
 use crate::model::*;
 use crate::{Result, Store};
@@ -12,23 +12,6 @@ impl Store {
     /// for one subject all get the same user.
     pub async fn ensure_user(&self, subject: &str) -> Result<User> {
         dispatch!(self.ensure_user(subject))
-    }
-
-    // ---- assistants ----
-
-    /// Registers (or refreshes) a built-in assistant under its deterministic id.
-    pub async fn upsert_system_assistant(&self, assistant: &SystemAssistant) -> Result<Assistant> {
-        dispatch!(self.upsert_system_assistant(assistant))
-    }
-
-    /// A system assistant or one of the caller's.
-    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
-        dispatch!(self.get_assistant(owner, id))
-    }
-
-    /// System assistants and the caller's, oldest first.
-    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
-        dispatch!(self.list_assistants(owner))
     }
 
     // ---- API keys (operators' commands and authentication) ----

@@ -3,6 +3,7 @@
 //! calls the backend's function of the same name, or is built on other methods.
 
 mod admin;
+mod assistants;
 mod events;
 mod keys;
 mod runs;

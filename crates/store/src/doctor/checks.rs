@@ -13,6 +13,7 @@ pub(crate) const ID_COLUMNS: &[(&str, &str)] = &[
     ("users", "user_id"),
     ("assistants", "assistant_id"),
     ("assistants", "owner_id"),
+    ("assistant_versions", "assistant_id"),
     ("threads", "thread_id"),
     ("threads", "owner_id"),
     ("runs", "run_id"),
@@ -87,6 +88,15 @@ pub(crate) const JSON_TABLES: &[JsonTable] = &[
         thread: None,
         run: None,
         owner: Some("owner_id"),
+        columns: &["config", "context", "metadata"],
+    },
+    JsonTable {
+        table: "assistant_versions",
+        kind: "assistant version",
+        id: "assistant_id",
+        thread: None,
+        run: None,
+        owner: None,
         columns: &["config", "context", "metadata"],
     },
 ];

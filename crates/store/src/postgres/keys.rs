@@ -1,12 +1,12 @@
-//! PostgreSQL: users, assistants and API keys.
+//! PostgreSQL: users and API keys.
 
-use ids::{ApiKeyId, AssistantId, UserId};
+use ids::{ApiKeyId, UserId};
 use sqlx::Row;
 
 use crate::model::*;
-use crate::{Error, Result, skip_unreadable};
+use crate::{Error, Result};
 
-use super::{PgStore, api_key_row, assistant_row};
+use super::{PgStore, api_key_row};
 
 impl PgStore {
     pub async fn ensure_user(&self, subject: &str) -> Result<User> {
@@ -22,44 +22,6 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(User { user_id: row.try_get(0)?, subject: row.try_get(1)?, created_at: row.try_get(2)? })
-    }
-
-    pub async fn upsert_system_assistant(&self, a: &SystemAssistant) -> Result<Assistant> {
-        let sql = concat!("insert into assistants (assistant_id, graph_id, name, description, metadata, owner_id, created_at, updated_at)
-             values ($1, $2, $2, $3, '{\"created_by\":\"system\"}', null, $4, $4)
-             on conflict (assistant_id) do update set description = excluded.description
-             returning ", assistant_cols!());
-        let row = sqlx::query(sql)
-            .bind(AssistantId::for_graph(&a.graph_id))
-            .bind(&a.graph_id)
-            .bind(&a.description)
-            .bind(now())
-            .fetch_one(&self.pool)
-            .await?;
-        assistant_row(&row)
-    }
-
-    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
-        let sql = concat!(
-            "select ",
-            assistant_cols!(),
-            " from assistants where assistant_id = $1 and (owner_id is null or owner_id = $2)"
-        );
-        let row = sqlx::query(sql).bind(id).bind(owner).fetch_optional(&self.pool).await?;
-        row.as_ref()
-            .map(assistant_row)
-            .transpose()?
-            .ok_or_else(|| Error::not_found("assistant", id))
-    }
-
-    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
-        let sql = concat!(
-            "select ",
-            assistant_cols!(),
-            " from assistants where owner_id is null or owner_id = $1 order by created_at, assistant_id"
-        );
-        let rows = sqlx::query(sql).bind(owner).fetch_all(&self.pool).await?;
-        skip_unreadable(rows.iter().map(assistant_row))
     }
 
     pub async fn create_api_key(

@@ -36,6 +36,7 @@ macro_rules! step_of {
 }
 
 mod admin;
+mod assistants;
 mod events;
 mod keys;
 mod runs;

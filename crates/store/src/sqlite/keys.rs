@@ -1,12 +1,12 @@
-//! SQLite: users, assistants and API keys.
+//! SQLite: users and API keys.
 
-use ids::{ApiKeyId, AssistantId, UserId};
+use ids::{ApiKeyId, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::*;
 use crate::{Error, Result};
 
-use super::{SqliteStore, all, all_readable, api_key_row, assistant_row, micros, time};
+use super::{SqliteStore, all, api_key_row, micros, time};
 
 impl SqliteStore {
     pub async fn ensure_user(&self, subject: &str) -> Result<User> {
@@ -20,43 +20,6 @@ impl SqliteStore {
                     Ok(User { user_id: r.get(0)?, subject: r.get(1)?, created_at: time(r, 2)? })
                 })?;
             Ok(user)
-        })
-        .await
-    }
-
-    pub async fn upsert_system_assistant(&self, a: &SystemAssistant) -> Result<Assistant> {
-        let a = a.clone();
-        self.write(move |c| {
-            let id = AssistantId::for_graph(&a.graph_id);
-            let at = micros(now());
-            let sql = concat!("insert into assistants (assistant_id, graph_id, name, description, metadata, owner_id, created_at, updated_at)
-                 values (?1, ?2, ?2, ?3, '{\"created_by\":\"system\"}', null, ?4, ?4)
-                 on conflict (assistant_id) do update set description = excluded.description
-                 returning ", assistant_cols!());
-            Ok(c.prepare_cached(sql)?.query_row(params![id, a.graph_id, a.description, at], assistant_row)?)
-        })
-        .await
-    }
-
-    pub async fn get_assistant(&self, owner: UserId, id: AssistantId) -> Result<Assistant> {
-        self.read(move |c| {
-            let sql = concat!(
-                "select ",
-                assistant_cols!(),
-                " from assistants where assistant_id = ?1 and (owner_id is null or owner_id = ?2)"
-            );
-            c.prepare_cached(sql)?
-                .query_row(params![id, owner], assistant_row)
-                .optional()?
-                .ok_or_else(|| Error::not_found("assistant", id))
-        })
-        .await
-    }
-
-    pub async fn list_assistants(&self, owner: UserId) -> Result<Vec<Assistant>> {
-        self.read(move |c| {
-            let sql = concat!("select ", assistant_cols!(), " from assistants where owner_id is null or owner_id = ?1 order by created_at, assistant_id");
-            all_readable(c, sql, [owner], assistant_row)
         })
         .await
     }

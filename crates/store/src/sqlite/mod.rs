@@ -31,6 +31,7 @@ use crate::model::*;
 use crate::{Error, Result, StoreOptions, UnreadableRow, json_object, skip_unreadable};
 
 mod admin;
+mod assistants;
 mod events;
 mod keys;
 mod runs;
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "run queue", include_str!("../../migrations/sqlite/0004_run_queue.sql")),
     (5, "ops indexes", include_str!("../../migrations/sqlite/0005_ops_indexes.sql")),
     (6, "fewer run indexes", include_str!("../../migrations/sqlite/0006_fewer_run_indexes.sql")),
+    (7, "assistant versions", include_str!("../../migrations/sqlite/0007_assistant_versions.sql")),
 ];
 
 #[derive(Clone)]

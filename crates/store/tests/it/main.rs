@@ -2,6 +2,7 @@
 //! the doctor and `id inspect`'s lookup, and JSON that reads back exactly, each checked on
 //! SQLite and on PostgreSQL with a fresh database.
 
+mod assistants;
 mod doctor;
 mod first_steps;
 mod json;

@@ -230,10 +230,10 @@ async fn assistants_by_id_and_by_graph_name(app: &TestApp) {
     let all = app
         .post(&key, "/assistants/search", json!({"sort_by": "graph_id", "sort_order": "asc"}))
         .await;
-    assert_eq!(all.headers["x-pagination-total"], "2");
+    assert_eq!(all.headers["x-pagination-total"], "3");
     let names: Vec<_> =
         all.ok().as_array().unwrap().iter().map(|a| a["graph_id"].clone()).collect();
-    assert_eq!(names, [json!("echo"), json!("synthetic")]);
+    assert_eq!(names, [json!("echo"), json!("llm"), json!("synthetic")]);
     let listed = app.post(&key, "/assistants/search", json!({"graph_id": "echo"})).await.ok();
     assert_eq!(listed[0]["assistant_id"], echo_id);
     assert_eq!(listed[0]["graph_id"], "echo");
@@ -242,7 +242,7 @@ async fn assistants_by_id_and_by_graph_name(app: &TestApp) {
     assert_eq!(listed[0]["version"], 1);
     for (filter, n) in [
         (json!({"graph_id": "echo"}), 1),
-        (json!({"metadata": {"created_by": "system"}}), 2),
+        (json!({"metadata": {"created_by": "system"}}), 3),
         (json!({"name": "ech"}), 1),
         (json!({"limit": 1, "offset": 1}), 1),
     ] {
@@ -253,7 +253,7 @@ async fn assistants_by_id_and_by_graph_name(app: &TestApp) {
         app.post(&key, "/assistants/search", json!({"graph_id": "nope"})).await.ok(),
         json!([])
     );
-    assert_eq!(app.post(&key, "/assistants/count", json!({})).await.ok(), json!(2));
+    assert_eq!(app.post(&key, "/assistants/count", json!({})).await.ok(), json!(3));
     assert_eq!(app.get(&key, &format!("/assistants/{echo_id}")).await.ok(), listed[0]);
     assert_eq!(app.get(&key, "/assistants/echo").await.ok(), listed[0]);
     app.get(&key, "/assistants/nope").await.error(

@@ -15,6 +15,7 @@ store::on_both_backends!(LlmApp =>
     a_malformed_stream_or_a_cut_connection_is_a_clear_error,
     cancel_mid_stream_closes_the_upstream_request,
     settings_and_providers_that_do_not_fit_are_refused_with_what_was_expected,
+    an_assistant_you_create_configures_its_runs_and_a_run_may_override_it,
 );
 
 async fn tokens_stream_as_message_chunks_and_the_answer_is_kept(fx: &LlmApp) {
@@ -246,12 +247,72 @@ async fn settings_and_providers_that_do_not_fit_are_refused_with_what_was_expect
         assert!(message.contains(said), "{context}: {message}");
     }
     assert!(fx.model.requests().is_empty(), "nothing reached the model server");
-    // `config.configurable` is read too (older LangGraph clients), `context` wins.
+    // `config.configurable` is read too (older LangGraph clients); both at once is refused,
+    // as LangGraph refuses it.
     let body = json!({"assistant_id": "llm", "input": human("hi"),
-        "config": {"configurable": {"model": "from-config", "system_prompt": "cfg"}},
-        "context": {"system_prompt": "ctx"}});
+        "config": {"configurable": {"model": "from-config", "system_prompt": "cfg"}}});
     app.post(&key, &format!("/threads/{t}/runs/wait"), body).await.ok();
     let sent = fx.model.requests();
     assert_eq!(sent[0]["model"], "from-config");
-    assert_eq!(sent[0]["messages"][0]["content"], "ctx");
+    assert_eq!(sent[0]["messages"][0]["content"], "cfg");
+    let both = json!({"assistant_id": "llm", "input": human("hi"),
+        "config": {"configurable": {"model": "a"}}, "context": {"model": "b"}});
+    let reply = app.post(&key, &format!("/threads/{t}/runs/wait"), both).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.body);
+    assert_eq!(fx.model.requests().len(), 1);
+}
+
+async fn an_assistant_you_create_configures_its_runs_and_a_run_may_override_it(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let created = app
+        .post(
+            &key,
+            "/assistants",
+            json!({"graph_id": "llm", "name": "terse",
+            "context": {"model": "m-assistant", "system_prompt": "Be terse.", "temperature": 0.5}}),
+        )
+        .await
+        .ok();
+    let id = created["assistant_id"].as_str().unwrap().to_owned();
+    let t = new_thread(app, &key).await;
+    let body = json!({"assistant_id": id, "input": human("hi")});
+    app.post(&key, &format!("/threads/{t}/runs/wait"), body).await.ok();
+    let body =
+        json!({"assistant_id": id, "input": human("again"), "context": {"temperature": 0.9}});
+    app.post(&key, &format!("/threads/{t}/runs/wait"), body).await.ok();
+    let sent = fx.model.requests();
+    assert_eq!(sent[0]["model"], "m-assistant");
+    assert_eq!(sent[0]["messages"][0], json!({"role": "system", "content": "Be terse."}));
+    assert_eq!(sent[0]["temperature"], 0.5);
+    assert_eq!(sent[1]["model"], "m-assistant", "the run overrides one key, not the rest");
+    assert_eq!(sent[1]["temperature"], 0.9);
+    // A new version changes the next runs; another user cannot run it at all.
+    app.call(
+        &key,
+        axum::http::Method::PATCH,
+        &format!("/assistants/{id}"),
+        Some(json!({"context": {"model": "m-v2"}})),
+    )
+    .await
+    .ok();
+    app.post(
+        &key,
+        &format!("/threads/{t}/runs/wait"),
+        json!({"assistant_id": id, "input": human("v2")}),
+    )
+    .await
+    .ok();
+    assert_eq!(fx.model.requests()[2]["model"], "m-v2");
+    let bob = app.key("bob").await;
+    let bt = new_thread(app, &bob).await;
+    let reply = app
+        .post(
+            &bob,
+            &format!("/threads/{bt}/runs/wait"),
+            json!({"assistant_id": id, "input": human("x")}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    assert_eq!(fx.model.requests().len(), 3);
 }
