@@ -727,7 +727,9 @@ async fn complete(
                 return Err(failed("ModelError", format!("the model server's stream broke: {e}")));
             }
             Ok(Ok(None)) => {
-                if reply.done {
+                // A server that ends the stream after its finish reason without `[DONE]` has
+                // still said everything.
+                if reply.done || reply.finish_reason.is_some() {
                     break;
                 }
                 return Err(failed(

@@ -4,8 +4,10 @@
 //! Each test creates a fresh database, an API key for `alice` and one for `bob`, starts
 //! `spindle serve --auth keys` on a free port and runs one script of `tests/sdk`, which prints
 //! one `ok NAME` or `FAIL NAME: ...` line per check and exits 1 if any failed:
-//! `sdk_check.py` (the API, call by call) and `conversations.py` (issue #13: checkpoints,
-//! forks, regenerate, edit, interrupts and runs racing on a thread, as chat UIs use them).
+//! `sdk_check.py` (the API, call by call), `conversations.py` (issue #13: checkpoints,
+//! forks, regenerate, edit, interrupts and runs racing on a thread, as chat UIs use them) and
+//! `llm.py` (issue #15: an `llm` assistant with a model, an MCP tool and an approval, the
+//! server pointed at testkit's model and MCP servers, which this test runs).
 //!
 //! Python: `SPINDLE_SDK_PYTHON` (an interpreter with langgraph-sdk installed), or else a
 //! virtualenv made once in `target/sdk-venv` with `python3 -m venv` and `pip install -r
@@ -143,6 +145,12 @@ fn create_key(database_url: &str, user: &str) -> String {
 
 /// Runs `tests/sdk/{script}` against a fresh server on `backend` (`name` says which).
 fn python_sdk_against(backend: Backend, name: &str, script: &str) {
+    python_sdk_with(backend, name, script, false)
+}
+
+/// As [`python_sdk_against`]; with `models`, the server's `llm` agent talks to testkit's model
+/// server (`--llm-base-url`) and MCP server (`--mcp math=...`), run by this test.
+fn python_sdk_with(backend: Backend, name: &str, script: &str, models: bool) {
     // Python first: a missing interpreter or install fails before any database is made.
     let python = python();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -159,7 +167,14 @@ fn python_sdk_against(backend: Backend, name: &str, script: &str) {
         let bob = create_key(&url, "bob");
         assert_ne!(alice, bob, "two users, two keys");
 
-        let server = Server::on(&db, &["--auth", "keys"]);
+        let model = testkit::model::ModelServer::start().await;
+        let mcp = testkit::mcp::McpServer::start().await;
+        let (base_url, math) = (model.base_url(), format!("math={}", mcp.url()));
+        let mut args = vec!["--auth", "keys"];
+        if models {
+            args.extend(["--llm-base-url", &base_url, "--mcp", &math]);
+        }
+        let server = Server::on(&db, &args);
         let root = workspace();
         let path = root.join("tests/sdk").join(script);
         let output = Command::new(&python)
@@ -230,4 +245,14 @@ fn conversations_against_sqlite() {
 #[test]
 fn conversations_against_postgres() {
     python_sdk_against(Backend::Postgres, "postgres", "conversations.py");
+}
+
+#[test]
+fn llm_against_sqlite() {
+    python_sdk_with(Backend::Sqlite, "sqlite", "llm.py", true);
+}
+
+#[test]
+fn llm_against_postgres() {
+    python_sdk_with(Backend::Postgres, "postgres", "llm.py", true);
 }
