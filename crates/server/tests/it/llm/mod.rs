@@ -28,6 +28,14 @@ pub struct LlmApp {
 
 impl LlmApp {
     pub async fn new(backend: store::Backend) -> Option<LlmApp> {
+        LlmApp::with_run_timeout(backend, ExecutorConfig::default().run_timeout).await
+    }
+
+    /// As `new`, with runs ending `timeout` after `run_timeout`.
+    pub async fn with_run_timeout(
+        backend: store::Backend,
+        run_timeout: Duration,
+    ) -> Option<LlmApp> {
         let db = harness::TestDb::new(backend).await?;
         let model = ModelServer::start().await;
         let mut providers = BTreeMap::new();
@@ -46,7 +54,7 @@ impl LlmApp {
             ("gone".to_owned(), McpServerConfig::Http { url: gone }),
         ]);
         let agents = agents::Runtime { models, mcp: McpServers::new(servers) };
-        let executor = ExecutorConfig { agents, ..Default::default() };
+        let executor = ExecutorConfig { agents, run_timeout, ..Default::default() };
         let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
         let app = TestApp::running(db, auth, HttpConfig::default(), executor).await;
         Some(LlmApp { app, model, mcp })

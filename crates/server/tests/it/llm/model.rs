@@ -1,6 +1,8 @@
 //! The model server's side: streaming, the request Spindle sends, and its failures.
 
 use axum::http::StatusCode;
+use std::time::Duration;
+
 use testkit::model::Reply;
 
 use super::*;
@@ -17,6 +19,35 @@ store::on_both_backends!(LlmApp =>
     settings_and_providers_that_do_not_fit_are_refused_with_what_was_expected,
     an_assistant_you_create_configures_its_runs_and_a_run_may_override_it,
 );
+
+/// A fixture of its own: a run timeout of one second.
+mod timeout {
+    use super::*;
+
+    store::on_each_backend!(the_run_timeout_aborts_the_upstream_request);
+
+    async fn the_run_timeout_aborts_the_upstream_request(backend: store::Backend) {
+        let Some(fx) = LlmApp::with_run_timeout(backend, Duration::from_secs(1)).await else {
+            return;
+        };
+        let app = &fx.app;
+        let key = app.key("alice").await;
+        let t = new_thread(app, &key).await;
+        fx.model.push(Reply::Hang);
+        let mut body = llm("hi", json!({"model": "m"}));
+        body["stream_mode"] = json!(["messages-tuple"]);
+        let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+        let (error, message) = error_of(&frames);
+        assert_eq!(error, "TimeoutError");
+        assert!(message.contains("exceeded 1 s"), "{message}");
+        assert!(
+            fx.model.wait_for(BOUND, |m| m.abandoned() == 1).await,
+            "the upstream stream was closed"
+        );
+        let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+        assert_eq!(runs[0]["status"], "timeout");
+    }
+}
 
 async fn tokens_stream_as_message_chunks_and_the_answer_is_kept(fx: &LlmApp) {
     let app = &fx.app;
