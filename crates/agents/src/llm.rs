@@ -35,6 +35,10 @@ pub const MAX_STEPS_LIMIT: u32 = 100;
 #[derive(Clone)]
 pub struct Provider {
     pub base_url: String,
+    /// The base URL without what may be a secret (user, password, query), for messages.
+    shown: String,
+    /// `{base_url}/chat/completions`, the base URL's query kept after the path.
+    completions: String,
     api_key: Option<String>,
 }
 
@@ -52,7 +56,16 @@ impl Provider {
             ));
         }
         let base_url = base_url.trim_end_matches('/').to_owned();
-        Ok(Provider { base_url, api_key: api_key.filter(|k| !k.is_empty()) })
+        let mut completions = url.clone();
+        completions.set_path(&format!("{}/chat/completions", url.path().trim_end_matches('/')));
+        let completions = completions.to_string();
+        let mut shown = url;
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        shown.set_fragment(None);
+        let shown = shown.as_str().trim_end_matches('/').to_owned();
+        Ok(Provider { base_url, shown, completions, api_key: api_key.filter(|k| !k.is_empty()) })
     }
 }
 
@@ -60,7 +73,7 @@ impl Provider {
 impl fmt::Debug for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = if self.api_key.is_some() { "<set>" } else { "<none>" };
-        f.debug_struct("Provider").field("base_url", &self.base_url).field("api_key", &key).finish()
+        f.debug_struct("Provider").field("base_url", &self.shown).field("api_key", &key).finish()
     }
 }
 
@@ -274,13 +287,21 @@ pub async fn run(
         .map_err(|m| failed("ValueError", m))?;
     let mut stopped: Stopped = Box::pin(sink.stopped());
     let tools = Tools::list(&runtime.mcp, &settings.tools, &mut stopped).await?;
+    let settings = &tools.approving(settings)?;
     let history: Vec<Value> =
         state.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut added: Vec<Value> = Vec::new();
     // A run resumed after an approval runs the calls it stopped on first.
     if let Some(pending) = pending_calls(&history) {
+        let calls = pending["tool_calls"].as_array().cloned().unwrap_or_default();
         let decisions = match resumed {
             Some(value) => Some(decisions(value, &pending, settings)?),
+            // No human decided (a run without input, a command without `resume`): the calls
+            // that need a decision are asked again, as LangGraph's interrupt asks again.
+            None if calls.iter().any(|c| needs_approval(settings, c)) => {
+                let value = approval_request(settings, &calls);
+                return Ok(Outcome::Asks { messages: Vec::new(), value });
+            }
             None => None,
         };
         let (ai, results) =
@@ -378,6 +399,38 @@ impl<'a> Tools<'a> {
             }
         }
         Ok(Tools { mcp, by_name })
+    }
+
+    /// `settings` with `approve` as tool names: each entry a tool's name or `server/tool`, as
+    /// in `tools`. An entry that fits none of the listed tools is refused: it would approve
+    /// nothing, and the call it meant would run unasked.
+    fn approving(&self, settings: &Settings) -> Result<Settings, Stop> {
+        let mut out = settings.clone();
+        out.approve = settings
+            .approve
+            .iter()
+            .map(|entry| {
+                let (server, name) = match entry.split_once('/') {
+                    Some((server, tool)) => (Some(server), tool),
+                    None => (None, entry.as_str()),
+                };
+                let fits = self
+                    .by_name
+                    .get(name)
+                    .is_some_and(|(s, _)| server.is_none_or(|server| server == s));
+                if fits {
+                    return Ok(name.to_owned());
+                }
+                let known = self.by_name.keys().cloned().collect::<Vec<_>>().join(", ");
+                Err(failed(
+                    "ValueError",
+                    format!(
+                        "context.approve: `{entry}` is none of the assistant's tools (from context.tools: {known})"
+                    ),
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(out)
     }
 
     /// The `tools` of a chat completion request.
@@ -739,7 +792,7 @@ async fn complete(
             }
             Ok(Ok(Some(bytes))) => bytes,
         };
-        for data in events.feed(&bytes) {
+        for data in events.feed(&bytes).map_err(|m| failed("ModelError", m))? {
             if data == "[DONE]" {
                 reply.done = true;
                 continue;
@@ -785,22 +838,23 @@ async fn connect(
     body: &Value,
     stopped: &mut Stopped,
 ) -> Result<reqwest::Response, Stop> {
-    let url = format!("{}/chat/completions", provider.base_url);
+    let url = &provider.completions;
     let mut wait = models.retry.first_wait;
     let mut attempt = 0;
     loop {
-        let mut request = models
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        let mut request =
+            models.http.post(url).header("content-type", "application/json").body(body.to_string());
         if let Some(key) = &provider.api_key {
             request = request.bearer_auth(key);
         }
-        let outcome = unless_stopped(stopped, request.send()).await?;
+        let idle = models.idle_timeout;
+        let outcome = unless_stopped(stopped, tokio::time::timeout(idle, request.send())).await?;
         let (retryable, message, retry_after) = match outcome {
-            Ok(response) if response.status().is_success() => return Ok(response),
-            Ok(response) => {
+            Err(_) => {
+                (true, format!("the model server sent nothing for {} s", idle.as_secs()), None)
+            }
+            Ok(Ok(response)) if response.status().is_success() => return Ok(response),
+            Ok(Ok(response)) => {
                 let status = response.status();
                 let retry_after = response
                     .headers()
@@ -808,11 +862,20 @@ async fn connect(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .map(Duration::from_secs);
-                let said = unless_stopped(stopped, response.text()).await?.unwrap_or_default();
+                let said = unless_stopped(stopped, tokio::time::timeout(idle, response.text()))
+                    .await?
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
                 let said = serde_json::from_str::<Value>(&said)
                     .ok()
                     .and_then(|v| v["error"]["message"].as_str().map(String::from))
                     .unwrap_or(said);
+                // A server may quote the key it refused: it is never shown.
+                let said = match &provider.api_key {
+                    Some(key) => said.replace(key.as_str(), "[redacted]"),
+                    None => said,
+                };
                 let retryable = status.as_u16() == 429 || status.is_server_error();
                 (
                     retryable,
@@ -820,12 +883,12 @@ async fn connect(
                     retry_after,
                 )
             }
-            Err(e) => (
+            Ok(Err(e)) => (
                 true,
                 format!(
                     "could not reach the model server at {}: {}",
-                    provider.base_url,
-                    source_chain(&e)
+                    provider.shown,
+                    source_chain(&e.without_url())
                 ),
                 None,
             ),
@@ -856,17 +919,30 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The longest event of a model server's stream (one chunk is a few hundred bytes).
+const MAX_EVENT: usize = 8 << 20;
+
 /// Server-sent events from a byte stream: the `data` of each event, lines joined.
 #[derive(Default)]
 struct EventStream {
     buffer: Vec<u8>,
+    /// How much of `buffer` was searched for an event's end already.
+    scanned: usize,
 }
 
 impl EventStream {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         self.buffer.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some((end, skip)) = event_end(&self.buffer) {
+        loop {
+            // A separator (at most 4 bytes) may straddle what was searched and what is new.
+            let from = self.scanned.saturating_sub(3);
+            let Some((end, skip)) = event_end(&self.buffer[from..]) else {
+                self.scanned = self.buffer.len();
+                break;
+            };
+            let end = from + end;
+            self.scanned = 0;
             let event: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
             let event = String::from_utf8_lossy(&event);
             let data: Vec<&str> = event
@@ -878,7 +954,13 @@ impl EventStream {
                 out.push(data.join("\n"));
             }
         }
-        out
+        if self.buffer.len() > MAX_EVENT {
+            return Err(format!(
+                "the model server sent an event of more than {} MiB",
+                MAX_EVENT >> 20
+            ));
+        }
+        Ok(out)
     }
 }
 

@@ -48,6 +48,21 @@ pub enum Reply {
     Malformed,
     /// The role chunk and one token, then nothing until the client goes away.
     Hang,
+    /// No status line, no headers: nothing until the client goes away (counted abandoned).
+    StallBeforeHeaders,
+    /// These bytes as the response body, as they are (no role chunk, no `[DONE]` unless
+    /// given), then the end of the body.
+    Raw(Vec<Vec<u8>>),
+}
+
+/// Counts a request abandoned when its handler is dropped before it answered.
+struct Abandoned(Arc<Inner>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        *self.0.abandoned.lock().expect("abandoned") += 1;
+        self.0.changed.notify_waiters();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +165,15 @@ async fn completions(
         let error = json!({ "error": { "message": body, "type": "test_error" } });
         return (status, [(header::CONTENT_TYPE, "application/json")], error.to_string())
             .into_response();
+    }
+    if let Reply::StallBeforeHeaders = &reply {
+        let _abandoned = Abandoned(inner.clone());
+        std::future::pending::<()>().await;
+    }
+    if let Reply::Raw(parts) = reply {
+        let parts: Vec<Result<Vec<u8>, std::io::Error>> = parts.into_iter().map(Ok).collect();
+        let body = Body::from_stream(tokio_stream::iter(parts));
+        return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
     }
     if request["stream"] != true {
         return (StatusCode::BAD_REQUEST, "this test server streams only").into_response();
@@ -305,7 +329,7 @@ async fn write(reply: &Reply, model: &str, tx: &Tx) -> Result<(), ()> {
         Reply::Hang => {
             return send(tx, chunk(model, json!({ "content": "thinking" }), None)).await;
         }
-        Reply::Status(..) => return Ok(()),
+        Reply::Status(..) | Reply::StallBeforeHeaders | Reply::Raw(_) => return Ok(()),
     }
     send(tx, chunk(model, json!({}), Some("stop"))).await?;
     send(tx, usage(model, count)).await?;

@@ -106,13 +106,22 @@ async fn own(
     context: &RequestContext,
     id_or_graph: &str,
 ) -> ApiResult<AssistantId> {
+    Ok(own_assistant(state, context, id_or_graph).await?.assistant_id)
+}
+
+/// As [`own`], the assistant itself.
+async fn own_assistant(
+    state: &AppState,
+    context: &RequestContext,
+    id_or_graph: &str,
+) -> ApiResult<Assistant> {
     let assistant = crate::refs::assistant(state, context, id_or_graph).await?;
     if assistant.owner_id.is_none() {
         return Err(ApiError::Forbidden(format!(
             "assistant {id_or_graph} is a built-in system assistant and cannot be changed or deleted; create your own with POST /assistants"
         )));
     }
-    Ok(assistant.assistant_id)
+    Ok(assistant)
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -197,18 +206,32 @@ async fn patch_assistant(
     Path(assistant_id): Path<String>,
     ApiJson(body): ApiJson<PatchAssistant>,
 ) -> ApiResult<Json<AssistantOut>> {
-    let id = own(&state, &context, &assistant_id).await?;
+    let current = own_assistant(&state, &context, &assistant_id).await?;
+    let id = current.assistant_id;
     let graph_id = match body.graph_id.filter(|g| !g.is_empty()) {
         Some(graph_id) => Some(agent_of(&graph_id)?.name().to_owned()),
         None => None,
     };
+    let context_only = body.config.is_none() && body.context.as_ref().is_some_and(Value::is_object);
     let (config, new_context) = configured(body.config, body.context)?;
+    // The context alone: the current config stays, its `configurable` now the new context
+    // (none when the context is emptied), so the two stay in step.
+    let config = if context_only {
+        let mut config = current.config.as_object().cloned().unwrap_or_default();
+        match new_context.as_ref().and_then(Value::as_object).filter(|c| !c.is_empty()) {
+            Some(values) => config.insert("configurable".into(), Value::Object(values.clone())),
+            None => config.remove("configurable"),
+        };
+        Some(Value::Object(config))
+    } else {
+        // An empty config keeps the current one, as LangGraph does.
+        config.filter(|c| c.as_object().is_some_and(|c| !c.is_empty()))
+    };
     let patch = AssistantPatch {
         graph_id,
         name: text("name", body.name)?,
         description: text("description", body.description)?,
-        // An empty config keeps the current one, as LangGraph does.
-        config: config.filter(|c| c.as_object().is_some_and(|c| !c.is_empty())),
+        config,
         context: new_context,
         metadata: body.metadata,
     };

@@ -19,6 +19,7 @@ store::on_both_backends!(TestApp =>
     a_run_merges_its_assistants_config_and_records_the_version,
     bad_input_is_a_422_that_says_what_was_expected_and_changes_nothing,
     delete_threads_deletes_the_callers_threads_of_that_assistant_only,
+    patching_the_context_keeps_the_rest_of_the_config_and_an_empty_one_clears_it,
 );
 
 async fn create(app: &TestApp, key: &str, body: Value) -> Value {
@@ -519,4 +520,42 @@ async fn delete_threads_deletes_the_callers_threads_of_that_assistant_only(app: 
     gone.error(StatusCode::NOT_FOUND, "not_found", "not found");
     app.get(&key, &format!("/threads/{kept}")).await.ok();
     app.get(&bob, &format!("/threads/{}", bobs["thread_id"].as_str().unwrap())).await.ok();
+}
+
+async fn patching_the_context_keeps_the_rest_of_the_config_and_an_empty_one_clears_it(
+    app: &TestApp,
+) {
+    let key = app.key("alice").await;
+    let body = json!({"graph_id": "echo", "context": {"model": "a"},
+                      "config": {"tags": ["kept"], "recursion_limit": 5}});
+    let mine = create(app, &key, body).await;
+    let path = format!("/assistants/{}", id_of(&mine));
+    let patched =
+        app.call(&key, Method::PATCH, &path, Some(json!({"context": {"model": "b"}}))).await.ok();
+    assert_eq!(patched["context"], json!({"model": "b"}));
+    assert_eq!(
+        patched["config"],
+        json!({"tags": ["kept"], "recursion_limit": 5, "configurable": {"model": "b"}}),
+        "a PATCH of the context alone replaced the whole config"
+    );
+    // An empty context clears the values; config.configurable must not keep the old ones
+    // (a run reads both).
+    let cleared = app.call(&key, Method::PATCH, &path, Some(json!({"context": {}}))).await.ok();
+    assert_eq!(cleared["context"], json!({}));
+    assert!(
+        cleared["config"]["configurable"].as_object().is_none_or(|c| c.is_empty()),
+        "config.configurable kept what the context no longer says: {}",
+        cleared["config"]
+    );
+    let thread = app.post(&key, "/threads", json!({})).await.ok();
+    let t = thread["thread_id"].as_str().unwrap();
+    let run = json!({"assistant_id": id_of(&mine),
+                     "input": {"messages": [{"role": "user", "content": "hi"}]}});
+    app.post(&key, &format!("/threads/{t}/runs/wait"), run).await.ok();
+    let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+    assert!(
+        runs[0]["kwargs"]["config"]["configurable"].get("model").is_none(),
+        "the run still got the cleared model: {}",
+        runs[0]["kwargs"]
+    );
 }

@@ -41,9 +41,20 @@ impl LlmApp {
         let mut providers = BTreeMap::new();
         let provider = Provider::new(&model.base_url(), Some("sk-test-secret".into())).unwrap();
         providers.insert("default".to_owned(), provider);
+        // An operator's URL with credentials in it, at a port nothing listens on.
+        let leaky = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!(
+                "http://user:{URL_SECRET}@{}/v1?api-key={URL_SECRET}",
+                listener.local_addr().unwrap()
+            )
+        };
+        providers.insert("leaky".to_owned(), Provider::new(&leaky, None).unwrap());
         let mut models = Models::new(providers, None);
         // Retries wait a millisecond here: what is tested is that they happen.
         models.retry = Retry { retries: 2, first_wait: Duration::from_millis(1) };
+        // A model server that goes quiet fails the run within seconds here.
+        models.idle_timeout = IDLE;
         let mcp = McpServer::start().await;
         let gone = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -60,6 +71,11 @@ impl LlmApp {
         Some(LlmApp { app, model, mcp })
     }
 }
+
+/// The secret in the `leaky` provider's URL.
+pub const URL_SECRET: &str = "url-secret-9f2";
+/// The `llm` agent's idle timeout in these tests.
+pub const IDLE: Duration = Duration::from_secs(3);
 
 fn human(text: &str) -> Value {
     json!({"messages": [{"type": "human", "content": text}]})

@@ -18,6 +18,10 @@ store::on_both_backends!(LlmApp =>
     cancel_mid_stream_closes_the_upstream_request,
     settings_and_providers_that_do_not_fit_are_refused_with_what_was_expected,
     an_assistant_you_create_configures_its_runs_and_a_run_may_override_it,
+    a_model_server_that_never_sends_headers_fails_the_run_instead_of_hanging,
+    a_huge_event_that_never_ends_fails_the_run_promptly,
+    a_provider_urls_credentials_are_never_shown,
+    the_api_key_is_not_echoed_from_the_model_servers_error,
 );
 
 /// A fixture of its own: a run timeout of one second.
@@ -346,4 +350,92 @@ async fn an_assistant_you_create_configures_its_runs_and_a_run_may_override_it(f
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
     assert_eq!(fx.model.requests().len(), 3);
+}
+
+async fn a_model_server_that_never_sends_headers_fails_the_run_instead_of_hanging(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // Every attempt (the first and 2 retries) meets a server that accepts and says nothing.
+    for _ in 0..3 {
+        fx.model.push(Reply::StallBeforeHeaders);
+    }
+    let body = llm("hi", json!({"model": "m"}));
+    let limit = IDLE * 3 + Duration::from_secs(10);
+    let run =
+        tokio::time::timeout(limit, app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body))
+            .await;
+    let (_, _, frames) = run.unwrap_or_else(|_| {
+        panic!(
+            "the run still waits for the model server's headers after {limit:?} (the idle \
+             timeout is {IDLE:?}; only the run's own time limit would end it)"
+        )
+    });
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    assert!(message.contains("nothing") || message.contains("timed out"), "{message}");
+    assert!(fx.model.wait_for(BOUND, |m| m.abandoned() == 3).await, "each attempt was closed");
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("next", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values).last().unwrap(), "echo: next");
+}
+
+async fn a_huge_event_that_never_ends_fails_the_run_promptly(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // One content delta of 32 MiB whose event never ends (no blank line), then the body ends.
+    let mut parts = vec![br#"data: {"choices":[{"index":0,"delta":{"content":""#.to_vec()];
+    parts.extend(std::iter::repeat_n(vec![b'a'; 16 * 1024], 2048));
+    fx.model.push(Reply::Raw(parts));
+    let limit = Duration::from_secs(30);
+    let run = tokio::time::timeout(
+        limit,
+        app.post_sse(&key, &format!("/threads/{t}/runs/stream"), llm("hi", json!({"model": "m"}))),
+    )
+    .await;
+    let (_, _, frames) = run.unwrap_or_else(|_| {
+        panic!("the run was still reading a 32 MiB event after {limit:?} (each piece rescans it)")
+    });
+    let (error, _) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), llm("next", json!({"model": "m"})))
+        .await
+        .ok();
+    assert_eq!(texts(&values).last().unwrap(), "echo: next");
+}
+
+async fn a_provider_urls_credentials_are_never_shown(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // The operator's `leaky` provider has a password and a key in its URL; nothing listens.
+    let body = llm("hi", json!({"model": "m", "provider": "leaky"}));
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    assert!(message.contains("could not reach"), "{message}");
+    assert!(!message.contains(URL_SECRET), "the run's error shows the URL's secret: {message}");
+    let runs = app.get(&key, &format!("/threads/{t}/runs")).await.ok();
+    assert!(!runs.to_string().contains(URL_SECRET), "{runs}");
+    let url = format!("https://user:{URL_SECRET}@models.internal/v1?api-key={URL_SECRET}");
+    let provider = Provider::new(&url, None).unwrap();
+    assert!(!format!("{provider:?}").contains(URL_SECRET), "{provider:?}");
+}
+
+async fn the_api_key_is_not_echoed_from_the_model_servers_error(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // Some OpenAI-compatible servers and proxies quote the key they refused.
+    fx.model.push(Reply::Status(401, "Incorrect API key provided: sk-test-secret".into()));
+    let body = llm("hi", json!({"model": "m"}));
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ModelError");
+    assert!(message.contains("401"), "{message}");
+    assert!(!message.contains("sk-test-secret"), "the server's key reached a client: {message}");
 }

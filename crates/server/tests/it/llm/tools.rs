@@ -15,6 +15,8 @@ store::on_both_backends!(LlmApp =>
     edit_runs_the_call_with_the_new_arguments_and_reject_tells_the_model,
     a_resume_that_does_not_fit_the_request_fails_and_the_approval_still_waits,
     cancel_during_a_tool_call_abandons_it,
+    a_run_without_a_decision_on_a_waiting_approval_does_not_run_the_calls,
+    approve_names_tools_as_tools_does_and_a_name_that_fits_no_tool_is_refused,
 );
 
 fn call(id: &str, name: &str, args: Value) -> (String, String, String) {
@@ -344,4 +346,55 @@ async fn cancel_during_a_tool_call_abandons_it(fx: &LlmApp) {
     fx.mcp.until(|c| c.abandoned == 1 || c.cancelled == 1).await;
     let ended = app.wait_for_status(&key, &t, run_id, |s| s != "running" && s != "pending").await;
     assert_eq!(ended["status"], "interrupted");
+}
+
+async fn a_run_without_a_decision_on_a_waiting_approval_does_not_run_the_calls(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    asked(fx, &key, &t, json!({"a": 2, "b": 2})).await;
+    let context = json!({"model": "m", "tools": ["math"], "approve": ["add"]});
+    // A run with no input (a client's "continue"), and a command with only an update: neither
+    // is a human's decision, so the call that needs one must not run (LangGraph asks again).
+    let no_input = json!({"assistant_id": "llm", "context": context, "stream_mode": ["values"]});
+    let update_only = json!({"assistant_id": "llm", "context": context, "stream_mode": ["values"],
+        "command": {"update": {"messages": []}}});
+    for body in [no_input, update_only] {
+        let (_, _, frames) =
+            app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body.clone()).await;
+        assert_eq!(fx.mcp.calls(), 0, "the call ran without a decision: {body}\n{frames:?}");
+        let state = app.get(&key, &format!("/threads/{t}/state")).await.ok();
+        assert_eq!(state["next"], json!(["llm"]), "the approval still waits: {body}");
+    }
+    fx.model.push(Reply::Text("it is 4".into()));
+    let values = app
+        .post(&key, &format!("/threads/{t}/runs/wait"), decide(json!([{"type": "approve"}])))
+        .await
+        .ok();
+    assert_eq!(texts(&values).last().unwrap(), "it is 4");
+    assert_eq!(fx.mcp.calls(), 1);
+}
+
+async fn approve_names_tools_as_tools_does_and_a_name_that_fits_no_tool_is_refused(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    // `tools` takes `server/tool`; so must `approve`, or the call runs unapproved.
+    fx.model.push(Reply::ToolCalls(vec![call("c1", "add", json!({"a": 1, "b": 1}))]));
+    fx.model.push(Reply::Text("done".into()));
+    let mut body = with_tools("add", json!({"approve": ["math/add"]}));
+    body["stream_mode"] = json!(["values"]);
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    assert_eq!(fx.mcp.calls(), 0, "`math/add` in approve was ignored: the call ran unapproved");
+    let last = frames.iter().rev().find(|f| f.event == "values").unwrap().data.clone();
+    assert_eq!(last["__interrupt__"][0]["value"]["action_requests"][0]["name"], "add", "{last}");
+    // A name that fits none of the assistant's tools (a typo) approves nothing: refused.
+    let t = new_thread(app, &key).await;
+    let requests = fx.model.requests().len();
+    let body = with_tools("add", json!({"approve": ["ad"]}));
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ValueError");
+    assert!(message.contains("context.approve") && message.contains("`ad`"), "{message}");
+    assert_eq!(fx.model.requests().len(), requests, "nothing reached the model");
 }
