@@ -482,8 +482,14 @@ fn approval_request(settings: &Settings, calls: &[Value]) -> Value {
 #[derive(Clone, Debug)]
 enum Decision {
     Approve,
-    Edit { args: Value },
-    Reject { message: Option<String> },
+    /// The call with these arguments, and this tool when the human named another.
+    Edit {
+        name: Option<String>,
+        args: Value,
+    },
+    Reject {
+        message: Option<String>,
+    },
 }
 
 /// The newest AI message, when it has tool calls no tool message answers yet.
@@ -521,8 +527,9 @@ fn decisions(value: &Value, ai: &Value, settings: &Settings) -> Result<Vec<Decis
             Some("edit") => {
                 let args = d["edited_action"]["args"].clone();
                 let args = if args.is_object() { args } else { d["args"]["args"].clone() };
+                let name = d["edited_action"]["name"].as_str().map(String::from);
                 if args.is_object() {
-                    Ok(Decision::Edit { args })
+                    Ok(Decision::Edit { name, args })
                 } else {
                     Err(invalid(format!("an edit without edited_action.args: {d}")))
                 }
@@ -554,15 +561,18 @@ async fn run_calls(
     let mut edited = false;
     let mut results = Vec::new();
     for call in &mut calls {
-        let name = call["name"].as_str().unwrap_or_default().to_owned();
         let id = call["id"].as_str().unwrap_or_default().to_owned();
         let asked = decisions.is_some() && needs_approval(settings, call);
         let decision = if asked { decisions.as_mut().and_then(Iterator::next) } else { None };
         let decision = decision.unwrap_or(Decision::Approve);
-        if let Decision::Edit { args } = &decision {
+        if let Decision::Edit { name, args } = &decision {
             call["args"] = args.clone();
+            if let Some(name) = name {
+                call["name"] = Value::String(name.clone());
+            }
             edited = true;
         }
+        let name = call["name"].as_str().unwrap_or_default().to_owned();
         let (content, status) = match decision {
             Decision::Reject { message } => {
                 let why = message.unwrap_or_else(|| "no reason given".into());
@@ -1038,10 +1048,12 @@ impl Reply {
             let parts = self.calls.entry(index).or_default();
             let (call_id, name) = (call["id"].as_str(), call["function"]["name"].as_str());
             let args = call["function"]["arguments"].as_str().unwrap_or_default();
-            if let Some(call_id) = call_id {
+            // The id and name come once (OpenAI); a server that repeats them in every
+            // fragment is not asking for them to be joined.
+            if let Some(call_id) = call_id.filter(|_| parts.id.is_empty()) {
                 parts.id.push_str(call_id);
             }
-            if let Some(name) = name {
+            if let Some(name) = name.filter(|n| *n != parts.name) {
                 parts.name.push_str(name);
             }
             parts.args.push_str(args);

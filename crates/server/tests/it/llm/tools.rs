@@ -15,6 +15,8 @@ store::on_both_backends!(LlmApp =>
     edit_runs_the_call_with_the_new_arguments_and_reject_tells_the_model,
     a_resume_that_does_not_fit_the_request_fails_and_the_approval_still_waits,
     cancel_during_a_tool_call_abandons_it,
+    a_server_that_repeats_a_calls_id_and_name_in_every_fragment_makes_one_call,
+    an_edit_may_name_another_tool,
     a_run_without_a_decision_on_a_waiting_approval_does_not_run_the_calls,
     approve_names_tools_as_tools_does_and_a_name_that_fits_no_tool_is_refused,
 );
@@ -397,4 +399,48 @@ async fn approve_names_tools_as_tools_does_and_a_name_that_fits_no_tool_is_refus
     assert_eq!(error, "ValueError");
     assert!(message.contains("context.approve") && message.contains("`ad`"), "{message}");
     assert_eq!(fx.model.requests().len(), requests, "nothing reached the model");
+}
+
+async fn a_server_that_repeats_a_calls_id_and_name_in_every_fragment_makes_one_call(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    let frame = |delta: Value, finish: Value| {
+        let chunk = json!({"id": "x", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n").into_bytes()
+    };
+    let piece = |args: &str| json!({"tool_calls": [{"index": 0, "id": "call_r", "type": "function", "function": {"name": "add", "arguments": args}}]});
+    let parts = vec![
+        frame(json!({"role": "assistant"}), Value::Null),
+        frame(piece("{\"a\": 4,"), Value::Null),
+        frame(piece(" \"b\": 4}"), Value::Null),
+        frame(json!({}), json!("tool_calls")),
+        b"data: [DONE]\n\n".to_vec(),
+    ];
+    fx.model.push(Reply::Raw(parts));
+    fx.model.push(Reply::Text("8".into()));
+    let values =
+        app.post(&key, &format!("/threads/{t}/runs/wait"), with_tools("add", json!({}))).await.ok();
+    let messages = values["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[1]["tool_calls"],
+        json!([{"id": "call_r", "name": "add", "args": {"a": 4, "b": 4}, "type": "tool_call"}])
+    );
+    assert_eq!(messages[2]["content"], "8");
+}
+
+async fn an_edit_may_name_another_tool(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    asked(fx, &key, &t, json!({"a": 1, "b": 1})).await;
+    fx.model.push(Reply::Text("echoed".into()));
+    let edit =
+        json!([{"type": "edit", "edited_action": {"name": "echo", "args": {"text": "instead"}}}]);
+    let values = app.post(&key, &format!("/threads/{t}/runs/wait"), decide(edit)).await.ok();
+    let messages = values["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["tool_calls"][0]["name"], "echo", "the call shows what ran");
+    assert_eq!(messages[2]["name"], "echo");
+    assert_eq!(messages[2]["content"], "instead");
 }
