@@ -1,11 +1,13 @@
 // Issue #13's acceptance test: LangChain's agent-chat-ui, unchanged, in a real (headless)
 // Chromium, holding a conversation against Spindle: two turns, regenerate and its branch
 // switcher, editing the first and a later message, continuing on an older branch, and a
-// human-in-the-loop interrupt approved, rejected, edited and marked as resolved. See
-// README.md here; `npm test` runs it.
+// human-in-the-loop interrupt approved, rejected, edited and marked as resolved; then the `llm`
+// agent against testkit's model and MCP servers: a streamed answer, a tool call and its result,
+// an approval approved and rejected. See README.md here; `npm test` runs it.
 //
-// It starts Spindle (a fresh SQLite database), agent-chat-ui's `next dev` and Chromium, and
-// stops all three, by pid, when it ends. Everything it records goes to one directory
+// It starts testkit's servers (`testkit-servers`: the model and MCP servers), Spindle (a fresh
+// SQLite database, the llm agent pointed at them), agent-chat-ui's `next dev` and Chromium, and
+// stops all four, by pid, when it ends. Everything it records goes to one directory
 // (E2E_OUT, default /tmp/spindle-e2e-agent-chat-ui-<time>): screenshots, every request the
 // page sent to Spindle with its answer (network.jsonl), the logs, and report.json.
 
@@ -33,6 +35,12 @@ const OUT = path.resolve(
   env.E2E_OUT ?? `/tmp/spindle-e2e-agent-chat-ui-${new Date().toISOString().replace(/[:.]/g, "-")}`,
 );
 const HEADED = env.E2E_HEADED === "1";
+// Which groups of steps run: all by default, or a comma-separated list of
+// conversation (a, b, c), branches (e), hitl (d), llm (f).
+const GROUPS = ["conversation", "branches", "hitl", "llm"];
+const ONLY = env.E2E_ONLY ? env.E2E_ONLY.split(",").map((g) => g.trim()) : GROUPS;
+for (const g of ONLY) if (!GROUPS.includes(g)) throw new Error(`E2E_ONLY: unknown group ${g} (one of ${GROUPS.join(", ")})`);
+const TARGET = path.resolve(env.CARGO_TARGET_DIR ?? path.join(REPO, "target"));
 
 const HITL_VALUE = {
   action_requests: [{ name: "send_email", args: { to: "a@b.c" }, description: "Please review" }],
@@ -155,12 +163,27 @@ function setupAgentChatUi() {
 function spindleBinary() {
   if (env.SPINDLE_BIN) return path.resolve(env.SPINDLE_BIN);
   run("cargo", ["build", "-p", "spindle-server"], { cwd: REPO });
-  return path.join(REPO, "target", "debug", "spindle");
+  return path.join(TARGET, "debug", "spindle");
 }
 
-async function startSpindle(bin) {
+function testkitServersBinary() {
+  if (env.TESTKIT_SERVERS_BIN) return path.resolve(env.TESTKIT_SERVERS_BIN);
+  run("cargo", ["build", "-p", "spindle-testkit", "--bin", "testkit-servers"], { cwd: REPO });
+  return path.join(TARGET, "debug", "testkit-servers");
+}
+
+// testkit's model server (OpenAI-compatible) and MCP server, one process; it prints both URLs.
+async function startTestkitServers(bin) {
+  const child = start("testkit-servers", bin, [], { cwd: OUT });
+  const [, model, mcp] = await lineFrom(child, /model (http:\/\/\S+)\s+mcp (http:\/\/\S+)/, 30_000);
+  log(`model server at ${model}, MCP server at ${mcp}`);
+  return { model, mcp };
+}
+
+async function startSpindle(bin, testkit) {
   const db = path.join(OUT, "db.sqlite");
-  const child = start("spindle", bin, ["serve", "--listen", "127.0.0.1:0", "--database-url", `sqlite://${db}`, "--log", "info,tower_http=debug"], {
+  const llmArgs = testkit ? ["--llm-base-url", testkit.model, "--mcp", `math=${testkit.mcp}`] : [];
+  const child = start("spindle", bin, ["serve", "--listen", "127.0.0.1:0", "--database-url", `sqlite://${db}`, "--log", "info,tower_http=debug", ...llmArgs], {
     cwd: OUT,
   });
   const [, url] = await lineFrom(child, /spindle listening on (http:\/\/\S+)/, 60_000);
@@ -238,6 +261,16 @@ function recordNetwork(page) {
     if (!entry) return;
     entry.status = res.status();
     const type = res.headers()["content-type"] ?? "";
+    if (type.includes("text/event-stream") && entry.status < 400) {
+      // The stream's events by name (`values`, `messages`, ...), read once it has ended.
+      res
+        .text()
+        .then((body) => {
+          entry.events = {};
+          for (const m of body.matchAll(/^event: (\S+)/gm)) entry.events[m[1]] = (entry.events[m[1]] ?? 0) + 1;
+        })
+        .catch(() => {});
+    }
     if (entry.status >= 400 || !type.includes("text/event-stream")) {
       try {
         entry.response = (await res.text()).slice(0, 20_000);
@@ -312,7 +345,7 @@ async function screenshot(page, name) {
   return file;
 }
 
-async function step(page, name, fn) {
+async function step(page, name, fn, { record = transcript } = {}) {
   const since = Date.now();
   const t0 = performance.now();
   const result = { name, ok: false };
@@ -333,7 +366,7 @@ async function step(page, name, fn) {
     result.failedRequests = bad;
     result.error ??= `Spindle answered ${bad.map((e) => `${e.status} to ${e.method} ${e.url}`).join(", ")}`;
   }
-  result.transcript = await transcript(page).catch(() => undefined);
+  result.transcript = await record(page).catch(() => undefined);
   result.screenshot = await screenshot(page, name.replace(/[^a-z0-9]+/gi, "-").toLowerCase()).catch(() => undefined);
   result.seconds = Number(((performance.now() - t0) / 1000).toFixed(1));
   log(`  ${result.ok ? "PASS" : "FAIL"} ${name} (${result.seconds} s)${result.ok ? "" : ": " + result.error}`);
@@ -642,12 +675,165 @@ async function hitl(browser, base, decision) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The llm agent: testkit's model server follows rules one can type (`use NAME {json}` calls a
+// tool, a tool's result is answered `the tool said: <result>`, anything else `echo: <text>`),
+// its tools come from testkit's MCP server (`math`), and `add` needs an approval.
+
+const LLM_CONTEXT = { model: "test-model", tools: ["math"], approve: ["add"] };
+
+async function llmAssistant() {
+  const created = await api("POST", "/assistants", { graph_id: "llm", name: "e2e llm", context: LLM_CONTEXT });
+  if (!created?.assistant_id) throw new Error(`POST /assistants answered ${JSON.stringify(created)}`);
+  return created.assistant_id;
+}
+
+// The conversation as the llm agent's messages show it: `h:` human, `a:` an AI message's text,
+// `call:NAME {args}` each of its tool calls (messages/tool-calls.tsx's ToolCalls: a header
+// with the name and the id, a row per argument), `tool:NAME: content` a tool message
+// (ToolResult: "Tool Result: NAME", its tool_call_id, the content).
+async function llmTranscript(page) {
+  return page.evaluate(() => {
+    const squash = (s) => (s ?? "").replace(/\s+/g, " ").trim();
+    const out = [];
+    for (const el of document.querySelectorAll("div.group.ml-auto, div.group.mr-auto")) {
+      if (el.classList.contains("ml-auto")) {
+        out.push("h:" + squash(el.querySelector("p.whitespace-pre-wrap")?.textContent));
+        continue;
+      }
+      const header = el.querySelector("h3");
+      if (header && squash(header.textContent).startsWith("Tool Result")) {
+        const name = squash(header.querySelector("code")?.textContent);
+        const content = squash(el.querySelector("div.p-3")?.innerText);
+        out.push(`tool:${name}: ${content}`);
+        continue;
+      }
+      const body = el.querySelector(":scope > div > div.py-1");
+      if (body) out.push("a:" + squash(body.innerText));
+      for (const card of el.querySelectorAll("div.rounded-lg.border")) {
+        const h = card.querySelector(":scope > div > h3");
+        if (!h) continue;
+        const name = squash(h.firstChild?.textContent);
+        const args = Object.fromEntries(
+          [...card.querySelectorAll("tr")].map((tr) => [...tr.querySelectorAll("td")].map((td) => squash(td.textContent))),
+        );
+        out.push(`call:${name} ${JSON.stringify(args)}`);
+      }
+    }
+    return out;
+  });
+}
+
+function runsSent(since) {
+  return network.filter((e) => e.t >= since && /\/runs\/stream$/.test(e.url)).map((e) => JSON.parse(e.body));
+}
+
+async function llmSteps(browser, base, assistantId) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  recordNetwork(page);
+  const fresh = () => page.goto(uiUrl(base, { assistantId }), { timeout: 120_000 });
+  const threadOf = () => new URL(page.url()).searchParams.get("threadId");
+
+  await step(page, "f1 llm streamed answer", async (since) => {
+    await fresh();
+    const text = "hello from the browser, streamed word by word";
+    // Every text the AI message shows while it streams.
+    await page.evaluate(() => {
+      window.__seen = new Set();
+      new MutationObserver(() => {
+        const body = [...document.querySelectorAll("div.group.mr-auto > div > div.py-1")].at(-1);
+        if (body) window.__seen.add(body.innerText.replace(/\s+/g, " ").trim());
+      }).observe(document.body, { subtree: true, childList: true, characterData: true });
+    });
+    await send(page, text);
+    await message(page, "a", "echo: hello").waitFor();
+    await settled(page, since);
+    const seen = await page.evaluate(() => [...window.__seen]);
+    const events = await waitUntil("the stream's events", () => network.filter((e) => e.t >= since && /\/runs\/stream$/.test(e.url)).at(-1)?.events, 10_000);
+    if (!(events.messages > 1)) throw new Error(`the answer was not streamed as messages-tuple chunks: events ${JSON.stringify(events)}`);
+    const got = await llmTranscript(page);
+    assertTranscript(got, [`h:${text}`, `a:echo: ${text}`]);
+    const sent = runsSent(since).at(-1);
+    if (sent.assistant_id !== assistantId) throw new Error(`the run was sent for ${sent.assistant_id}, not ${assistantId}`);
+    const threadId = threadOf();
+    const head = await headMessages(threadId);
+    if (head.at(-1)?.content !== `echo: ${text}`) throw new Error(`the thread's last message ${JSON.stringify(head.at(-1))}`);
+    return { threadId, streamMode: sent.stream_mode, events, textsShownWhileStreaming: seen };
+  }, { record: llmTranscript });
+
+  await step(page, "f2 llm tool call and result", async (since) => {
+    await fresh();
+    const text = 'use echo {"text":"hello tool"}';
+    await send(page, text);
+    await message(page, "a", "the tool said: hello tool").waitFor();
+    await settled(page, since);
+    const got = await llmTranscript(page);
+    assertTranscript(got, [`h:${text}`, 'call:echo {"text":"hello tool"}', "tool:echo: hello tool", "a:the tool said: hello tool"]);
+    const head = await headMessages(threadOf());
+    const kinds = head.map((m) => m.type).join(",");
+    if (kinds !== "human,ai,tool,ai") throw new Error(`the thread's messages are ${kinds}`);
+    return { threadId: threadOf(), messages: head };
+  }, { record: llmTranscript });
+
+  for (const decision of ["approve", "reject"]) {
+    const letter = decision === "approve" ? "f3" : "f4";
+    const text = 'use add {"a":2,"b":3}';
+    let threadId;
+    const shown = await step(page, `${letter} llm approval asked (${decision})`, async (since) => {
+      await fresh();
+      await send(page, text);
+      await page.getByText("Edit/Approve", { exact: true }).waitFor({ timeout: 60_000 });
+      await settled(page, since);
+      await page.getByRole("button", { name: "Submit rejection" }).waitFor();
+      threadId = threadOf();
+      const thread = await api("GET", `/threads/${threadId}`);
+      if (thread.status !== "interrupted") throw new Error(`thread status ${thread.status}, expected interrupted`);
+      const got = await llmTranscript(page);
+      if (got[0] !== `h:${text}` || !got.includes('call:add {"a":"2","b":"3"}')) throw new Error(`transcript ${JSON.stringify(got)}`);
+      return { threadId, interrupts: thread.interrupts };
+    }, { record: llmTranscript });
+    if (!shown) continue;
+
+    await step(page, `${letter} llm ${decision}`, async (since) => {
+      let answer;
+      let expected;
+      if (decision === "approve") {
+        await page.getByRole("button", { name: "Approve", exact: true }).click();
+        answer = "the tool said: 5";
+        expected = { decisions: [{ type: "approve" }] };
+      } else {
+        await page.getByPlaceholder("Share feedback with the agent...").fill("not now");
+        await page.getByRole("button", { name: "Submit rejection" }).click();
+        answer = "the tool said: The user rejected this tool call: not now";
+        expected = { decisions: [{ type: "reject", message: "not now" }] };
+      }
+      await message(page, "a", answer).waitFor();
+      await settled(page, since);
+      const sent = runsSent(since).at(-1);
+      if (!isDeepStrictEqual(sent?.command?.resume, expected)) throw new Error(`resumed with ${JSON.stringify(sent?.command)}, expected resume ${JSON.stringify(expected)}`);
+      const thread = await api("GET", `/threads/${threadId}`);
+      if (thread.status !== "idle") throw new Error(`thread status ${thread.status} after the resume`);
+      if ((await page.getByRole("button", { name: "Submit rejection" }).count()) !== 0) throw new Error("the HITL view is still shown");
+      const result = decision === "approve" ? "tool:add: 5" : "tool:add: The user rejected this tool call: not now";
+      assertTranscript(await llmTranscript(page), [`h:${text}`, 'call:add {"a":"2","b":"3"}', result, `a:${answer}`]);
+      return { sent: sent.command };
+    }, { record: llmTranscript });
+  }
+
+  await context.close();
+}
+
+// ---------------------------------------------------------------------------------------------
 
 async function main() {
   log(`output in ${OUT}`);
+  log(`steps: ${ONLY.join(", ")}`);
   setupAgentChatUi();
   const bin = spindleBinary();
-  SPINDLE = await startSpindle(bin);
+  const testkit = ONLY.includes("llm") ? await startTestkitServers(testkitServersBinary()) : undefined;
+  SPINDLE = await startSpindle(bin, testkit);
+  const assistantId = testkit ? await llmAssistant() : undefined;
   const base = await startNextDev(SPINDLE);
 
   if (!existsSync(CHROMIUM)) throw new Error(`no browser at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM`);
@@ -659,9 +845,10 @@ async function main() {
   log(`started chromium (pid ${chromiumProcess.pid})`);
   try {
     const browser = await chromium.connect(server.wsEndpoint());
-    await conversation(browser, base);
-    await olderBranch(browser, base);
-    for (const decision of ["approve", "reject", "edit", "resolve"]) await hitl(browser, base, decision);
+    if (ONLY.includes("conversation")) await conversation(browser, base);
+    if (ONLY.includes("branches")) await olderBranch(browser, base);
+    if (ONLY.includes("hitl")) for (const decision of ["approve", "reject", "edit", "resolve"]) await hitl(browser, base, decision);
+    if (ONLY.includes("llm")) await llmSteps(browser, base, assistantId);
     await browser.close();
   } finally {
     await server.close().catch(() => {});
@@ -669,7 +856,7 @@ async function main() {
   }
 
   writeFileSync(path.join(OUT, "network.jsonl"), network.map((e) => JSON.stringify(e)).join("\n") + "\n");
-  writeFileSync(path.join(OUT, "report.json"), JSON.stringify({ spindle: SPINDLE, ui: base, assistant: ASSISTANT, results, consoleErrors }, null, 2));
+  writeFileSync(path.join(OUT, "report.json"), JSON.stringify({ spindle: SPINDLE, ui: base, assistant: ASSISTANT, llmAssistant: assistantId, testkit, results, consoleErrors }, null, 2));
   if (consoleErrors.length) appendFileSync(path.join(OUT, "console-errors.txt"), consoleErrors.map((e) => e.text).join("\n") + "\n");
 
   const failed = results.filter((r) => !r.ok);
