@@ -158,7 +158,8 @@ async fn completions(
     inner.requests.lock().expect("requests").push(request.clone());
     inner.changed.notify_waiters();
     let reply = inner.replies.lock().expect("replies").pop_front();
-    let reply = reply.unwrap_or_else(|| by_rules(&request));
+    let served = inner.requests.lock().expect("requests").len();
+    let reply = reply.unwrap_or_else(|| by_rules(&request, served));
     let model = request["model"].as_str().unwrap_or("test-model").to_owned();
     if let Reply::Status(status, body) = &reply {
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -185,7 +186,8 @@ async fn completions(
 }
 
 /// The rules the server answers by when no reply is queued.
-fn by_rules(request: &Value) -> Reply {
+/// `served`: requests so far, which makes each tool call's id unique on this server.
+fn by_rules(request: &Value, served: usize) -> Reply {
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
     let Some(last) = messages.last() else { return Reply::Text("echo: ".into()) };
     if last["role"] == "tool" {
@@ -194,7 +196,7 @@ fn by_rules(request: &Value) -> Reply {
     let text = text_of(&last["content"]);
     if let Some(rest) = text.strip_prefix("use ") {
         let (name, args) = rest.split_once(' ').unwrap_or((rest, "{}"));
-        return Reply::ToolCalls(vec![("call_1".into(), name.into(), args.trim().into())]);
+        return Reply::ToolCalls(vec![(format!("call_{served}"), name.into(), args.trim().into())]);
     }
     if let Some(n) = text.strip_prefix("tokens ").and_then(|n| n.trim().parse().ok()) {
         return Reply::Tokens(n);
