@@ -7,6 +7,8 @@
 //! - after a tool's result, `the tool said: <result>`;
 //! - `use NAME {json}` calls tool NAME with those arguments;
 //! - `tokens N` streams N tokens (`t0`, ` `, `t1`, ...);
+//! - `timed N` streams N tokens `"{i}:{unix_nanos} "`, each stamped with the wall clock when
+//!   the HTTP layer takes it, as fast as the connection takes them ([`Reply::Timed`]);
 //! - anything else: `echo: <text>`, word by word.
 //!
 //! It records every request body and `Authorization` header, and counts the streams a client
@@ -15,7 +17,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -38,6 +40,10 @@ pub enum Reply {
     ToolCalls(Vec<(String, String, String)>),
     /// `n` tokens as fast as the connection takes them.
     Tokens(usize),
+    /// `n` tokens `"{i}:{unix_nanos} "` (see [`timed_token`]), each stamped when the HTTP
+    /// layer polls for it, so a client in another process can measure each token's latency
+    /// against its own clock (`SystemTime`). Not counted in [`ModelServer::abandoned`].
+    Timed(usize),
     /// An HTTP error before any token (429, 500, ...), with this body.
     Status(u16, String),
     /// One token, then the connection closes without `[DONE]`.
@@ -78,6 +84,11 @@ impl ModelServer {
     pub async fn start() -> ModelServer {
         let listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the model server");
+        ModelServer::serve(listener)
+    }
+
+    /// Serves on a listener the caller bound (the `spindle-testkit model` binary).
+    pub fn serve(listener: tokio::net::TcpListener) -> ModelServer {
         let addr = listener.local_addr().expect("the model server's address");
         let inner = Arc::new(Inner::default());
         let app = Router::new()
@@ -154,6 +165,9 @@ async fn completions(
     if request["stream"] != true {
         return (StatusCode::BAD_REQUEST, "this test server streams only").into_response();
     }
+    if let Reply::Timed(n) = reply {
+        return ([(header::CONTENT_TYPE, "text/event-stream")], timed(n, model)).into_response();
+    }
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(stream(reply, model, tx, inner));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -175,6 +189,9 @@ fn by_rules(request: &Value) -> Reply {
     if let Some(n) = text.strip_prefix("tokens ").and_then(|n| n.trim().parse().ok()) {
         return Reply::Tokens(n);
     }
+    if let Some(n) = text.strip_prefix("timed ").and_then(|n| n.trim().parse().ok()) {
+        return Reply::Timed(n);
+    }
     Reply::Text(format!("echo: {text}"))
 }
 
@@ -186,6 +203,42 @@ fn text_of(content: &Value) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// Token `i` of a [`Reply::Timed`] stream, sent at `unix_nanos`.
+pub fn timed_token(i: usize, unix_nanos: u128) -> String {
+    format!("{i}:{unix_nanos} ")
+}
+
+/// Parses a [`timed_token`]: `(i, unix_nanos)`.
+pub fn parse_timed_token(token: &str) -> Option<(usize, u128)> {
+    let (i, nanos) = token.trim_end().split_once(':')?;
+    Some((i.parse().ok()?, nanos.parse().ok()?))
+}
+
+/// The wall clock in nanoseconds since the Unix epoch.
+pub fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A [`Reply::Timed`] body: a lazy stream, so each token is stamped when hyper asks for the
+/// next frame (not when a producer task queued it, which would count the queue's wait as the
+/// client's latency).
+fn timed(n: usize, model: String) -> Body {
+    let count = n;
+    let frames = (0..n + 4).map(move |k| {
+        let frame = match k {
+            0 => chunk(&model, json!({ "role": "assistant", "content": "" }), None),
+            k if k <= n => {
+                chunk(&model, json!({ "content": timed_token(k - 1, unix_nanos()) }), None)
+            }
+            k if k == n + 1 => chunk(&model, json!({}), Some("stop")),
+            k if k == n + 2 => usage(&model, count),
+            _ => "data: [DONE]\n\n".to_owned(),
+        };
+        Ok::<_, std::io::Error>(frame)
+    });
+    Body::from_stream(tokio_stream::iter(frames))
 }
 
 type Tx = mpsc::Sender<Result<String, std::io::Error>>;
@@ -305,9 +358,42 @@ async fn write(reply: &Reply, model: &str, tx: &Tx) -> Result<(), ()> {
         Reply::Hang => {
             return send(tx, chunk(model, json!({ "content": "thinking" }), None)).await;
         }
-        Reply::Status(..) => return Ok(()),
+        Reply::Status(..) | Reply::Timed(_) => return Ok(()),
     }
     send(tx, chunk(model, json!({}), Some("stop"))).await?;
     send(tx, usage(model, count)).await?;
     send(tx, "data: [DONE]\n\n".into()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_token_reads_back() {
+        assert_eq!(
+            parse_timed_token(&timed_token(7, 1_796_152_217_070_931_782)),
+            Some((7, 1_796_152_217_070_931_782))
+        );
+        assert_eq!(parse_timed_token("t0"), None);
+        assert_eq!(parse_timed_token("x:1 "), None);
+    }
+
+    #[tokio::test]
+    async fn timed_streams_n_tokens_in_order_then_done() {
+        let body = timed(3, "m".into());
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("the body");
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        let tokens: Vec<(usize, u128)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"].as_str().and_then(parse_timed_token)
+            })
+            .collect();
+        assert_eq!(tokens.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(tokens.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
 }
