@@ -5,13 +5,14 @@
 # (ratio, goal ≥ 0.9), per-token latency and Spindle's CPU per token. Release builds.
 #   bench/llm.sh                                   # SQLite
 #   BACKENDS="sqlite postgres" bench/llm.sh        # also PostgreSQL (a fresh database, dropped)
-#   TOKENS=1000 CONCURRENCY=100 RUNS=100 ALONE=5 bench/llm.sh
-# Reports: target/bench-results/llm-<backend>.json and the table on stdout.
+#   TOKENS=1000 CONCURRENCY=100 RUNS=100 ALONE=5 PER_CHUNK=1 INTERVAL_US=0 bench/llm.sh
+#     PER_CHUNK: tokens per HTTP write; INTERVAL_US: the model server's wait between writes
+# Reports: target/bench-results/llm-<backend>-k<PER_CHUNK>-i<INTERVAL_US>.json and the table on stdout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 backends=${BACKENDS:-sqlite}
-tokens=${TOKENS:-1000} concurrency=${CONCURRENCY:-100} runs=${RUNS:-100} alone=${ALONE:-5}
+tokens=${TOKENS:-1000} per_chunk=${PER_CHUNK:-1} interval_us=${INTERVAL_US:-0} concurrency=${CONCURRENCY:-100} runs=${RUNS:-100} alone=${ALONE:-5}
 port=${PORT:-2033}
 base="http://127.0.0.1:$port"
 out="$root/target/bench-results"; mkdir -p "$out"
@@ -67,8 +68,8 @@ for backend in $backends; do
   start "$backend"
   echo "== $backend: model $model_url (pid $model_pid), spindle $base (pid $pid), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
   "$bin/spindle-bench" llm --base-url "$base" --model-url "$model_url" --server-pid "$pid" \
-    --tokens "$tokens" --concurrency "$concurrency" --runs "$runs" --alone "$alone" \
-    --timeout 300 --label "spindle $backend" --json "$out/llm-$backend.json" || status=$?
+    --tokens "$tokens" --tokens-per-chunk "$per_chunk" --interval-us "$interval_us" --concurrency "$concurrency" --runs "$runs" --alone "$alone" \
+    --timeout 300 --label "spindle $backend" --json "$out/llm-$backend-k$per_chunk-i$interval_us.json" || status=$?
   stop_spindle
 done
 exit "$status"

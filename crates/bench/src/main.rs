@@ -126,6 +126,12 @@ enum Workload {
         model_url: String,
         #[arg(long, default_value_t = 1000)]
         tokens: usize,
+        /// Tokens the model server writes in each HTTP chunk (1: a write per token).
+        #[arg(long, default_value_t = 1)]
+        tokens_per_chunk: usize,
+        /// Microseconds the model server waits between writes (0: as fast as it can).
+        #[arg(long, default_value_t = 0)]
+        interval_us: u64,
         #[arg(long, default_value_t = 100)]
         concurrency: usize,
         /// Streams in each concurrent phase (at least --concurrency).
@@ -240,11 +246,28 @@ async fn run(cli: Cli) -> Result<bool> {
             };
             websocket::cases(&target, &options, pid).await
         }
-        Workload::Llm { model_url, tokens, concurrency, runs, alone, model } => {
+        Workload::Llm {
+            model_url,
+            tokens,
+            tokens_per_chunk,
+            interval_us,
+            concurrency,
+            runs,
+            alone,
+            model,
+        } => {
             let timeout = Duration::from_secs(common.timeout);
             let model_target = Target::new(&model_url, Auth::None, timeout)?;
-            let options =
-                llm::Options { tokens, concurrency, runs, alone, model, ..Default::default() };
+            let options = llm::Options {
+                tokens,
+                tokens_per_chunk,
+                interval: Duration::from_micros(interval_us),
+                concurrency,
+                runs,
+                alone,
+                model,
+                ..Default::default()
+            };
             llm::cases(&target, &model_target, &options, pid).await
         }
     };

@@ -31,6 +31,11 @@ use crate::usage::{Meter, Usage};
 pub struct Options {
     /// Tokens per stream.
     pub tokens: usize,
+    /// Tokens the model server writes in each HTTP chunk (1: one write per token, as model
+    /// servers stream).
+    pub tokens_per_chunk: usize,
+    /// The model server's wait between writes (zero: as fast as the connection takes them).
+    pub interval: Duration,
     /// Streams (runs) at once.
     pub concurrency: usize,
     /// Streams per concurrent phase, `concurrency` at a time (at least `concurrency`).
@@ -47,6 +52,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             tokens: 1000,
+            tokens_per_chunk: 1,
+            interval: Duration::ZERO,
             concurrency: 100,
             runs: 100,
             alone: 5,
@@ -224,7 +231,12 @@ async fn one(
     model: &Target,
     options: &Options,
 ) -> Result<Vec<u64>, Failure> {
-    let ask = format!("timed {}", options.tokens);
+    let ask = format!(
+        "timed {} per {} every {}",
+        options.tokens,
+        options.tokens_per_chunk.max(1),
+        options.interval.as_micros()
+    );
     let response = match path {
         Path::Direct => {
             let body = json!({
