@@ -773,9 +773,18 @@ async fn complete(
     let mut reply = Reply::default();
     let mut events = EventStream::default();
     loop {
-        let next =
-            unless_stopped(stopped, tokio::time::timeout(models.idle_timeout, response.chunk()))
-                .await?;
+        // What has arrived already is taken at once; the events so far are flushed only
+        // before waiting for more. A model slower than Spindle sees each token go out alone, a
+        // faster one in batches (one transaction per batch, not per token: BENCHMARKS.md).
+        let mut next_chunk = std::pin::pin!(response.chunk());
+        let next = match ready_now(next_chunk.as_mut()).await {
+            Some(next) => Ok(next),
+            None => {
+                sink.flush().await?;
+                unless_stopped(stopped, tokio::time::timeout(models.idle_timeout, next_chunk))
+                    .await?
+            }
+        };
         let bytes = match next {
             Err(_) => {
                 return Err(failed(
@@ -818,7 +827,7 @@ async fn complete(
             })?;
             reply.take(&chunk, &id, sink)?;
         }
-        sink.flush().await?;
+        sink.flush_if_full().await?;
         if reply.done {
             break;
         }
@@ -830,6 +839,16 @@ async fn complete(
         json!({ "node": NODE, "message_id": id, "delta": "", "usage_metadata": message["usage_metadata"], "response_metadata": message["response_metadata"] }),
     );
     Ok(message)
+}
+
+/// The future's output if it is ready without waiting (it is polled once, and can be awaited
+/// after).
+async fn ready_now<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// A chunk's text, cut for an error message.

@@ -16,6 +16,9 @@
 //!   thread, a run, a state read) at once.
 //! - [`workloads::websocket`]: N idle connections (server memory per connection) and fan-out
 //!   of events to many subscribed connections (delivered events/s, commit→receive latency).
+//! - [`workloads::llm`]: `llm` runs against a model server streaming timed tokens (testkit's
+//!   `spindle-testkit model`): tokens/s through the server against the model server's own
+//!   rate, each token's latency from the model server's send to this client, CPU per token.
 //!
 //! Resource use comes from `/proc` ([`usage`]): the server's CPU seconds and peak RSS when
 //! `--server-pid` is given (the process and its descendants), and always the client's own CPU,

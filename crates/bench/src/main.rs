@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bench::workloads::{concurrent, race, sequential, sessions, stream, websocket};
+use bench::workloads::{concurrent, llm, race, sequential, sessions, stream, websocket};
 use bench::{Auth, Report, Target};
 use clap::{Args, Parser, Subcommand};
 
@@ -118,6 +118,32 @@ enum Workload {
         #[arg(long, default_value_t = 120)]
         max_seconds: u64,
     },
+    /// `llm` runs against a model server streaming timed tokens (testkit's `timed N`):
+    /// tokens/s through the server vs the model server's own rate, per-token latency and CPU.
+    Llm {
+        /// The model server, e.g. http://127.0.0.1:PORT/v1 (`spindle-testkit model`).
+        #[arg(long)]
+        model_url: String,
+        #[arg(long, default_value_t = 1000)]
+        tokens: usize,
+        /// Tokens the model server writes in each HTTP chunk (1: a write per token).
+        #[arg(long, default_value_t = 1)]
+        tokens_per_chunk: usize,
+        /// Microseconds the model server waits between writes (0: as fast as it can).
+        #[arg(long, default_value_t = 0)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Streams in each concurrent phase (at least --concurrency).
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Runs of the one-run-alone case.
+        #[arg(long, default_value_t = 5)]
+        alone: usize,
+        /// The model a run names in its context.
+        #[arg(long, default_value = "bench")]
+        model: String,
+    },
 }
 
 impl Workload {
@@ -129,6 +155,7 @@ impl Workload {
             Workload::Race { .. } => "race",
             Workload::Sessions { .. } => "sessions",
             Workload::Websocket { .. } => "websocket",
+            Workload::Llm { .. } => "llm",
         }
     }
 }
@@ -218,6 +245,30 @@ async fn run(cli: Cli) -> Result<bool> {
                 max_time: Duration::from_secs(max_seconds),
             };
             websocket::cases(&target, &options, pid).await
+        }
+        Workload::Llm {
+            model_url,
+            tokens,
+            tokens_per_chunk,
+            interval_us,
+            concurrency,
+            runs,
+            alone,
+            model,
+        } => {
+            let timeout = Duration::from_secs(common.timeout);
+            let model_target = Target::new(&model_url, Auth::None, timeout)?;
+            let options = llm::Options {
+                tokens,
+                tokens_per_chunk,
+                interval: Duration::from_micros(interval_us),
+                concurrency,
+                runs,
+                alone,
+                model,
+                ..Default::default()
+            };
+            llm::cases(&target, &model_target, &options, pid).await
         }
     };
     print!("{}", report.table());

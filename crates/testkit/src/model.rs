@@ -7,6 +7,10 @@
 //! - after a tool's result, `the tool said: <result>`;
 //! - `use NAME {json}` calls tool NAME with those arguments;
 //! - `tokens N` streams N tokens (`t0`, ` `, `t1`, ...);
+//! - `timed N` streams N tokens `"{i}:{unix_nanos} "`, each stamped with the wall clock when
+//!   the HTTP layer takes it, as fast as the connection takes them ([`Reply::Timed`]); `timed
+//!   N per K` writes K tokens' events in each HTTP chunk (as a server that batches its writes),
+//!   `timed N every US` waits US microseconds between writes (a model's pace);
 //! - anything else: `echo: <text>`, word by word.
 //!
 //! It records every request body and `Authorization` header, and counts the streams a client
@@ -15,7 +19,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -23,6 +27,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
@@ -38,6 +43,13 @@ pub enum Reply {
     ToolCalls(Vec<(String, String, String)>),
     /// `n` tokens as fast as the connection takes them.
     Tokens(usize),
+    /// `tokens` tokens `"{i}:{unix_nanos} "` (see [`timed_token`]), `per_chunk` to an HTTP
+    /// chunk (one write), each stamped when the HTTP layer polls for it, so a client in
+    /// another process can measure each token's latency against its own clock
+    /// (`SystemTime`). As fast as the connection takes them; not counted in
+    /// [`ModelServer::abandoned`].
+    /// `interval` between writes (zero: none).
+    Timed { tokens: usize, per_chunk: usize, interval: Duration },
     /// An HTTP error before any token (429, 500, ...), with this body.
     Status(u16, String),
     /// One token, then the connection closes without `[DONE]`.
@@ -93,11 +105,21 @@ impl ModelServer {
     pub async fn start() -> ModelServer {
         let listener =
             tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the model server");
+        ModelServer::serve(listener)
+    }
+
+    /// Serves on a listener the caller bound (the `spindle-testkit model` binary).
+    pub fn serve(listener: tokio::net::TcpListener) -> ModelServer {
         let addr = listener.local_addr().expect("the model server's address");
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
             .with_state(inner.clone());
+        // Each write goes out at once (a stream's last small write must not wait for the
+        // client's delayed ACK: 40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -179,6 +201,10 @@ async fn completions(
     if request["stream"] != true {
         return (StatusCode::BAD_REQUEST, "this test server streams only").into_response();
     }
+    if let Reply::Timed { tokens, per_chunk, interval } = reply {
+        let body = timed(tokens, per_chunk, interval, model);
+        return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+    }
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(stream(reply, model, tx, inner));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -201,7 +227,26 @@ fn by_rules(request: &Value, served: usize) -> Reply {
     if let Some(n) = text.strip_prefix("tokens ").and_then(|n| n.trim().parse().ok()) {
         return Reply::Tokens(n);
     }
+    if let Some(reply) = text.strip_prefix("timed ").and_then(timed_rule) {
+        return reply;
+    }
     Reply::Text(format!("echo: {text}"))
+}
+
+/// `N [per K] [every US]`.
+fn timed_rule(rest: &str) -> Option<Reply> {
+    let mut words = rest.split_whitespace();
+    let tokens = words.next()?.parse().ok()?;
+    let (mut per_chunk, mut interval) = (1, Duration::ZERO);
+    while let Some(word) = words.next() {
+        let value: u64 = words.next()?.parse().ok()?;
+        match word {
+            "per" => per_chunk = usize::try_from(value).ok()?,
+            "every" => interval = Duration::from_micros(value),
+            _ => return None,
+        }
+    }
+    Some(Reply::Timed { tokens, per_chunk, interval })
 }
 
 fn text_of(content: &Value) -> String {
@@ -212,6 +257,54 @@ fn text_of(content: &Value) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// Token `i` of a [`Reply::Timed`] stream, sent at `unix_nanos`.
+pub fn timed_token(i: usize, unix_nanos: u128) -> String {
+    format!("{i}:{unix_nanos} ")
+}
+
+/// Parses a [`timed_token`]: `(i, unix_nanos)`.
+pub fn parse_timed_token(token: &str) -> Option<(usize, u128)> {
+    let (i, nanos) = token.trim_end().split_once(':')?;
+    Some((i.parse().ok()?, nanos.parse().ok()?))
+}
+
+/// The wall clock in nanoseconds since the Unix epoch.
+pub fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A [`Reply::Timed`] body: a lazy stream, so each write is stamped when hyper asks for it
+/// (not when a producer task queued it, which would count the queue's wait as the client's
+/// latency); each write (one HTTP chunk) carries `per_chunk` tokens' events, `interval`
+/// apart.
+fn timed(n: usize, per_chunk: usize, interval: Duration, model: String) -> Body {
+    let per_chunk = per_chunk.max(1);
+    let writes = n.div_ceil(per_chunk);
+    let frames = (0..writes + 2).map(move |k| {
+        let frame = match k {
+            0 => chunk(&model, json!({ "role": "assistant", "content": "" }), None),
+            k if k <= writes => {
+                let sent = unix_nanos();
+                let first = (k - 1) * per_chunk;
+                (first..n.min(first + per_chunk))
+                    .map(|i| chunk(&model, json!({ "content": timed_token(i, sent) }), None))
+                    .collect()
+            }
+            _ => {
+                let end = chunk(&model, json!({}), Some("stop"));
+                format!("{end}{}data: [DONE]\n\n", usage(&model, n))
+            }
+        };
+        Ok::<_, std::io::Error>(frame)
+    });
+    let frames = tokio_stream::iter(frames);
+    if interval.is_zero() {
+        return Body::from_stream(frames);
+    }
+    // The throttle polls the next write when the interval is over: it is stamped then.
+    Body::from_stream(tokio_stream::StreamExt::throttle(frames, interval))
 }
 
 type Tx = mpsc::Sender<Result<String, std::io::Error>>;
@@ -331,9 +424,60 @@ async fn write(reply: &Reply, model: &str, tx: &Tx) -> Result<(), ()> {
         Reply::Hang => {
             return send(tx, chunk(model, json!({ "content": "thinking" }), None)).await;
         }
-        Reply::Status(..) | Reply::StallBeforeHeaders | Reply::Raw(_) => return Ok(()),
+        Reply::Status(..) | Reply::StallBeforeHeaders | Reply::Raw(_) | Reply::Timed { .. } => {
+            return Ok(());
+        }
     }
     send(tx, chunk(model, json!({}), Some("stop"))).await?;
     send(tx, usage(model, count)).await?;
     send(tx, "data: [DONE]\n\n".into()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timed_token_reads_back() {
+        assert_eq!(
+            parse_timed_token(&timed_token(7, 1_796_152_217_070_931_782)),
+            Some((7, 1_796_152_217_070_931_782))
+        );
+        assert_eq!(parse_timed_token("t0"), None);
+        assert_eq!(parse_timed_token("x:1 "), None);
+    }
+
+    #[tokio::test]
+    async fn timed_streams_n_tokens_in_order_then_done() {
+        let body = timed(3, 2, Duration::from_millis(1), "m".into());
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("the body");
+        let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        let tokens: Vec<(usize, u128)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"].as_str().and_then(parse_timed_token)
+            })
+            .collect();
+        assert_eq!(tokens.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(tokens.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn the_timed_rule() {
+        let timed = |tokens, per_chunk, micros| {
+            Some(Reply::Timed { tokens, per_chunk, interval: Duration::from_micros(micros) })
+        };
+        let check = |text: &str, expected: Option<Reply>| {
+            assert_eq!(format!("{:?}", timed_rule(text)), format!("{expected:?}"), "{text}");
+        };
+        check("1000", timed(1000, 1, 0));
+        check("1000 per 32", timed(1000, 32, 0));
+        check("1000 every 500 per 4", timed(1000, 4, 500));
+        check("1000 every", None);
+        check("many", None);
+        check("10 per x", None);
+    }
 }

@@ -5,7 +5,7 @@
 // agent against testkit's model and MCP servers: a streamed answer, a tool call and its result,
 // an approval approved and rejected. See README.md here; `npm test` runs it.
 //
-// It starts testkit's servers (`testkit-servers`: the model and MCP servers), Spindle (a fresh
+// It starts testkit's servers (`spindle-testkit servers`: the model and MCP servers), Spindle (a fresh
 // SQLite database, the llm agent pointed at them), agent-chat-ui's `next dev` and Chromium, and
 // stops all four, by pid, when it ends. Everything it records goes to one directory
 // (E2E_OUT, default /tmp/spindle-e2e-agent-chat-ui-<time>): screenshots, every request the
@@ -168,13 +168,13 @@ function spindleBinary() {
 
 function testkitServersBinary() {
   if (env.TESTKIT_SERVERS_BIN) return path.resolve(env.TESTKIT_SERVERS_BIN);
-  run("cargo", ["build", "-p", "spindle-testkit", "--bin", "testkit-servers"], { cwd: REPO });
-  return path.join(TARGET, "debug", "testkit-servers");
+  run("cargo", ["build", "-p", "spindle-testkit", "--bin", "spindle-testkit"], { cwd: REPO });
+  return path.join(TARGET, "debug", "spindle-testkit");
 }
 
 // testkit's model server (OpenAI-compatible) and MCP server, one process; it prints both URLs.
 async function startTestkitServers(bin) {
-  const child = start("testkit-servers", bin, [], { cwd: OUT });
+  const child = start("testkit-servers", bin, ["servers"], { cwd: OUT });
   const [, model, mcp] = await lineFrom(child, /model (http:\/\/\S+)\s+mcp (http:\/\/\S+)/, 30_000);
   log(`model server at ${model}, MCP server at ${mcp}`);
   return { model, mcp };

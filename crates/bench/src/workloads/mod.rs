@@ -2,6 +2,7 @@
 //! and a `cases` function that meters it and turns it into report rows.
 
 pub mod concurrent;
+pub mod llm;
 pub mod race;
 pub mod sequential;
 pub mod sessions;
