@@ -6,6 +6,7 @@
 #   bench/llm.sh                                   # SQLite
 #   BACKENDS="sqlite postgres" bench/llm.sh        # also PostgreSQL (a fresh database, dropped)
 #   TOKENS=1000 CONCURRENCY=100 RUNS=100 ALONE=5 PER_CHUNK=1 INTERVAL_US=0 bench/llm.sh
+#   SPINDLE_BINS="OLD NEW" ROUNDS=2 bench/llm.sh   # an A/B: the binaries in turns, each round
 #     PER_CHUNK: tokens per HTTP write; INTERVAL_US: the model server's wait between writes
 # Reports: target/bench-results/llm-<backend>-k<PER_CHUNK>-i<INTERVAL_US>.json and the table on stdout.
 set -euo pipefail
@@ -22,6 +23,7 @@ ulimit -n "$(ulimit -Hn)" || true
 cargo build --release -q -p spindle-server
 cargo build --release -q -p spindle-bench -p spindle-testkit
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
+servers=${SPINDLE_BINS:-$bin/spindle} rounds=${ROUNDS:-1}
 
 model_pid="" pid="" dir="" db="" model_out=""
 stop_spindle() {
@@ -47,7 +49,7 @@ done
 [ -n "$model_url" ] || { echo "the model server did not start" >&2; exit 1; }
 
 start() {
-  local backend=$1
+  local backend=$1 server=$2
   # Every run at once (the default is 64 places); every client is on loopback.
   local flags=(--listen "127.0.0.1:$port" --log warn --llm-base-url "$model_url"
     --run-concurrency "$((concurrency > 64 ? concurrency : 64))"
@@ -58,18 +60,24 @@ start() {
               flags+=(--database-url "postgres://postgres@127.0.0.1:5432/$db") ;;
     *) echo "unknown backend $backend" >&2; exit 1 ;;
   esac
-  "$bin/spindle" serve "${flags[@]}" >"$out/llm-$backend-server.log" 2>&1 & pid=$!
+  "$server" serve "${flags[@]}" >"$out/llm-$backend-server.log" 2>&1 & pid=$!
   for _ in $(seq 300); do curl -sf -m 1 "$base/ok" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "spindle did not start; see $out/llm-$backend-server.log" >&2; exit 1
 }
 
 status=0
 for backend in $backends; do
-  start "$backend"
-  echo "== $backend: model $model_url (pid $model_pid), spindle $base (pid $pid), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$bin/spindle-bench" llm --base-url "$base" --model-url "$model_url" --server-pid "$pid" \
-    --tokens "$tokens" --tokens-per-chunk "$per_chunk" --interval-us "$interval_us" --concurrency "$concurrency" --runs "$runs" --alone "$alone" \
-    --timeout 300 --label "spindle $backend" --json "$out/llm-$backend-k$per_chunk-i$interval_us.json" || status=$?
-  stop_spindle
+  for round in $(seq "$rounds"); do
+    k=0
+    for server in $servers; do
+      k=$((k + 1))
+      start "$backend" "$server"
+      echo "== $backend round $round, server $k ($server): model $model_url (pid $model_pid), spindle $base (pid $pid), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+      "$bin/spindle-bench" llm --base-url "$base" --model-url "$model_url" --server-pid "$pid" \
+        --tokens "$tokens" --tokens-per-chunk "$per_chunk" --interval-us "$interval_us" --concurrency "$concurrency" --runs "$runs" --alone "$alone" \
+        --timeout 300 --label "spindle $backend #$k" --json "$out/llm-$backend-s$k-r$round-k$per_chunk-i$interval_us.json" || status=$?
+      stop_spindle
+    done
+  done
 done
 exit "$status"
