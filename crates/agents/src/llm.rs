@@ -768,7 +768,8 @@ async fn complete(
         json!({ "node": NODE, "text": format!("asking {}", settings.model) }),
     );
     sink.flush().await?;
-    let mut response = connect(models, provider, &body, stopped).await?;
+    let response = connect(models, provider, &body, stopped).await?;
+    let mut chunks = Chunks::read(response);
     let id = MessageId::new().to_string();
     let mut reply = Reply::default();
     let mut events = EventStream::default();
@@ -776,12 +777,11 @@ async fn complete(
         // What has arrived already is taken at once; the events so far are flushed only
         // before waiting for more. A model slower than Spindle sees each token go out alone, a
         // faster one in batches (one transaction per batch, not per token: BENCHMARKS.md).
-        let mut next_chunk = std::pin::pin!(response.chunk());
-        let next = match ready_now(next_chunk.as_mut()).await {
+        let next = match chunks.ready() {
             Some(next) => Ok(next),
             None => {
                 sink.flush().await?;
-                unless_stopped(stopped, tokio::time::timeout(models.idle_timeout, next_chunk))
+                unless_stopped(stopped, tokio::time::timeout(models.idle_timeout, chunks.next()))
                     .await?
             }
         };
@@ -841,14 +841,53 @@ async fn complete(
     Ok(message)
 }
 
-/// The future's output if it is ready without waiting (it is polled once, and can be awaited
-/// after).
-async fn ready_now<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
-    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
-        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
+/// The response body, read by a task of its own as fast as the model server sends it, so that
+/// what has arrived while the agent was persisting the last batch is there to be taken at once
+/// (hyper reads the socket only when its body is polled: polling it once finds nothing ready).
+/// Dropped, it aborts the task, which drops the response and closes the connection.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<reqwest::Result<bytes::Bytes>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Chunks {
+    /// Up to this many chunks wait for the agent; then the reader waits (backpressure).
+    const WAITING: usize = 256;
+
+    fn read(mut response: reqwest::Response) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::WAITING);
+        let reader = tokio::spawn(async move {
+            loop {
+                let chunk = response.chunk().await;
+                let last = !matches!(chunk, Ok(Some(_)));
+                let Some(chunk) = chunk.transpose() else { break };
+                if tx.send(chunk).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Self { rx, reader }
+    }
+
+    /// The next chunk if it has arrived: `Some(Ok(None))` is the end of the body.
+    fn ready(&mut self) -> Option<reqwest::Result<Option<bytes::Bytes>>> {
+        match self.rx.try_recv() {
+            Ok(chunk) => Some(chunk.map(Some)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Ok(None)),
+        }
+    }
+
+    /// The next chunk, waiting for it: `Ok(None)` is the end of the body.
+    async fn next(&mut self) -> reqwest::Result<Option<bytes::Bytes>> {
+        self.rx.recv().await.transpose()
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// A chunk's text, cut for an error message.

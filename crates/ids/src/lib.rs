@@ -20,6 +20,7 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 /// Calls `$m!(Type)` for every id type, so encodings are written once for all of them.
+#[cfg(any(feature = "rusqlite", feature = "sqlx"))]
 macro_rules! for_each_id {
     ($m:ident) => {
         $m!(UserId);
