@@ -108,7 +108,7 @@ def check_approval_then_approve() -> None:
     value = asked(thread["thread_id"], '{"a": 2, "b": 3}')
     expect_eq(value["action_requests"][0]["name"], "add", "the action asked")
     expect_eq(value["action_requests"][0]["args"], {"a": 2, "b": 3}, "its arguments")
-    expect_eq(value["review_configs"][0]["allowed_decisions"], ["approve", "edit", "reject"], "decisions")
+    expect_eq(value["review_configs"][0]["allowed_decisions"], ["approve", "edit", "reject", "respond"], "decisions")
     expect_eq(alice.threads.get(thread["thread_id"])["status"], "interrupted", "thread status")
     result = alice.runs.wait(
         thread["thread_id"], assistant()["assistant_id"], command={"resume": {"decisions": [{"type": "approve"}]}}

@@ -308,6 +308,7 @@ pub async fn run(
             run_calls(&tools, settings, &pending, decisions, &mut stopped, sink).await?;
         added.extend(ai);
         added.extend(results);
+        step_values(state, &history, &added, sink);
     }
     for round in 0..=settings.max_steps {
         let conversation = conversation(settings, history.iter().chain(added.iter()));
@@ -335,10 +336,30 @@ pub async fn run(
                 value: approval_request(settings, &calls),
             });
         }
+        step_values(state, &history, &added, sink);
         let (_, results) = run_calls(&tools, settings, &message, None, &mut stopped, sink).await?;
         added.extend(results);
+        step_values(state, &history, &added, sink);
     }
     unreachable!("the loop returns at max_steps")
+}
+
+/// The thread's values after a step that is not the run's last (the model's call, the
+/// tools' results), as LangGraph streams `values` after each of its steps; the run's end
+/// streams the last. A message rewritten under the id of an earlier one replaces it, as
+/// `add_messages` does.
+fn step_values(state: &Value, history: &[Value], added: &[Value], sink: &mut impl Sink) {
+    let mut messages = history.to_vec();
+    for message in added {
+        let same = messages.iter_mut().find(|m| m.get("id").is_some() && m["id"] == message["id"]);
+        match same {
+            Some(earlier) => *earlier = message.clone(),
+            None => messages.push(message.clone()),
+        }
+    }
+    let mut values = if state.is_object() { state.clone() } else { json!({}) };
+    values["messages"] = Value::Array(messages);
+    sink.push(EventKind::Values, values);
 }
 
 type Stopped = Pin<Box<dyn Future<Output = Stop> + Send>>;
@@ -473,7 +494,7 @@ fn approval_request(settings: &Settings, calls: &[Value]) -> Value {
         .collect();
     let reviews: Vec<Value> = asked
         .iter()
-        .map(|c| json!({ "action_name": c["name"], "allowed_decisions": ["approve", "edit", "reject"] }))
+        .map(|c| json!({ "action_name": c["name"], "allowed_decisions": ["approve", "edit", "reject", "respond"] }))
         .collect();
     json!({ "action_requests": actions, "review_configs": reviews })
 }
@@ -490,6 +511,11 @@ enum Decision {
     Reject {
         message: Option<String>,
     },
+    /// The human answers in the tool's place: this is the call's result (LangChain's
+    /// `respond`).
+    Respond {
+        message: String,
+    },
 }
 
 /// The newest AI message, when it has tool calls no tool message answers yet.
@@ -502,7 +528,8 @@ fn pending_calls(history: &[Value]) -> Option<Value> {
 
 /// A resume's decisions, one per call that needed approval, in order; as LangChain's
 /// middleware takes them (`approve`, `edit` with `edited_action.args`, `reject` with a
-/// `message`), and the older `accept` / `response` / `ignore` of agent inbox.
+/// `message`, `respond` with a `message`), and the older `accept` / `response` / `ignore` of
+/// agent inbox.
 fn decisions(value: &Value, ai: &Value, settings: &Settings) -> Result<Vec<Decision>, Stop> {
     let calls = ai["tool_calls"].as_array().cloned().unwrap_or_default();
     let asked = calls.iter().filter(|c| needs_approval(settings, c)).count();
@@ -510,7 +537,7 @@ fn decisions(value: &Value, ai: &Value, settings: &Settings) -> Result<Vec<Decis
         failed(
             "ValueError",
             format!(
-                "resume: expected {{\"decisions\": [...]}} with {asked} decision(s) of type approve, edit (with edited_action.args) or reject; {detail}"
+                "resume: expected {{\"decisions\": [...]}} with {asked} decision(s) of type approve, edit (with edited_action.args), reject or respond (with a message); {detail}"
             ),
         )
     };
@@ -534,6 +561,10 @@ fn decisions(value: &Value, ai: &Value, settings: &Settings) -> Result<Vec<Decis
                     Err(invalid(format!("an edit without edited_action.args: {d}")))
                 }
             }
+            Some("respond") => match d["message"].as_str() {
+                Some(message) => Ok(Decision::Respond { message: message.to_owned() }),
+                None => Err(invalid(format!("a respond without a message: {d}"))),
+            },
             Some("reject" | "response" | "ignore") => {
                 let message =
                     d["message"].as_str().or_else(|| d["args"].as_str()).map(String::from);
@@ -545,9 +576,9 @@ fn decisions(value: &Value, ai: &Value, settings: &Settings) -> Result<Vec<Decis
 }
 
 /// Runs the calls of an AI message: approved or not asked as they are, edited with the new
-/// arguments (the AI message is then rewritten with them, returned first), rejected ones not
-/// at all (the model is told). Returns the rewritten AI message, if any, and a tool message
-/// per call.
+/// arguments (the AI message is then rewritten with them, streamed and returned first),
+/// rejected ones and those the human answered (`respond`) not at all. Returns the rewritten
+/// AI message, if any, and a tool message per call.
 async fn run_calls(
     tools: &Tools<'_>,
     settings: &Settings,
@@ -558,10 +589,8 @@ async fn run_calls(
 ) -> Result<(Option<Value>, Vec<Value>), Stop> {
     let mut calls = ai["tool_calls"].as_array().cloned().unwrap_or_default();
     let mut decisions = decisions.map(Vec::into_iter);
-    let mut edited = false;
-    let mut results = Vec::new();
+    let mut decided = Vec::with_capacity(calls.len());
     for call in &mut calls {
-        let id = call["id"].as_str().unwrap_or_default().to_owned();
         let asked = decisions.is_some() && needs_approval(settings, call);
         let decision = if asked { decisions.as_mut().and_then(Iterator::next) } else { None };
         let decision = decision.unwrap_or(Decision::Approve);
@@ -570,14 +599,35 @@ async fn run_calls(
             if let Some(name) = name {
                 call["name"] = Value::String(name.clone());
             }
-            edited = true;
         }
+        decided.push(decision);
+    }
+    // An edited call rewrites the AI message (same id) before any result is streamed, so a
+    // client that shows messages as they come shows the call before its result.
+    let edited = decided.iter().any(|d| matches!(d, Decision::Edit { .. }));
+    let rewritten = edited.then(|| {
+        let mut ai = ai.clone();
+        ai["tool_calls"] = Value::Array(calls.clone());
+        sink.push(EventKind::MessageCompleted, json!({ "node": NODE, "message": ai }));
+        ai
+    });
+    let mut results = Vec::new();
+    for (call, decision) in calls.iter().zip(decided) {
+        let id = call["id"].as_str().unwrap_or_default().to_owned();
         let name = call["name"].as_str().unwrap_or_default().to_owned();
         let (content, status) = match decision {
-            Decision::Reject { message } => {
-                let why = message.unwrap_or_else(|| "no reason given".into());
-                (format!("The user rejected this tool call: {why}"), "error")
+            // LangChain's HumanInTheLoopMiddleware's words, so a model reads what it would
+            // read there.
+            Decision::Reject { message: Some(why) } => {
+                (format!("User rejected the tool call for `{name}` with reason: {why}"), "error")
             }
+            Decision::Reject { message: None } => (
+                format!(
+                    "User rejected the tool call for `{name}` with id {id}. The tool was not executed. Do not retry this tool call unless the user explicitly requests it."
+                ),
+                "error",
+            ),
+            Decision::Respond { message } => (message, "success"),
             Decision::Approve | Decision::Edit { .. } => {
                 sink.push(
                     EventKind::ToolExecuting,
@@ -599,12 +649,6 @@ async fn run_calls(
         sink.push(EventKind::MessageCompleted, json!({ "node": TOOLS_NODE, "message": message }));
         results.push(message);
     }
-    let rewritten = edited.then(|| {
-        let mut ai = ai.clone();
-        ai["tool_calls"] = Value::Array(calls);
-        sink.push(EventKind::MessageCompleted, json!({ "node": NODE, "message": ai }));
-        ai
-    });
     sink.flush().await?;
     Ok((rewritten, results))
 }
@@ -1160,7 +1204,7 @@ impl Reply {
             "invalid_tool_calls": invalid,
             "usage_metadata": usage,
             "additional_kwargs": additional,
-            "response_metadata": { "finish_reason": self.finish_reason, "model_name": model },
+            "response_metadata": { "finish_reason": self.finish_reason, "model_name": model, "model_provider": "openai" },
         })
     }
 }

@@ -805,7 +805,7 @@ async function llmSteps(browser, base, assistantId) {
       } else {
         await page.getByPlaceholder("Share feedback with the agent...").fill("not now");
         await page.getByRole("button", { name: "Submit rejection" }).click();
-        answer = "the tool said: The user rejected this tool call: not now";
+        answer = "the tool said: User rejected the tool call for `add` with reason: not now";
         expected = { decisions: [{ type: "reject", message: "not now" }] };
       }
       await message(page, "a", answer).waitFor();
@@ -815,7 +815,7 @@ async function llmSteps(browser, base, assistantId) {
       const thread = await api("GET", `/threads/${threadId}`);
       if (thread.status !== "idle") throw new Error(`thread status ${thread.status} after the resume`);
       if ((await page.getByRole("button", { name: "Submit rejection" }).count()) !== 0) throw new Error("the HITL view is still shown");
-      const result = decision === "approve" ? "tool:add: 5" : "tool:add: The user rejected this tool call: not now";
+      const result = decision === "approve" ? "tool:add: 5" : "tool:add: User rejected the tool call for `add` with reason: not now";
       assertTranscript(await llmTranscript(page), [`h:${text}`, 'call:add {"a":"2","b":"3"}', result, `a:${answer}`]);
       return { sent: sent.command };
     }, { record: llmTranscript });

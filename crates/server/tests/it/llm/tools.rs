@@ -1,6 +1,7 @@
 //! Tools over MCP (`testkit::mcp`, Streamable HTTP on a socket) and a human's approval
 //! through interrupts: listed at the run's start, passed to the model, called, their results
-//! sent back, until the model answers; approve, edit and reject as agent-chat-ui sends them.
+//! sent back, until the model answers; approve, edit, reject and respond as agent-chat-ui and
+//! LangChain's middleware send them.
 
 use axum::http::StatusCode;
 use testkit::model::Reply;
@@ -19,6 +20,7 @@ store::on_both_backends!(LlmApp =>
     an_edit_may_name_another_tool,
     a_run_without_a_decision_on_a_waiting_approval_does_not_run_the_calls,
     approve_names_tools_as_tools_does_and_a_name_that_fits_no_tool_is_refused,
+    respond_answers_in_the_tools_place,
 );
 
 fn call(id: &str, name: &str, args: Value) -> (String, String, String) {
@@ -116,7 +118,31 @@ async fn tools_are_listed_called_and_their_results_sent_back_until_the_model_ans
     assert_eq!(messages[2]["status"], "success");
     assert_eq!(messages[3]["content"], "two calls at once");
     assert_eq!(messages[4]["content"], "2 + 3 is 5");
+    assert_eq!(messages[4]["response_metadata"]["model_provider"], "openai");
     assert_eq!(fx.mcp.calls(), 2);
+    // A `values` after each step, as LangGraph streams them: the input, the model's calls, the
+    // tools' results, the answer.
+    let steps: Vec<Vec<&str>> = frames
+        .iter()
+        .filter(|f| f.event == "values")
+        .map(|f| {
+            f.data["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["type"].as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            vec!["human"],
+            vec!["human", "ai"],
+            vec!["human", "ai", "tool", "tool"],
+            vec!["human", "ai", "tool", "tool", "ai"]
+        ]
+    );
     // The second request carried the calls and their results, in OpenAI's shape.
     let conversation = sent[1]["messages"].as_array().unwrap();
     let roles: Vec<&str> = conversation.iter().map(|m| m["role"].as_str().unwrap()).collect();
@@ -235,7 +261,7 @@ async fn an_approval_stops_the_run_and_approve_runs_the_call(fx: &LlmApp) {
     assert_eq!(value["action_requests"][0]["args"], json!({"a": 2, "b": 2}));
     assert_eq!(
         value["review_configs"][0],
-        json!({"action_name": "add", "allowed_decisions": ["approve", "edit", "reject"]})
+        json!({"action_name": "add", "allowed_decisions": ["approve", "edit", "reject", "respond"]})
     );
     assert_eq!(fx.mcp.calls(), 0, "nothing ran before the approval");
     let th = app.get(&key, &format!("/threads/{t}")).await.ok();
@@ -272,7 +298,22 @@ async fn edit_runs_the_call_with_the_new_arguments_and_reject_tells_the_model(fx
     fx.model.push(Reply::Text("edited: 11".into()));
     let edit =
         json!([{"type": "edit", "edited_action": {"name": "add", "args": {"a": 10, "b": 1}}}]);
-    let values = app.post(&key, &format!("/threads/{t}/runs/wait"), decide(edit)).await.ok();
+    let mut body = decide(edit);
+    body["stream_mode"] = json!(["messages-tuple", "values"]);
+    let (_, _, frames) = app.post_sse(&key, &format!("/threads/{t}/runs/stream"), body).await;
+    // The rewritten call is streamed before its result, so a client showing messages as they
+    // come shows the call first.
+    let tuples: Vec<&str> = frames
+        .iter()
+        .filter(|f| f.event == "messages")
+        .map(|f| f.data[0]["type"].as_str().unwrap())
+        .collect();
+    let (ai, tool) = (
+        tuples.iter().position(|t| *t == "ai").unwrap(),
+        tuples.iter().position(|t| *t == "tool").unwrap(),
+    );
+    assert!(ai < tool, "{tuples:?}");
+    let values = frames.iter().rev().find(|f| f.event == "values").unwrap().data.clone();
     let messages = values["messages"].as_array().unwrap();
     assert_eq!(
         messages[1]["tool_calls"][0]["args"],
@@ -301,7 +342,36 @@ async fn edit_runs_the_call_with_the_new_arguments_and_reject_tells_the_model(fx
     let told = fx.model.requests().pop().unwrap();
     let last = told["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["role"], "tool");
-    assert!(last["content"].as_str().unwrap().contains("rejected"));
+    assert_eq!(last["content"], "User rejected the tool call for `add` with reason: too risky");
+}
+
+async fn respond_answers_in_the_tools_place(fx: &LlmApp) {
+    let app = &fx.app;
+    let key = app.key("alice").await;
+    let t = new_thread(app, &key).await;
+    asked(fx, &key, &t, json!({"a": 1, "b": 2})).await;
+    // Without its message, a respond is refused and the approval still waits.
+    let bad = json!([{"type": "respond"}]);
+    let (_, _, frames) =
+        app.post_sse(&key, &format!("/threads/{t}/runs/stream"), decide(bad)).await;
+    let (error, message) = error_of(&frames);
+    assert_eq!(error, "ValueError");
+    assert!(message.contains("a respond without a message"), "{message}");
+    let state = app.get(&key, &format!("/threads/{t}/state")).await.ok();
+    assert_eq!(state["next"], json!(["llm"]));
+    fx.model.push(Reply::Text("so it is 3".into()));
+    let respond = json!([{"type": "respond", "message": "it is 3"}]);
+    let values = app.post(&key, &format!("/threads/{t}/runs/wait"), decide(respond)).await.ok();
+    assert_eq!(fx.mcp.calls(), 0, "the tool did not run");
+    let messages = values["messages"].as_array().unwrap();
+    let types: Vec<&str> = messages.iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["human", "ai", "tool", "ai"]);
+    assert_eq!(messages[2]["content"], "it is 3");
+    assert_eq!(messages[2]["status"], "success");
+    assert_eq!(messages[2]["tool_call_id"], messages[1]["tool_calls"][0]["id"]);
+    let told = fx.model.requests().pop().unwrap();
+    let last = told["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["role"].as_str(), last["content"].as_str()), (Some("tool"), Some("it is 3")));
 }
 
 async fn a_resume_that_does_not_fit_the_request_fails_and_the_approval_still_waits(fx: &LlmApp) {
