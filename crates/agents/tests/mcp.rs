@@ -102,9 +102,8 @@ async fn an_unknown_tool_or_server_is_an_error_that_names_it() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_unavailable_not_a_hang() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    drop(listener);
+    let refused = testkit::RefusedPort::new();
+    let url = format!("http://{}/mcp", refused.addr());
     // Timeouts far beyond the test's bound: the answer must come from the refused connection.
     let long = Duration::from_secs(600);
     let mcp = servers_with(url.clone(), Timeouts { connect: long, list: long, call: long });

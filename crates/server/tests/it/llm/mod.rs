@@ -13,6 +13,7 @@ use std::time::Duration;
 use agents::llm::{Models, Provider, Retry};
 use agents::mcp::{McpServerConfig, McpServers};
 use serde_json::{Value, json};
+use testkit::RefusedPort;
 use testkit::mcp::McpServer;
 use testkit::model::ModelServer;
 
@@ -24,6 +25,8 @@ pub struct LlmApp {
     pub app: TestApp,
     pub model: ModelServer,
     pub mcp: McpServer,
+    /// The port of `leaky` and `gone`, held so that no other test's server gets it.
+    _refused: RefusedPort,
 }
 
 impl LlmApp {
@@ -42,13 +45,8 @@ impl LlmApp {
         let provider = Provider::new(&model.base_url(), Some("sk-test-secret".into())).unwrap();
         providers.insert("default".to_owned(), provider);
         // An operator's URL with credentials in it, at a port nothing listens on.
-        let leaky = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!(
-                "http://user:{URL_SECRET}@{}/v1?api-key={URL_SECRET}",
-                listener.local_addr().unwrap()
-            )
-        };
+        let refused = RefusedPort::new();
+        let leaky = format!("http://user:{URL_SECRET}@{}/v1?api-key={URL_SECRET}", refused.addr());
         providers.insert("leaky".to_owned(), Provider::new(&leaky, None).unwrap());
         let mut models = Models::new(providers, None);
         // Retries wait a millisecond here: what is tested is that they happen.
@@ -56,10 +54,7 @@ impl LlmApp {
         // A model server that goes quiet fails the run within seconds here.
         models.idle_timeout = IDLE;
         let mcp = McpServer::start().await;
-        let gone = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("http://{}/mcp", listener.local_addr().unwrap())
-        };
+        let gone = format!("http://{}/mcp", refused.addr());
         let servers = BTreeMap::from([
             ("math".to_owned(), McpServerConfig::Http { url: mcp.url() }),
             ("gone".to_owned(), McpServerConfig::Http { url: gone }),
@@ -68,7 +63,7 @@ impl LlmApp {
         let executor = ExecutorConfig { agents, run_timeout, ..Default::default() };
         let auth = Auth::new(AuthMode::Keys, &JwtConfig::default()).unwrap();
         let app = TestApp::running(db, auth, HttpConfig::default(), executor).await;
-        Some(LlmApp { app, model, mcp })
+        Some(LlmApp { app, model, mcp, _refused: refused })
     }
 }
 
