@@ -10,6 +10,7 @@ pub mod model;
 /// it that never listens. A port taken with `bind` and let go could be given to another test's
 /// server meanwhile (tests run in parallel); this one cannot, as the socket does not allow
 /// reuse of its address.
+#[derive(Debug)]
 pub struct RefusedPort {
     _socket: tokio::net::TcpSocket,
     addr: std::net::SocketAddr,
