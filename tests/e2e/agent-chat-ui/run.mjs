@@ -805,7 +805,8 @@ async function llmSteps(browser, base, assistantId) {
       } else {
         await page.getByPlaceholder("Share feedback with the agent...").fill("not now");
         await page.getByRole("button", { name: "Submit rejection" }).click();
-        answer = "the tool said: User rejected the tool call for `add` with reason: not now";
+        // The answer is rendered as markdown: `add` shows as code, without its backticks.
+        answer = "the tool said: User rejected the tool call for add with reason: not now";
         expected = { decisions: [{ type: "reject", message: "not now" }] };
       }
       await message(page, "a", answer).waitFor();
