@@ -4,6 +4,7 @@
 //! reads a socket or a database.
 
 mod error;
+pub mod graph;
 pub mod messages;
 pub mod model;
 mod pending;

@@ -34,6 +34,11 @@ macro_rules! assistant_cols {
         "assistant_id, graph_id, name, description, config, context, metadata, version, owner_id, created_at, updated_at"
     };
 }
+macro_rules! graph_checkpoint_cols {
+    () => {
+        "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata"
+    };
+}
 macro_rules! assistant_version_cols {
     () => {
         "assistant_id, version, graph_id, name, description, config, context, metadata, created_at"
@@ -81,6 +86,10 @@ use serde_json::Value;
 /// The domain's types (rows, closed sets, lifecycle rules), named as the store's callers
 /// have always named them; `now` and `micros_to_time` are the store's own.
 pub mod model {
+    pub use domain::graph::{
+        ChannelWrite, GraphBlob, GraphCheckpoint, GraphCheckpointFilter, GraphWrites,
+        NewGraphCheckpoint, PendingWrite, Serialized,
+    };
     pub use domain::model::*;
 
     pub(crate) use crate::{micros_to_time, now};

@@ -5,6 +5,7 @@
 mod admin;
 mod assistants;
 mod events;
+mod graph;
 mod keys;
 mod runs;
 mod state;

@@ -28,6 +28,12 @@ pub(crate) const ID_COLUMNS: &[(&str, &str)] = &[
     ("events", "run_id"),
     ("api_keys", "key_id"),
     ("api_keys", "user_id"),
+    ("graph_checkpoints", "thread_id"),
+    ("graph_checkpoints", "checkpoint_id"),
+    ("graph_checkpoints", "parent_checkpoint_id"),
+    ("graph_checkpoint_blobs", "thread_id"),
+    ("graph_checkpoint_writes", "thread_id"),
+    ("graph_checkpoint_writes", "checkpoint_id"),
 ];
 
 /// A table with JSON columns, for [`Check::UnreadableJson`]: its row's id column (`seq` for
@@ -98,6 +104,15 @@ pub(crate) const JSON_TABLES: &[JsonTable] = &[
         run: None,
         owner: None,
         columns: &["config", "context", "metadata"],
+    },
+    JsonTable {
+        table: "graph_checkpoints",
+        kind: "graph checkpoint",
+        id: "checkpoint_id",
+        thread: Some("thread_id"),
+        run: None,
+        owner: None,
+        columns: &["checkpoint", "metadata"],
     },
 ];
 

@@ -9,7 +9,8 @@
 //! the resource modules share (row decoding first of all). Those are the same in both
 //! backends (`sqlite` is the other), each function in the same module: `keys` (users,
 //! assistants, API keys), `threads`, `runs`, `state` (state updates, steps,
-//! checkpoints), `events`, `admin` (`admin_*`, the doctor's SQL).
+//! checkpoints), `events`, `graph` (LangGraph's own checkpoints), `admin` (`admin_*`, the
+//! doctor's SQL).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ macro_rules! step_of {
 mod admin;
 mod assistants;
 mod events;
+mod graph;
 mod keys;
 mod runs;
 mod state;

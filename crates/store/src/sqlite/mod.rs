@@ -12,7 +12,8 @@
 //! the resource modules share (row decoding first of all). Those are the same in both
 //! backends (`postgres` is the other), each function in the same module: `keys` (users,
 //! assistants, API keys), `threads`, `runs`, `state` (state updates, steps,
-//! checkpoints), `events`, `admin` (`admin_*`, the doctor's SQL).
+//! checkpoints), `events`, `graph` (LangGraph's own checkpoints), `admin` (`admin_*`, the
+//! doctor's SQL).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use crate::{Error, Result, StoreOptions, UnreadableRow, json_object, skip_unread
 mod admin;
 mod assistants;
 mod events;
+mod graph;
 mod keys;
 mod runs;
 mod state;
@@ -56,6 +58,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "ops indexes", include_str!("../../migrations/sqlite/0005_ops_indexes.sql")),
     (6, "fewer run indexes", include_str!("../../migrations/sqlite/0006_fewer_run_indexes.sql")),
     (7, "assistant versions", include_str!("../../migrations/sqlite/0007_assistant_versions.sql")),
+    (8, "graph checkpoints", include_str!("../../migrations/sqlite/0008_graph_checkpoints.sql")),
 ];
 
 #[derive(Clone)]

@@ -5,6 +5,7 @@
 mod assistants;
 mod doctor;
 mod first_steps;
+mod graph_checkpoints;
 mod json;
 mod rows;
 mod runs;
