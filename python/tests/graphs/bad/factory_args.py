@@ -1,0 +1,2 @@
+def make(a, b, c):
+    raise AssertionError("never called")

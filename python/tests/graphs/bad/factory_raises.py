@@ -1,0 +1,2 @@
+def make(config):
+    raise ValueError("no api key")
