@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use crate::model::*;
 use crate::{Error, Result};
 
-use super::{PgStore, lock_owned_thread, object, pg_json};
+use super::{PgStore, ThreadLock, lock_owned_thread, object, owned_thread, pg_json};
 
 impl PgStore {
     pub async fn put_graph_checkpoint(
@@ -26,7 +26,7 @@ impl PgStore {
         let checkpoint = pg_json("graph checkpoint", &new.checkpoint)?;
         let metadata = pg_json("graph checkpoint metadata", &new.metadata)?;
         let mut tx = self.pool.begin().await?;
-        share_owned_thread(&mut tx, owner, thread).await?;
+        owned_thread(&mut tx, owner, thread, ThreadLock::KeyShare).await?;
         if !new.blobs.is_empty() {
             let channels: Vec<&str> = new.blobs.iter().map(|b| b.channel.as_str()).collect();
             let versions: Vec<&str> = new.blobs.iter().map(|b| b.version.as_str()).collect();
@@ -98,7 +98,7 @@ impl PgStore {
              {on_conflict}"
         );
         let mut tx = self.pool.begin().await?;
-        share_owned_thread(&mut tx, owner, thread).await?;
+        owned_thread(&mut tx, owner, thread, ThreadLock::KeyShare).await?;
         if !rows.is_empty() {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(thread)
@@ -125,7 +125,7 @@ impl PgStore {
         id: Option<CheckpointId>,
     ) -> Result<Option<GraphCheckpoint>> {
         let mut conn = self.pool.acquire().await?;
-        check_owned_thread(&mut conn, owner, thread).await?;
+        owned_thread(&mut conn, owner, thread, ThreadLock::None).await?;
         let sql = concat!(
             "select ",
             graph_checkpoint_cols!(),
@@ -152,7 +152,7 @@ impl PgStore {
         filter: &GraphCheckpointFilter,
     ) -> Result<Vec<GraphCheckpoint>> {
         let mut conn = self.pool.acquire().await?;
-        check_owned_thread(&mut conn, owner, thread).await?;
+        owned_thread(&mut conn, owner, thread, ThreadLock::None).await?;
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(concat!(
             "select ",
             graph_checkpoint_cols!(),
@@ -214,8 +214,8 @@ impl PgStore {
         target: ThreadId,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        share_owned_thread(&mut tx, owner, source).await?;
-        share_owned_thread(&mut tx, owner, target).await?;
+        owned_thread(&mut tx, owner, source, ThreadLock::KeyShare).await?;
+        owned_thread(&mut tx, owner, target, ThreadLock::KeyShare).await?;
         for sql in [
             "insert into graph_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
              select $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
@@ -286,29 +286,6 @@ impl PgStore {
         tx.commit().await?;
         Ok(deleted)
     }
-}
-
-/// That the caller owns the thread, which then cannot be deleted before the transaction ends
-/// (a key-share lock: the lock a foreign key takes, so run steps writing the thread's row do
-/// not wait for it).
-async fn share_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
-    sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2 for key share")
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(drop)
-        .ok_or_else(|| Error::not_found("thread", id))
-}
-
-async fn check_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
-    sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2")
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(drop)
-        .ok_or_else(|| Error::not_found("thread", id))
 }
 
 /// A checkpoint from the columns `graph_checkpoint_cols!()`, without its values and writes.

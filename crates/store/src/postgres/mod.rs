@@ -129,14 +129,45 @@ impl PgStore {
 
 // ---- shared by the resource modules: ownership, row decoding, JSON binding ----
 
-async fn lock_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
-    sqlx::query("select 1 from threads where thread_id = $1 and owner_id = $2 for update")
+/// How [`owned_thread`] holds the thread's row until the transaction ends.
+#[derive(Clone, Copy, Debug)]
+enum ThreadLock {
+    /// `for update`: writers of the thread's row wait (its status, its values).
+    Update,
+    /// `for key share`: the thread cannot be deleted meanwhile, but its row can be written
+    /// (the lock a foreign key takes).
+    KeyShare,
+    /// No lock: a read.
+    None,
+}
+
+/// That the caller owns the thread (else [`Error::NotFound`]), holding its row as `lock` says.
+async fn owned_thread(
+    conn: &mut PgConnection,
+    owner: UserId,
+    id: ThreadId,
+    lock: ThreadLock,
+) -> Result<()> {
+    let sql = match lock {
+        ThreadLock::Update => {
+            "select 1 from threads where thread_id = $1 and owner_id = $2 for update"
+        }
+        ThreadLock::KeyShare => {
+            "select 1 from threads where thread_id = $1 and owner_id = $2 for key share"
+        }
+        ThreadLock::None => "select 1 from threads where thread_id = $1 and owner_id = $2",
+    };
+    sqlx::query(sql)
         .bind(id)
         .bind(owner)
         .fetch_optional(&mut *conn)
         .await?
         .map(drop)
         .ok_or_else(|| Error::not_found("thread", id))
+}
+
+async fn lock_owned_thread(conn: &mut PgConnection, owner: UserId, id: ThreadId) -> Result<()> {
+    owned_thread(conn, owner, id, ThreadLock::Update).await
 }
 
 fn api_key_row(r: &PgRow) -> Result<ApiKey> {
