@@ -308,7 +308,7 @@ pub async fn run(
             run_calls(&tools, settings, &pending, decisions, &mut stopped, sink).await?;
         added.extend(ai);
         added.extend(results);
-        step_values(state, &history, &added, sink);
+        step_values(state, &added, sink);
     }
     for round in 0..=settings.max_steps {
         let conversation = conversation(settings, history.iter().chain(added.iter()));
@@ -336,30 +336,23 @@ pub async fn run(
                 value: approval_request(settings, &calls),
             });
         }
-        step_values(state, &history, &added, sink);
+        step_values(state, &added, sink);
         let (_, results) = run_calls(&tools, settings, &message, None, &mut stopped, sink).await?;
         added.extend(results);
-        step_values(state, &history, &added, sink);
+        step_values(state, &added, sink);
     }
     unreachable!("the loop returns at max_steps")
 }
 
 /// The thread's values after a step that is not the run's last (the model's call, the
 /// tools' results), as LangGraph streams `values` after each of its steps; the run's end
-/// streams the last. A message rewritten under the id of an earlier one replaces it, as
-/// `add_messages` does.
-fn step_values(state: &Value, history: &[Value], added: &[Value], sink: &mut impl Sink) {
-    let mut messages = history.to_vec();
-    for message in added {
-        let same = messages.iter_mut().find(|m| m.get("id").is_some() && m["id"] == message["id"]);
-        match same {
-            Some(earlier) => *earlier = message.clone(),
-            None => messages.push(message.clone()),
-        }
+/// streams the last. The messages so far go through the same reducer as the commit
+/// (`domain::apply_update`), so a rewritten message replaces the earlier one.
+fn step_values(state: &Value, added: &[Value], sink: &mut impl Sink) {
+    // The run's end commits the same update and reports a state that does not fit.
+    if let Ok(values) = domain::apply_update(Some(state.clone()), json!({ "messages": added })) {
+        sink.push(EventKind::Values, values);
     }
-    let mut values = if state.is_object() { state.clone() } else { json!({}) };
-    values["messages"] = Value::Array(messages);
-    sink.push(EventKind::Values, values);
 }
 
 type Stopped = Pin<Box<dyn Future<Output = Stop> + Send>>;
