@@ -2,8 +2,12 @@
 # CI for the Python worker: for each lockfile (newest langgraph, then the previous minor), a venv
 # under target/ (reused while its lockfile is unchanged), the lockfile and this package
 # installed, and pytest run quietly. Prints how long each took.
-# Usage: python/ci.sh [LOCKFILE...]   (default: requirements-test.lock requirements-test-older.lock)
+# Usage: python/ci.sh [--setup] [LOCKFILE...]   (default: requirements-test.lock requirements-test-older.lock)
+# --setup makes the venvs and installs the package, without running pytest (the Rust tests of
+# graphs call it for target/py-venv when it is missing).
 set -euo pipefail
+setup_only=0
+if [ "${1:-}" = --setup ]; then setup_only=1; shift; fi
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 python="${PYTHON:-python3}"
@@ -26,6 +30,7 @@ for lock in "${locks[@]}"; do
     cp "$here/$lock" "$venv/installed.lock"
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
+  [ "$setup_only" = 1 ] && continue
   echo "python worker: $lock: $("$venv/bin/python" -c 'import langgraph, importlib.metadata as m; print("langgraph", m.version("langgraph"))')"
   (cd "$here" && "$venv/bin/python" -m pytest -q -p no:cacheprovider)
   echo "python worker: $lock took $((SECONDS - start)) s"

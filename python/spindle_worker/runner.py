@@ -6,8 +6,9 @@ run's config), its checkpointer replaced by a `SpindleSaver` of the job, and run
 subgraphs=..., interrupt_before=..., interrupt_after=...)`. Each part becomes `[name, data]`:
 the mode, `|<namespace>` for a subgraph's part (with `events` asked, `astream_events(version="v2")`
 is called instead: the root run's on_chain_stream chunks are those parts, every other event is an
-`events` part). Root `values` parts are not sent (Spindle writes
-a values event per state it commits); root `checkpoints` parts become `state` frames (and parts
+`events` part). Every part the client asked for is sent, root `values` included (LangGraph decides
+when values are streamed; Spindle commits states without values events of its own); root
+`checkpoints` parts become `state` frames (and parts
 too when the client asked for `checkpoints`). Parts leave in `events` frames of up to 256, as
 soon as the frame before has been sent. `done` ends the job.
 """
@@ -265,8 +266,6 @@ async def _execute(worker, frame: dict, outbox: Outbox) -> tuple[str, dict]:
             ns, mode, data = part
         else:
             (mode, data), ns = part, ()
-        if not ns and mode == "values":
-            return
         if not ns and mode == "checkpoints":
             if "checkpoints" in client_modes:
                 outbox.part("checkpoints", to_json(data))

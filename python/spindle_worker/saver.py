@@ -84,6 +84,13 @@ class SpindleSaver(BaseCheckpointSaver[str]):
         return configurable.get("thread_id", self.thread_id)
 
     def _tuple(self, thread_id: str, t: dict) -> CheckpointTuple:
+        # A checkpoint read back is stored: a run resumed from it (a retry, a resume) streams it
+        # again without putting it.
+        if self._on_put is not None and not t.get("checkpoint_ns"):
+            self._on_put(t["checkpoint_id"])
+        return self._build_tuple(thread_id, t)
+
+    def _build_tuple(self, thread_id: str, t: dict) -> CheckpointTuple:
         ns = t.get("checkpoint_ns") or ""
         channel_values = {}
         for channel, typed in (t.get("channel_values") or {}).items():

@@ -73,12 +73,13 @@ def test_a_message_graph_streams_updates_and_messages_and_states(served):
     frames = served.frames_until_done(job)
     assert {(f["job"], f["attempt"]) for f in frames} == {(job, 1)}
     names = [name for name, _ in parts(frames)]
-    assert names == ["messages", "updates"]  # root values are Spindle's to write
-    message, metadata = parts(frames)[0][1]
+    assert names == ["values", "messages", "updates", "values"]  # the graph's own values parts
+    assert [m["content"] for m in parts(frames)[3][1]["messages"]] == ["hi", "echo: hi"]
+    message, metadata = parts(frames)[1][1]
     assert message == {"content": "echo: hi", "additional_kwargs": {}, "response_metadata": {}, "type": "ai",
                        "name": None, "id": "echo-1", "tool_calls": [], "invalid_tool_calls": [], "usage_metadata": None}
     assert (metadata["run_id"], metadata["langgraph_node"], metadata["graph_id"]) == (job, "echo", "echo")
-    assert parts(frames)[1][1] == {"echo": {"messages": [message]}}
+    assert parts(frames)[2][1] == {"echo": {"messages": [message]}}
     snaps = states(frames)
     assert [(s["metadata"]["source"], s["metadata"]["step"], s["next"]) for s in snaps] == [
         ("input", -1, ["__start__"]), ("loop", 0, ["echo"]), ("loop", 1, [])]
@@ -129,8 +130,8 @@ def test_subgraph_parts_are_named_with_their_namespace(served):
     frames = served.frames_until_done(job)
     got = parts(frames)
     names = [name.split(":")[0] for name, _ in got]
-    assert names == ["updates", "values|child", "updates|child", "values|child", "updates|child", "values|child",
-                     "updates"]
+    assert names == ["values", "updates", "values", "values|child", "updates|child", "values|child", "updates|child",
+                     "values|child", "updates", "values"]
     assert [data for name, data in got if name.startswith("updates|child:")] == [{"inner_a": {"x": 2}},
                                                                                {"inner_b": {"x": 4}}]
     child_ns = {name.split("|", 1)[1] for name, _ in got if "|" in name}

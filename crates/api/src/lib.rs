@@ -14,6 +14,7 @@ pub mod routes;
 pub mod run_request;
 pub mod run_responses;
 pub mod stream;
+mod workers;
 pub mod ws;
 
 use std::future::Future;
@@ -176,12 +177,16 @@ pub fn app(state: AppState) -> Router {
             get(|State(state): State<AppState>| metrics::handler(State(state.engine))),
         );
     }
-    routes
+    let users = routes
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.http.body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), context::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), context::authenticate));
+    // Workers authenticate with the worker token, not as users.
+    Router::new()
+        .route("/workers/connect", get(workers::upgrade))
+        .merge(users)
         .layer(cors(&state.http, state.auth.mode()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), context::middleware))
         .with_state(state)

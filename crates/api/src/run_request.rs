@@ -302,21 +302,26 @@ pub async fn validate(
                 .into(),
         })?;
     let assistant = crate::refs::assistant(state, context, &assistant_ref).await?;
-    let agent = Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
-        ApiError::invalid(format!("assistant {assistant_ref} has no agent on this server"))
-    })?;
     let command = body.command.filter(|c| !c.is_null());
-    if let Some(command) = &command {
+    // A user's LangGraph graph checks its own input and command (its run's `error` says what
+    // it refused), as on LangGraph's server.
+    let agent = match state.engine.graph(&assistant.graph_id) {
+        Some(_) => None,
+        None => Some(Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
+            ApiError::invalid(format!("assistant {assistant_ref} has no agent on this server"))
+        })?),
+    };
+    if let (Some(command), Some(agent)) = (&command, agent) {
         check_command(state, context, thread_id, command, stateless, agent).await?;
-        if fork.is_some() {
-            return Err(unsupported(
-                "a command with an older checkpoint than the thread's newest (resume from the newest)",
-            ));
-        }
+    }
+    if command.is_some() && fork.is_some() {
+        return Err(unsupported(
+            "a command with an older checkpoint than the thread's newest (resume from the newest)",
+        ));
     }
     // An interrupt value is stored a few levels deeper than the input (in the checkpoint's
     // pending task): one the store could not keep is refused now, not by a failed run.
-    if let Some(value) = body.input.as_ref().and_then(|i| agent.interrupt_value(i))
+    if let Some(value) = body.input.as_ref().zip(agent).and_then(|(i, a)| a.interrupt_value(i))
         && depth(&value) > MAX_INTERRUPT_DEPTH
     {
         return Err(ApiError::invalid(format!(
@@ -324,7 +329,7 @@ pub async fn validate(
         )));
     }
     // Check the messages now so a bad input is a 422, not a failed run.
-    if let Some(input) = &body.input {
+    if let Some(input) = body.input.as_ref().filter(|_| agent.is_some()) {
         domain::apply_update(None, input.clone())
             .map_err(|e| ApiError::invalid(format!("input.{e}")))?;
     }
@@ -332,7 +337,7 @@ pub async fn validate(
     let on_disconnect = body.on_disconnect.unwrap_or_default();
     let (config, run_context) = with_assistant(&assistant, body.config, body.context)?;
     let spec = RunSpec {
-        graph_id: agent.name().into(),
+        graph_id: assistant.graph_id.clone(),
         input: body.input.clone(),
         config,
         context: run_context,
@@ -349,7 +354,7 @@ pub async fn validate(
         interrupt_after,
     };
     let mut thread_metadata = Map::new();
-    thread_metadata.insert("graph_id".into(), agent.name().into());
+    thread_metadata.insert("graph_id".into(), assistant.graph_id.clone().into());
     thread_metadata.insert("assistant_id".into(), assistant.assistant_id.to_string().into());
     let new_run = NewRun {
         run_id: RunId::new(),

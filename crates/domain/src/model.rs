@@ -84,7 +84,9 @@ text_enum!(
 );
 
 text_enum!(
-    /// The kinds of event in a thread's log (DESIGN.md, "Event model").
+    /// The kinds of event in a thread's log (DESIGN.md, "Event model"). `stream` is a part of
+    /// a user's LangGraph graph's own stream (#16): `{"event": "updates" | "messages" |
+    /// "values|<namespace>" | ..., "data": ...}`, shown as it is.
     EventKind {
         RunCreated = "run_created",
         AgentStarted = "agent_started",
@@ -99,6 +101,7 @@ text_enum!(
         RunCancelled = "run_cancelled",
         Custom = "custom",
         Interrupt = "interrupt",
+        Stream = "stream",
     }
 );
 

@@ -11,11 +11,19 @@ pub const PENDING: &str = "__pending__";
 
 /// What a checkpoint has still to run: the nodes next and the interrupts it stopped on
 /// (values asked of a human). Their task's id is the checkpoint's (`TaskId::of`).
+///
+/// A checkpoint that mirrors a LangGraph graph's (a graph assistant's run, #16) also keeps the
+/// graph's own `tasks` as LangGraph showed them, and `graph`: the id of the graph's checkpoint
+/// it mirrors (a fork from it is a fork of that one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub next: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interrupts: Vec<Interrupt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
 }
 
 /// One interrupt, as LangGraph shows it in a state: its id (32 hex digits) and value.
@@ -28,7 +36,7 @@ pub struct Interrupt {
 impl Pending {
     /// `node` is to run next.
     pub fn next(node: &str) -> Pending {
-        Pending { next: vec![node.to_owned()], interrupts: Vec::new() }
+        Pending { next: vec![node.to_owned()], ..Pending::default() }
     }
 
     /// The interrupts as LangGraph shows them beside a state's values (`__interrupt__` of a
@@ -40,6 +48,13 @@ impl Pending {
     /// The pending part of a checkpoint's metadata, if it has one.
     pub fn of(metadata: &Map<String, Value>) -> Option<Pending> {
         serde_json::from_value(metadata.get(PENDING)?.clone()).ok()
+    }
+
+    /// Whether a step with this metadata writes a graph's state: its `values` event is then
+    /// not appended with it, since the graph streams its own `values` parts (LangGraph decides
+    /// when a step's values are streamed, and with what).
+    pub fn is_graph_state(metadata: &Map<String, Value>) -> bool {
+        metadata.get(PENDING).and_then(|p| p.get("graph")).is_some_and(|g| !g.is_null())
     }
 
     /// Puts it in a checkpoint's metadata.

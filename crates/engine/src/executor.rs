@@ -22,6 +22,7 @@ use crate::log::EventLog;
 use crate::metrics;
 use crate::sink::Sink;
 use crate::step::run_steps;
+use crate::workers::Workers;
 
 /// How often the executor looks for claimable runs when nothing woke it (runs created on
 /// other nodes, runs freed by a crash).
@@ -115,6 +116,8 @@ pub struct ExecutorConfig {
     pub run_timeout: Duration,
     /// The model servers and MCP servers the `llm` agent may use (server configuration).
     pub agents: agents::Runtime,
+    /// The users' LangGraph graphs this server serves, and their workers (`--graphs`).
+    pub workers: Option<Workers>,
 }
 
 impl Default for ExecutorConfig {
@@ -124,6 +127,7 @@ impl Default for ExecutorConfig {
             per_user: 64,
             run_timeout: Duration::from_secs(600),
             agents: agents::Runtime::default(),
+            workers: None,
         }
     }
 }
@@ -532,7 +536,8 @@ impl Executor {
             // in the middle of a write (which could commit an event nobody is told about).
             let spec = RunSpec::of(&run.kwargs);
             let runtime = &self.inner.config.agents;
-            let outcome = run_steps(&run, &spec, runtime, &mut sink, started).await;
+            let workers = self.inner.config.workers.as_ref();
+            let outcome = run_steps(&run, &spec, runtime, &mut sink, started, workers).await;
             let finished = self.finish(&run, &mut sink, outcome).await;
             self.running().runs.remove(&run.run_id);
             self.announce(finished);
@@ -571,6 +576,12 @@ impl Executor {
             Err(Stop::Cancelled(CancelAction::Rollback)) => {
                 if let Err(e) = store.rollback_run(run.owner_id, run.thread_id, run.run_id).await {
                     tracing::error!(error = %e, "rollback failed");
+                }
+                // A graph's own checkpoints of the run go with it (none for built-in agents).
+                if let Err(e) =
+                    store.delete_graph_checkpoints_of_runs(run.owner_id, &[run.run_id]).await
+                {
+                    tracing::error!(error = %e, "rollback of the graph's checkpoints failed");
                 }
                 // The run and its events are gone; this event outlives them (no run_id).
                 let data = json!({ "action": "rollback", "run_id": run.run_id });

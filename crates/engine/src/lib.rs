@@ -13,9 +13,11 @@ mod executor;
 pub mod hub;
 mod log;
 pub mod metrics;
+mod remote;
 mod runs;
 mod sink;
 mod step;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +38,7 @@ pub use log::EventLog;
 pub use runs::RunStart;
 pub use sink::BATCH;
 pub use step::{first_step, resume_value};
+pub use workers::{GraphSpec, Workers};
 
 /// This node's runtime over one store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -46,6 +49,8 @@ pub struct Engine {
     /// The built-in agents' assistants, which never change while serving: a run names one,
     /// so they are read here rather than from the store on every run.
     system_assistants: Arc<HashMap<AssistantId, Assistant>>,
+    /// The users' graphs and their workers, when this server serves graphs.
+    workers: Option<Workers>,
 }
 
 impl Engine {
@@ -61,10 +66,20 @@ impl Engine {
             let assistant = store.upsert_system_assistant(&spec).await?;
             system_assistants.insert(assistant.assistant_id, assistant);
         }
+        // The users' graphs (`--graphs`), as LangGraph's server registers them.
+        for graph in config.workers.iter().flat_map(Workers::graphs) {
+            let spec = SystemAssistant {
+                graph_id: graph.graph_id.clone(),
+                description: graph.description.clone(),
+            };
+            let assistant = store.upsert_system_assistant(&spec).await?;
+            system_assistants.insert(assistant.assistant_id, assistant);
+        }
+        let workers = config.workers.clone();
         let hub = Hub::default();
         let executor = Executor::new(store.clone(), hub.clone(), config);
         let log = EventLog::new(store.clone(), hub);
-        Ok(Engine { store, log, executor, system_assistants: Arc::new(system_assistants) })
+        Ok(Engine { store, log, executor, system_assistants: Arc::new(system_assistants), workers })
     }
 
     /// Ends runs a crash left running, then starts the executor; it stops when `stop` fires.
@@ -94,6 +109,16 @@ impl Engine {
     /// The database this node runs on (`sqlite`, `postgres`).
     pub fn backend(&self) -> &'static str {
         self.store.backend().as_str()
+    }
+
+    /// The workers of the users' graphs, when this server serves graphs (`--graphs`).
+    pub fn workers(&self) -> Option<&Workers> {
+        self.workers.as_ref()
+    }
+
+    /// A user's graph this server serves, by graph id.
+    pub fn graph(&self, graph_id: &str) -> Option<&Arc<GraphSpec>> {
+        self.workers.as_ref()?.graph(graph_id)
     }
 
     /// The built-in agents' assistants.

@@ -195,8 +195,14 @@ impl Sink {
     /// Ends the run `success`, its thread `interrupted`, with the buffered events and no new
     /// state (a breakpoint: the newest checkpoint waits for the agent already).
     pub(crate) async fn end_interrupted(&mut self) -> Result<(), Stop> {
+        self.end_here(true).await
+    }
+
+    /// Ends the run `success` with the buffered events and no new state, its thread left
+    /// `interrupted` or not (a graph's run whose last state is committed already).
+    pub(crate) async fn end_here(&mut self, interrupted: bool) -> Result<(), Stop> {
         self.check()?;
-        let end = self.end(true);
+        let end = self.end(interrupted);
         let events = std::mem::take(&mut self.buffer);
         let (owner, thread, run) = (self.run.owner_id, self.run.thread_id, self.run.run_id);
         self.log

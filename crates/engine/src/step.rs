@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use store::{EventKind, FirstStep, NewEvent, Run};
 
 use crate::sink::Sink;
+use crate::workers::Workers;
 
 /// Executes one run: applies its input to the thread's state (or, for a `command`, resumes
 /// the interrupted state), runs the agent, appends the agent's message and ends the run
@@ -23,7 +24,12 @@ pub(crate) async fn run_steps(
     runtime: &agents::Runtime,
     sink: &mut Sink,
     started: Option<Value>,
+    workers: Option<&Workers>,
 ) -> Result<Value, Stop> {
+    // A user's LangGraph graph runs on a worker, which applies the input itself.
+    if let Some(workers) = workers.filter(|w| w.graph(&spec.graph_id).is_some()) {
+        return crate::remote::run_graph(workers, run, spec, sink).await;
+    }
     let agent = agent_of(spec)?;
     let input = run.input.clone().unwrap_or(Value::Null);
     let command = spec.command.as_ref().filter(|c| c.is_object());

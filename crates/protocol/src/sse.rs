@@ -20,6 +20,8 @@ pub enum StreamMode {
     Custom,
     Events,
     Debug,
+    Tasks,
+    Checkpoints,
 }
 
 impl StreamMode {
@@ -32,11 +34,10 @@ impl StreamMode {
             "custom" => Ok(StreamMode::Custom),
             "events" => Ok(StreamMode::Events),
             "debug" => Ok(StreamMode::Debug),
-            "tasks" | "checkpoints" => {
-                Err(format!("stream_mode `{name}` is not supported by this server yet"))
-            }
+            "tasks" => Ok(StreamMode::Tasks),
+            "checkpoints" => Ok(StreamMode::Checkpoints),
             other => Err(format!(
-                "invalid stream_mode `{other}`: expected values, updates, messages-tuple, messages, custom, events or debug"
+                "invalid stream_mode `{other}`: expected values, updates, messages-tuple, messages, custom, events, debug, tasks or checkpoints"
             )),
         }
     }
@@ -50,6 +51,8 @@ impl StreamMode {
             StreamMode::Custom => "custom",
             StreamMode::Events => "events",
             StreamMode::Debug => "debug",
+            StreamMode::Tasks => "tasks",
+            StreamMode::Checkpoints => "checkpoints",
         }
     }
 }
@@ -132,6 +135,14 @@ impl Framer {
         })
     }
 
+    /// Whether a graph's stream part named `name` (`updates`, `messages`, `values|<ns>`, ...)
+    /// is one of the requested modes: `messages` parts are the `messages-tuple` mode's.
+    fn wants_part(&self, name: &str) -> bool {
+        let mode = name.split('|').next().unwrap_or_default();
+        let mode = if mode == "messages" { "messages-tuple" } else { mode };
+        StreamMode::parse(mode).is_ok_and(|mode| self.wants(mode))
+    }
+
     /// The frames of one event, with their ids. Every event is fed, in order, even those
     /// before a resume cursor (they rebuild the partial-message state); [`Frame`]s at or
     /// before the cursor are then dropped by the caller.
@@ -150,6 +161,20 @@ impl Framer {
                     }
                     out.push(("values".into(), data));
                 }
+            }
+            EventKind::Stream => {
+                // A graph's own part, streamed as LangGraph's server streams it, and nothing
+                // else (not the `events`/`debug` views below, which the graph streams itself).
+                let name = event.data["event"].as_str().unwrap_or_default();
+                let mut out = Vec::new();
+                if self.wants_part(name) {
+                    out.push(Frame {
+                        event: name.to_owned(),
+                        data: event.data["data"].clone(),
+                        id: format!("{}-0", event.seq),
+                    });
+                }
+                return out;
             }
             EventKind::Interrupt => {
                 let interrupts = event.data.get("interrupts").cloned().unwrap_or(json!([]));

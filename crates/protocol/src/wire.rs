@@ -327,17 +327,20 @@ impl From<Checkpoint> for ThreadStateOut {
         let interrupts: Vec<Value> =
             pending.interrupts.iter().map(|i| json!({ "id": i.id, "value": i.value })).collect();
         let task = TaskId::of(c.checkpoint_id);
-        let tasks = pending
-            .next
-            .iter()
-            .map(|name| {
-                json!({
-                    "id": task, "name": name, "path": ["__pregel_pull", name],
-                    "error": null, "interrupts": interrupts, "checkpoint": null, "state": null,
-                    "result": null,
+        // A graph's state shows the graph's own tasks, as LangGraph computed them.
+        let tasks = pending.tasks.clone().unwrap_or_else(|| {
+            pending
+                .next
+                .iter()
+                .map(|name| {
+                    json!({
+                        "id": task, "name": name, "path": ["__pregel_pull", name],
+                        "error": null, "interrupts": interrupts, "checkpoint": null, "state": null,
+                        "result": null,
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        });
         ThreadStateOut {
             values: c.values,
             next: pending.next,

@@ -143,6 +143,8 @@ pub struct ServeArgs {
     pub sse: SseArgs,
     #[command(flatten)]
     pub agents: AgentArgs,
+    #[command(flatten)]
+    pub graphs: crate::graphs::GraphArgs,
 }
 
 /// Where the `llm` agent's models and tools are: server configuration only, never an

@@ -6,6 +6,7 @@
 mod agents_config;
 mod config;
 mod doctor;
+mod graphs;
 mod inspect;
 
 /// The process's allocator. Measured here under the runs benchmark, glibc's malloc and free
@@ -169,11 +170,27 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         AuthMode::Local => concurrency,
         _ => (concurrency / 4).max(1),
     });
+    // Users' graphs: described now (a file that does not load stops the start), run by workers
+    // that authenticate with the worker token (minted here unless given).
+    let graph_workers = match &args.graphs.graphs {
+        None => None,
+        Some(config) => {
+            let specs = graphs::describe(&args.graphs.python, config).await?;
+            let ids: Vec<&str> = specs.iter().map(|g| g.graph_id.as_str()).collect();
+            tracing::info!(graphs = ?ids, file = %config.display(), "serving graphs");
+            let token = match std::env::var("SPINDLE_WORKER_TOKEN") {
+                Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+                _ => auth::generate_key()?,
+            };
+            Some((engine::Workers::new(store.clone(), specs, Some(token.clone())), token))
+        }
+    };
     let executor = ExecutorConfig {
         concurrency,
         per_user: per_user.max(1),
         run_timeout: std::time::Duration::from_secs(args.run_timeout.max(1)),
         agents: agents_config::runtime(&args.agents)?,
+        workers: graph_workers.as_ref().map(|(w, _)| w.clone()),
     };
     let engine = Engine::new(store, executor).await.map_err(|e| e.to_string())?;
     let state = AppState::new(engine, auth, http);
@@ -182,6 +199,14 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, auth = ?args.auth.auth, "spindle listening");
+    if let (Some((_, token)), Some(config)) = (&graph_workers, &args.graphs.graphs) {
+        let host =
+            if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let host =
+            if addr.is_ipv6() && !addr.ip().is_unspecified() { format!("[{host}]") } else { host };
+        let url = format!("ws://{host}:{}/workers/connect", addr.port());
+        graphs::spawn_workers(&args.graphs.python, config, args.graphs.workers, &url, token);
+    }
     // One plain line on stdout, so scripts and tests that pass port 0 can find the port (and
     // the metrics address on the next line, written with it, before anyone stops reading).
     let mut lines = format!("spindle listening on http://{addr}\n");

@@ -1,12 +1,15 @@
 //! Assistants: the built-in agents as system assistants (found by id or by graph name, seen by
 //! everyone, changed by no one) and users' own, versioned assistants of those graphs.
 
+use std::sync::Arc;
+
 use agents::Agent;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use domain::{Assistant, AssistantPatch, NewAssistant, SortOrder, json_contains};
+use engine::GraphSpec;
 use ids::AssistantId;
 use protocol::wire::{
     ASSISTANT_FIELDS, AssistantOut, AssistantVersionOut, check_select, select_fields,
@@ -36,15 +39,49 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_subgraphs_in))
 }
 
-/// The built-in agent of a graph name, or LangGraph's 404 for an unknown graph.
-fn agent_of(graph_id: &str) -> ApiResult<Agent> {
-    Agent::from_graph(graph_id).ok_or_else(|| {
-        let known: Vec<_> = Agent::ALL.iter().map(|(_, name, _)| *name).collect();
-        ApiError::NotFound(format!(
-            "Graph '{graph_id}' not found. Expected one of: {}",
-            known.join(", ")
-        ))
-    })
+/// A graph name this server runs (a built-in agent's, or a user's graph of `--graphs`), or
+/// LangGraph's 404 for an unknown graph.
+fn graph_of(state: &AppState, graph_id: &str) -> ApiResult<String> {
+    if state.engine.graph(graph_id).is_some() {
+        return Ok(graph_id.to_owned());
+    }
+    match Agent::from_graph(graph_id) {
+        Some(agent) => Ok(agent.name().to_owned()),
+        None => {
+            let mut known: Vec<String> =
+                Agent::ALL.iter().map(|(_, name, _)| (*name).to_owned()).collect();
+            if let Some(workers) = state.engine.workers() {
+                known.extend(workers.graphs().map(|g| g.graph_id.clone()));
+            }
+            Err(ApiError::NotFound(format!(
+                "Graph '{graph_id}' not found. Expected one of: {}",
+                known.join(", ")
+            )))
+        }
+    }
+}
+
+/// What draws an assistant: a built-in agent, or a user's graph as its worker described it.
+enum Drawn {
+    Agent(Agent),
+    Graph(Arc<GraphSpec>),
+}
+
+impl Drawn {
+    fn schemas(&self) -> Value {
+        match self {
+            Drawn::Agent(agent) => agent.schemas(),
+            Drawn::Graph(graph) => graph.schemas.clone(),
+        }
+    }
+
+    fn graph(&self, xray: bool) -> Value {
+        match self {
+            Drawn::Agent(agent) => agent.graph(),
+            Drawn::Graph(graph) if xray => graph.graph_xray.clone(),
+            Drawn::Graph(graph) => graph.graph.clone(),
+        }
+    }
 }
 
 /// An assistant's `config` and `context`, checked and kept in step as LangGraph keeps them:
@@ -158,12 +195,12 @@ async fn create_assistant(
         code: "missing_field",
         detail: "graph_id is required: a built-in graph such as `echo` or `llm`".into(),
     })?;
-    let agent = agent_of(&graph_id)?;
+    let graph_id = graph_of(&state, &graph_id)?;
     let (config, run_context) = configured(body.config, body.context)?;
     let empty = || Value::Object(Map::new());
     let new = NewAssistant {
         assistant_id: body.assistant_id.unwrap_or_else(AssistantId::new),
-        graph_id: agent.name().into(),
+        graph_id,
         name: text("name", body.name)?
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "Untitled".into()),
@@ -209,7 +246,7 @@ async fn patch_assistant(
     let current = own_assistant(&state, &context, &assistant_id).await?;
     let id = current.assistant_id;
     let graph_id = match body.graph_id.filter(|g| !g.is_empty()) {
-        Some(graph_id) => Some(agent_of(&graph_id)?.name().to_owned()),
+        Some(graph_id) => Some(graph_of(&state, &graph_id)?),
         None => None,
     };
     let context_only = body.config.is_none() && body.context.as_ref().is_some_and(Value::is_object);
@@ -331,10 +368,13 @@ async fn set_latest(
     Ok(Json(latest.into()))
 }
 
-/// The built-in agent an assistant runs.
-async fn agent(state: &AppState, context: &RequestContext, id_or_graph: &str) -> ApiResult<Agent> {
+/// What an assistant runs: a built-in agent or a user's graph.
+async fn agent(state: &AppState, context: &RequestContext, id_or_graph: &str) -> ApiResult<Drawn> {
     let assistant = crate::refs::assistant(state, context, id_or_graph).await?;
-    Agent::from_graph(&assistant.graph_id).ok_or_else(|| {
+    if let Some(graph) = state.engine.graph(&assistant.graph_id) {
+        return Ok(Drawn::Graph(graph.clone()));
+    }
+    Agent::from_graph(&assistant.graph_id).map(Drawn::Agent).ok_or_else(|| {
         ApiError::invalid(format!("assistant {id_or_graph} has no agent on this server"))
     })
 }
@@ -376,7 +416,8 @@ async fn get_graph(
             "xray: expected true, false or a depth (0 or more), got `{xray}`"
         )));
     }
-    Ok(Json(agent(&state, &context, &assistant_id).await?.graph()))
+    let xray = q.xray.as_deref().is_some_and(|x| x != "false" && x != "0");
+    Ok(Json(agent(&state, &context, &assistant_id).await?.graph(xray)))
 }
 
 /// The assistant's subgraphs by namespace (`recurse` changes nothing): none for the

@@ -9,6 +9,7 @@ mod assistants;
 mod cli;
 mod conversations;
 mod credentials;
+mod graphs;
 mod hardening;
 mod inspect;
 mod llm;

@@ -6,6 +6,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::model::*;
 use crate::{Error, Result};
+use domain::Pending;
 
 use super::events::{EncodedEvents, append_in, numbered};
 use super::runs::set_run_status_in;
@@ -65,7 +66,9 @@ impl PgStore {
         }
         let checkpoint =
             update_state_in(&mut tx, owner, thread, Some(run), from, update, &metadata).await?;
-        events.push(NewEvent::values(run, &checkpoint.values));
+        if !Pending::is_graph_state(&checkpoint.metadata) {
+            events.push(NewEvent::values(run, &checkpoint.values));
+        }
         let events = append_in(&mut tx, owner, thread, &events).await?;
         tx.commit().await?;
         Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
@@ -133,7 +136,9 @@ impl PgStore {
                         Err(_) if remembered => continue,
                         Err(message) => return Err(Error::Invalid(message)),
                     };
-                    all.push(NewEvent::values(run, &values));
+                    if !Pending::is_graph_state(metadata) {
+                        all.push(NewEvent::values(run, &values));
+                    }
                     (version, Some(values))
                 }
             };
@@ -286,7 +291,9 @@ async fn commit_step_in(
         Some(update) => {
             let checkpoint =
                 update_state_in(&mut *tx, owner, thread, Some(run), None, update, metadata).await?;
-            all.push(NewEvent::values(run, &checkpoint.values));
+            if !Pending::is_graph_state(metadata) {
+                all.push(NewEvent::values(run, &checkpoint.values));
+            }
             Some(checkpoint)
         }
     };

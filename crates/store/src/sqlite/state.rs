@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::json;
 use crate::model::*;
 use crate::{Error, Result};
+use domain::Pending;
 
 use super::events::{append_in, encode_events};
 use super::runs::move_run_in;
@@ -120,7 +121,9 @@ fn commit_step_in(
         Some(update) => {
             let (checkpoint, values_text) =
                 update_state_in(c, owner, thread, Some(run), Base::Newest, update, metadata)?;
-            all.push((NewEvent::values(run, &checkpoint.values), values_text));
+            if !Pending::is_graph_state(&checkpoint.metadata) {
+                all.push((NewEvent::values(run, &checkpoint.values), values_text));
+            }
             Some(checkpoint)
         }
     };
@@ -225,7 +228,9 @@ pub(super) fn first_step_in(
     }
     let (checkpoint, values_text) =
         update_state_in(c, owner, thread, Some(run), base, update, metadata)?;
-    events.push((NewEvent::values(run, &checkpoint.values), values_text));
+    if !Pending::is_graph_state(&checkpoint.metadata) {
+        events.push((NewEvent::values(run, &checkpoint.values), values_text));
+    }
     let events = append_in(c, owner, thread, events)?;
     Ok(Step { checkpoint: Some(checkpoint), events, ended: None })
 }
