@@ -59,6 +59,11 @@ impl Engine {
     pub async fn new(store: Store, config: ExecutorConfig) -> store::Result<Engine> {
         let mut system_assistants = HashMap::new();
         for (_, graph_id, description) in Agent::ALL {
+            // A user's graph of the same name takes the name (and the assistant id) over.
+            if config.workers.as_ref().is_some_and(|w| w.graph(graph_id).is_some()) {
+                tracing::warn!(graph_id, "a graph of --graphs takes the name of a built-in agent");
+                continue;
+            }
             let spec = SystemAssistant {
                 graph_id: graph_id.into(),
                 description: Some(description.into()),

@@ -67,13 +67,6 @@ pub async fn describe(python: &str, config: &Path) -> Result<Vec<GraphSpec>, Str
     let document: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("--graphs: the worker's description is not JSON: {e}"))?;
     let graphs = GraphSpec::from_describe(&document)?;
-    if let Some(clash) = graphs.iter().find(|g| agents::Agent::from_graph(&g.graph_id).is_some()) {
-        return Err(format!(
-            "--graphs {}: graph `{}` has the name of a built-in agent: rename it in the file",
-            config.display(),
-            clash.graph_id
-        ));
-    }
     Ok(graphs)
 }
 
