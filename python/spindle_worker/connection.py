@@ -152,12 +152,13 @@ class Worker:
 
     # --- reading -----------------------------------------------------------------------
 
-    def _on_run(self, frame: dict) -> None:
-        from spindle_worker.runner import run_job
+    def _on_run(self, frame: dict, update: bool = False) -> None:
+        from spindle_worker.runner import run_job, update_job
 
         job = frame["job"]
         self.cancelled.pop(job, None)
-        task = asyncio.create_task(run_job(self, frame), name=f"job {job}")
+        work = update_job(self, frame) if update else run_job(self, frame)
+        task = asyncio.create_task(work, name=f"job {job}")
         self.jobs[job] = task
 
         def forget(t: asyncio.Task, job=job) -> None:
@@ -189,6 +190,8 @@ class Worker:
                     kind = frame.get("type")
                     if kind == "run":
                         self._on_run(frame)
+                    elif kind == "update_state":
+                        self._on_run(frame, update=True)
                     elif kind == "cancel":
                         self._on_cancel(frame)
                     elif kind == "saver_result":

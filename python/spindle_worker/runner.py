@@ -341,3 +341,32 @@ async def run_job(worker, frame: dict) -> None:
         except Exception:
             outbox.abandon()  # the connection is gone: the server retries the job elsewhere
             return
+
+
+async def update_job(worker, frame: dict) -> None:
+    """An `update_state` frame: `graph.aupdate_state(config, values, as_node)` with the job's
+    saver, answered by `done` with the new state (docs/workers.md, "A state update")."""
+    from spindle_worker.loader import open_graph
+
+    job = frame["job"]
+    status, snapshot, error = "error", None, None
+    try:
+        loaded = worker.graphs.get(frame.get("graph_id"))
+        if loaded is None:
+            raise ValueError(f"graph {frame.get('graph_id')!r} is not served by this worker")
+        config = _run_config(frame)
+
+        async def call(op: str, args: dict) -> dict:
+            return await worker.saver_call(job, 1, op, args)
+
+        saver = SpindleSaver(call, thread_id=config["configurable"]["thread_id"])
+        async with open_graph(loaded, config, access_context="threads.update") as graph:
+            graph = graph.copy(update={"checkpointer": saver})
+            updated = await graph.aupdate_state(config, frame.get("values"), as_node=frame.get("as_node"))
+            snapshot = snapshot_of_state(await graph.aget_state(updated))
+            status = "success"
+    except Exception as e:
+        error = {"error": type(e).__name__, "message": str(e)}
+    with contextlib.suppress(Exception):
+        await worker.send({"type": "done", "job": job, "attempt": 1, "status": status,
+                           "snapshot": snapshot, "error": error})

@@ -377,6 +377,35 @@ impl Engine {
         self.store.list_checkpoints(owner, thread, limit, before).await
     }
 
+    /// A state update of a thread of `graph_id`, a user's graph (`--graphs`): run by a worker
+    /// on the graph's own checkpoints (LangGraph's `update_state`), then committed as the
+    /// thread's state. Without a worker serving the graph: `Unavailable`.
+    #[allow(clippy::too_many_arguments, reason = "the route's fields")]
+    pub async fn update_graph_state(
+        &self,
+        owner: UserId,
+        thread: ThreadId,
+        graph_id: &str,
+        from: Option<CheckpointId>,
+        values: serde_json::Value,
+        as_node: Option<String>,
+    ) -> store::Result<Checkpoint> {
+        let Some(workers) = self.workers.as_ref().filter(|w| w.graph(graph_id).is_some()) else {
+            return Err(store::Error::Invalid(format!("graph {graph_id} is not served here")));
+        };
+        remote::update_graph_state(
+            workers,
+            &self.store,
+            owner,
+            thread,
+            graph_id,
+            from,
+            values,
+            as_node,
+        )
+        .await
+    }
+
     pub async fn update_state(
         &self,
         owner: UserId,

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use agents::{Sink as _, Stop};
 use domain::{Interrupt, Pending, RunSpec};
-use ids::CheckpointId;
+use ids::{CheckpointId, RunId, ThreadId, UserId};
 use serde_json::{Map, Value, json};
-use store::{EventKind, FirstStep, Run};
+use store::{Checkpoint, EventKind, FirstStep, Run, Store};
 
 use crate::sink::Sink;
-use crate::workers::{JobMsg, Lease, Workers};
+use crate::workers::{JobMsg, JobOf, Lease, Workers};
 
 /// Attempts of a run whose worker went away, as LangGraph's server allows.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -318,3 +318,86 @@ fn pending_of(snapshot: &Value) -> Pending {
         graph: Some(id_of(snapshot).to_owned()).filter(|id| !id.is_empty()),
     }
 }
+
+/// A state update of a graph's thread (`POST /threads/{id}/state`): LangGraph's
+/// `update_state(config, values, as_node)`, run by a worker on the graph's checkpoints (from
+/// `from`, a state of the thread, or the newest), its new state committed as the thread's.
+#[allow(clippy::too_many_arguments, reason = "one state update, as the route gives it")]
+pub(crate) async fn update_graph_state(
+    workers: &Workers,
+    store: &Store,
+    owner: UserId,
+    thread: ThreadId,
+    graph_id: &str,
+    from: Option<CheckpointId>,
+    values: Value,
+    as_node: Option<String>,
+) -> store::Result<Checkpoint> {
+    let fork = match from {
+        None => None,
+        Some(id) => {
+            let checkpoint = store.get_checkpoint(owner, thread, id).await?;
+            let graph = Pending::of(&checkpoint.metadata).and_then(|p| p.graph);
+            Some(graph.ok_or_else(|| {
+                store::Error::Invalid(format!("checkpoint {id} is not a state of graph {graph_id}"))
+            })?)
+        }
+    };
+    let job = JobOf { job: RunId::new(), owner, thread };
+    let mut lease = workers
+        .lease_job(job, graph_id, 1, WORKER_WAIT)
+        .await
+        .map_err(store::Error::Unavailable)?;
+    let mut configurable = json!({ "thread_id": thread, "checkpoint_ns": "" });
+    if let Some(id) = &fork {
+        configurable["checkpoint_id"] = json!(id);
+    }
+    lease.send(&json!({
+        "type": "update_state",
+        "job": job.job,
+        "attempt": 1,
+        "thread_id": thread,
+        "graph_id": graph_id,
+        "config": { "configurable": configurable },
+        "values": values,
+        "as_node": as_node,
+    }));
+    let done = loop {
+        match tokio::time::timeout(UPDATE_WAIT, lease.rx.recv()).await {
+            Ok(Some(JobMsg::Done(done))) => break done,
+            Ok(Some(JobMsg::Lost) | None) => {
+                return Err(store::Error::Unavailable(
+                    "the worker updating the state went away: try again".into(),
+                ));
+            }
+            Ok(Some(_)) => {}
+            Err(_) => {
+                return Err(store::Error::Unavailable(format!(
+                    "the worker did not update the state within {} s",
+                    UPDATE_WAIT.as_secs()
+                )));
+            }
+        }
+    };
+    drop(lease);
+    if done["status"] != "success" {
+        let error = &done["error"];
+        return Err(store::Error::Invalid(format!(
+            "{}: {}",
+            error["error"].as_str().unwrap_or("Error"),
+            error["message"].as_str().unwrap_or_default()
+        )));
+    }
+    let snapshot = &done["snapshot"];
+    let values = match &snapshot["values"] {
+        Value::Object(v) => Value::Object(v.clone()),
+        _ => json!({}),
+    };
+    let mut metadata = snapshot["metadata"].as_object().cloned().unwrap_or_default();
+    pending_of(snapshot).into_metadata(&mut metadata);
+    let update = Box::new(move |_: Option<Value>| Ok(values.clone()));
+    store.update_state(owner, thread, None, from, update, &metadata).await
+}
+
+/// How long a worker may take to update a state.
+const UPDATE_WAIT: Duration = Duration::from_secs(60);

@@ -114,6 +114,15 @@ struct Job {
     tx: mpsc::UnboundedSender<JobMsg>,
 }
 
+/// A job to lease: its id (a run's, or one minted for a state update), whose it is, and the
+/// thread its checkpointer calls may touch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JobOf {
+    pub(crate) job: RunId,
+    pub(crate) owner: UserId,
+    pub(crate) thread: ThreadId,
+}
+
 /// A connection the server accepted: its id, its outbound frames, and the `welcome` to send.
 #[derive(Debug)]
 pub struct Connected {
@@ -255,10 +264,22 @@ impl Workers {
         attempt: u32,
         wait: Duration,
     ) -> Result<Lease, String> {
+        let job = JobOf { job: run.run_id, owner: run.owner_id, thread: run.thread_id };
+        self.lease_job(job, graph_id, attempt, wait).await
+    }
+
+    /// As [`Workers::lease`], for a job that is not a run (a state update).
+    pub(crate) async fn lease_job(
+        &self,
+        job: JobOf,
+        graph_id: &str,
+        attempt: u32,
+        wait: Duration,
+    ) -> Result<Lease, String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.inner.connected.notified();
-            if let Some(lease) = self.try_lease(run, graph_id, attempt) {
+            if let Some(lease) = self.try_lease(job, graph_id, attempt) {
                 return Ok(lease);
             }
             tokio::select! {
@@ -275,7 +296,7 @@ impl Workers {
         }
     }
 
-    fn try_lease(&self, run: &Run, graph_id: &str, attempt: u32) -> Option<Lease> {
+    fn try_lease(&self, job: JobOf, graph_id: &str, attempt: u32) -> Option<Lease> {
         let mut state = self.state();
         let (id, conn) = state
             .conns
@@ -285,9 +306,10 @@ impl Workers {
         conn.jobs += 1;
         let id = *id;
         let (tx, rx) = mpsc::unbounded_channel();
-        let job = Job { conn: id, attempt, owner: run.owner_id, thread: run.thread_id, tx };
-        state.jobs.insert(run.run_id, job);
-        Some(Lease { workers: self.clone(), run: run.run_id, conn: id, rx })
+        let run = job.job;
+        let job = Job { conn: id, attempt, owner: job.owner, thread: job.thread, tx };
+        state.jobs.insert(run, job);
+        Some(Lease { workers: self.clone(), run, conn: id, rx })
     }
 
     /// One frame of a connection. An error is a protocol violation: the caller closes the

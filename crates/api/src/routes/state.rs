@@ -95,6 +95,25 @@ async fn update_state(
         }
         None => None,
     };
+    // A user's graph updates its own state (its reducers, `as_node`), on a worker.
+    if let Some(graph_id) = thread.metadata.get("graph_id").and_then(|g| g.as_str())
+        && state.engine.graph(graph_id).is_some()
+    {
+        let checkpoint = state
+            .engine
+            .update_graph_state(
+                context.user,
+                thread.thread_id,
+                graph_id,
+                from,
+                body.values,
+                body.as_node,
+            )
+            .await?;
+        return Ok(Json(StateUpdated {
+            checkpoint: CheckpointRef::new(thread.thread_id, Some(checkpoint.checkpoint_id)),
+        }));
+    }
     // Validate before writing so a bad update is a 422 that changes nothing.
     let base = match from {
         Some(from) => {

@@ -103,6 +103,27 @@ fn conversation(s: &GraphServer) {
         .find(|h| h["checkpoint"] == newest["parent_checkpoint"])
         .unwrap();
     assert_ne!(parent_of_fork["parent_checkpoint"], json!(null));
+
+    // A state update is the graph's (its reducer appends the message), and the next run sees it.
+    let updated = s.ok("POST", &format!("/threads/{thread}/state"), Some(&json!({"values": {"messages": [{"role": "user", "content": "noted"}]}, "as_node": "reply"})));
+    let state = s.ok("GET", &format!("/threads/{thread}/state"), None);
+    assert_eq!(state["checkpoint"]["checkpoint_id"], updated["checkpoint"]["checkpoint_id"]);
+    assert_eq!(state["metadata"]["source"], "update");
+    assert_eq!(texts(&state["values"]).last().unwrap(), "human: noted");
+    assert_eq!(state["next"], json!([]));
+    let after = s.ok("POST", &path, Some(&json!({"assistant_id": "chat", "input": {"messages": [{"role": "user", "content": "and now"}]}})));
+    let all = texts(&after);
+    assert_eq!(&all[all.len() - 3..], ["human: noted", "human: and now", "ai: you said: and now"]);
+    // A bad update is the graph's error, and changes nothing.
+    let (status, body) = s.call(
+        "POST",
+        &format!("/threads/{thread}/state"),
+        Some(&json!({"values": {"messages": 3}, "as_node": "nowhere"})),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("nowhere"), "{body}");
+    let still = s.ok("GET", &format!("/threads/{thread}/state"), None);
+    assert_eq!(texts(&still["values"]), all);
 }
 
 /// A streamed run: the graph's own parts by mode (custom events, the model's tokens as
