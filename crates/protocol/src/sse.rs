@@ -353,6 +353,26 @@ mod tests {
     #[test]
     fn unknown_modes_are_named_in_the_error() {
         assert!(StreamMode::parse("bogus").unwrap_err().contains("invalid stream_mode `bogus`"));
-        assert!(StreamMode::parse("tasks").unwrap_err().contains("not supported"));
+        assert_eq!(StreamMode::parse("tasks"), Ok(StreamMode::Tasks));
+        assert_eq!(StreamMode::parse("checkpoints"), Ok(StreamMode::Checkpoints));
+    }
+
+    #[test]
+    fn a_graphs_parts_are_shown_as_they_are_when_their_mode_was_asked() {
+        let modes = vec![StreamMode::MessagesTuple, StreamMode::Updates];
+        let mut framer = Framer::new(modes, RunId::new(), ThreadId::new());
+        let part = |seq, name: &str| {
+            event(seq, EventKind::Stream, json!({"event": name, "data": {"k": seq}}))
+        };
+        let shown: Vec<(String, Value)> =
+            [part(1, "messages"), part(2, "values"), part(3, "updates|sub:1"), part(4, "custom")]
+                .iter()
+                .flat_map(|e| framer.frames(e))
+                .map(|f| (f.event, f.data))
+                .collect();
+        assert_eq!(
+            shown,
+            [("messages".into(), json!({"k": 1})), ("updates|sub:1".into(), json!({"k": 3}))]
+        );
     }
 }

@@ -183,3 +183,47 @@ fn a_graph_that_does_not_load_stops_the_start() {
         "{stderr}"
     );
 }
+
+/// Spindle's WebSocket carries a graph's run as any run: its parts as `stream` events, in
+/// order, then the run's end.
+#[test]
+fn the_websocket_carries_a_graphs_run() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (runtime, db) = sqlite();
+    let s = GraphServer::on(&db, &[]);
+    let url = format!("ws://{}/ws", s.server.addr);
+    runtime.block_on(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let run = json!({"type": "run", "assistant_id": "stream", "input": {"messages": [{"role": "user", "content": "hi"}]}, "stream_mode": ["custom", "messages-tuple"]});
+        ws.send(Message::text(run.to_string())).await.unwrap();
+        let mut frames = Vec::new();
+        loop {
+            let message = tokio::time::timeout(super::TIMEOUT, ws.next()).await.unwrap();
+            let Some(Ok(Message::Text(text))) = message else {
+                assert!(matches!(message, Some(Ok(_))), "the connection ended: {message:?}");
+                continue;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] != "event" {
+                continue;
+            }
+            let end = frame["kind"] == "agent_completed" || frame["kind"] == "run_error";
+            frames.push(frame);
+            if end {
+                break;
+            }
+        }
+        let custom: Vec<&Value> = frames
+            .iter()
+            .filter(|f| f["kind"] == "stream" && f["data"]["event"] == "custom")
+            .map(|f| &f["data"]["data"])
+            .collect();
+        assert_eq!(custom, [&json!({"progress": "thinking"}), &json!({"progress": "done"})]);
+        assert_eq!(frames.last().unwrap()["kind"], "agent_completed", "{frames:?}");
+        let seqs: Vec<i64> = frames.iter().map(|f| f["seq"].as_i64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    });
+}
