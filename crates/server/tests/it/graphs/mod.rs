@@ -8,6 +8,7 @@
 //! The interpreter is `SPINDLE_TEST_GRAPH_PYTHON`, or `target/py-venv` (made by `python/ci.sh`
 //! from `python/requirements-test.lock` if it is not there: PyPI must be reachable then).
 
+mod compare;
 mod lifecycle;
 mod runs;
 
