@@ -36,7 +36,11 @@ pub(crate) async fn run_graph(
         None => None,
         Some(id) => Some(graph_checkpoint_of(sink, run, id).await?),
     };
-    let mut mirror = Mirror { held: None, from: spec.checkpoint_id, committed: false };
+    // The thread's newest state, if it is the graph's: a resumed run streams that checkpoint
+    // again, and it is not a new state.
+    let newest = sink.store.list_checkpoints(run.owner_id, run.thread_id, 1, None).await?;
+    let known = newest.first().and_then(|c| Pending::of(&c.metadata));
+    let mut mirror = Mirror { held: None, from: spec.checkpoint_id, committed: false, known };
     for attempt in 1..=MAX_ATTEMPTS {
         let stopped = sink.stopped();
         let mut lease = tokio::select! {
@@ -190,6 +194,9 @@ struct Mirror {
     /// A fork's starting point: the parent of the run's first state.
     from: Option<CheckpointId>,
     committed: bool,
+    /// What the thread's newest state holds (the graph's checkpoint id among it), when it is
+    /// the graph's: a snapshot that says the same is not committed again.
+    known: Option<Pending>,
 }
 
 fn id_of(snapshot: &Value) -> &str {
@@ -211,6 +218,14 @@ impl Mirror {
         match done["status"].as_str().unwrap_or_default() {
             "success" | "interrupted" => {}
             "error" => {
+                // The state the failure left (the failed task's error on it) is the thread's,
+                // as on LangGraph's server; the run's end is the executor's.
+                if done["snapshot"].is_object() {
+                    self.state(sink, done["snapshot"].clone()).await?;
+                }
+                if let Some(held) = self.held.take() {
+                    self.commit(sink, held, None).await?;
+                }
                 let error = &done["error"];
                 return Err(Stop::Failed {
                     error: error["error"].as_str().unwrap_or("Error").to_owned(),
@@ -262,8 +277,17 @@ impl Mirror {
             Value::Object(v) => Value::Object(v.clone()),
             _ => json!({}),
         };
+        let pending = pending_of(&snapshot);
+        if self.known.as_ref().is_some_and(|known| same_state(known, &pending)) {
+            // The thread's newest state already (a resumed run streams it again).
+            if let Some(interrupted) = end {
+                sink.end_here(interrupted).await?;
+            }
+            return Ok(values);
+        }
+        self.known = Some(pending.clone());
         let mut metadata = snapshot["metadata"].as_object().cloned().unwrap_or_default();
-        pending_of(&snapshot).into_metadata(&mut metadata);
+        pending.into_metadata(&mut metadata);
         let fork = self.from.filter(|_| !self.committed);
         self.committed = true;
         let update = {
@@ -291,6 +315,12 @@ impl Mirror {
             }
         }
     }
+}
+
+/// Whether two states of a graph are one: the same checkpoint of the graph, waiting for the
+/// same nodes and interrupts (a checkpoint resumed and interrupted again is a new state).
+fn same_state(a: &Pending, b: &Pending) -> bool {
+    a.graph.is_some() && a.graph == b.graph && a.next == b.next && a.interrupts == b.interrupts
 }
 
 /// What a graph's state has still to run, as Spindle keeps it: its next nodes, its

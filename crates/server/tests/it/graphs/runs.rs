@@ -195,6 +195,15 @@ fn interrupt_and_resume(s: &GraphServer) {
     let state = s.ok("GET", &format!("/threads/{thread}/state"), None);
     assert_eq!(state["next"], json!([]));
     assert_eq!(state["interrupts"], json!([]));
+    // One state per checkpoint of the graph: the resumed one is not written again.
+    let history = s.ok("POST", &format!("/threads/{thread}/history"), Some(&json!({})));
+    let steps: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["metadata"]["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 1, 0, -1], "{history}");
 }
 
 /// A graph that raises: the run's `error` event names the exception; the run and the thread
@@ -212,6 +221,11 @@ fn a_graph_that_raises(s: &GraphServer) {
     assert_eq!(runs[0]["status"], "error");
     let t = s.ok("GET", &format!("/threads/{thread}"), None);
     assert_eq!(t["status"], "error");
+    // The state is the one the failure left: the failed node still next, its error on its task.
+    let state = s.ok("GET", &format!("/threads/{thread}/state"), None);
+    assert_eq!(state["values"], json!({"n": 7}));
+    assert_eq!(state["next"], json!(["boom"]));
+    assert!(state["tasks"][0]["error"].as_str().unwrap().contains("boom at n=7"), "{state}");
     let again = s.ok("POST", &format!("/threads/{thread}/runs/wait"), Some(&json!({"assistant_id": "chat", "input": {"messages": [{"role": "user", "content": "still here?"}]}})));
     assert_eq!(texts(&again).last().unwrap(), "ai: you said: still here?");
 }
