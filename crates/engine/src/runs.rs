@@ -41,8 +41,10 @@ impl Engine {
         };
         let reservation = self.executor.try_reserve(new_run.run_id, thread, owner);
         // A `command` resumes the thread's state: the executor reads it first (no first step).
+        // A user's graph applies its input itself, on its worker (even under a built-in's name).
         let resumes = start.spec.command.is_some();
-        let first = reservation.as_ref().filter(|_| !resumes).and_then(|_| {
+        let graph = self.graph(&start.spec.graph_id).is_some();
+        let first = reservation.as_ref().filter(|_| !resumes && !graph).and_then(|_| {
             step::first_step(
                 new_run.run_id,
                 new_run.assistant_id,

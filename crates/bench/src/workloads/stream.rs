@@ -153,6 +153,9 @@ pub async fn ws_once(conn: &mut WsConn, events: u64, n: usize) -> Result<OneStre
         "type": "run",
         "assistant_id": "synthetic",
         "input": synthetic_input(events),
+        // A LangGraph graph (spindle serve --graphs) streams only the modes asked for; the
+        // built-in agent ignores this.
+        "stream_mode": ["custom"],
         "subscribe": true,
     });
     let started = Instant::now();
@@ -165,7 +168,11 @@ pub async fn ws_once(conn: &mut WsConn, events: u64, n: usize) -> Result<OneStre
     let mut ended = false;
     let mut observe = |frame: &Value, first: &mut Option<Duration>| {
         if frame["type"] == "event" && frame["run_id"] == run_id {
-            if frame["kind"] == "custom" {
+            // The built-in agent's events are `custom`; a graph's custom parts are `stream`
+            // events of `{"event": "custom", "data": ...}`.
+            if frame["kind"] == "custom"
+                || (frame["kind"] == "stream" && frame["data"]["event"] == "custom")
+            {
                 custom += 1;
                 if first.is_none() {
                     *first = Some(started.elapsed());

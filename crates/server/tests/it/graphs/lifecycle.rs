@@ -227,3 +227,35 @@ fn the_websocket_carries_a_graphs_run() {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     });
 }
+
+/// A graph may take a built-in agent's name: a run of `echo` is then the graph's, on its worker,
+/// with its input applied by the graph only (no step of Spindle's own before it).
+#[test]
+fn a_graph_named_like_a_built_in_agent_is_the_graphs() {
+    let (_rt, db) = sqlite();
+    let project = TempDir::new("shadow");
+    std::fs::write(project.0.join("langgraph.json"), r#"{"graphs": {"echo": "./graphs.py:chat"}}"#)
+        .unwrap();
+    std::fs::copy(workspace().join("tests/graphs/graphs.py"), project.0.join("graphs.py")).unwrap();
+    let s = GraphServer::serving(&db, project, &[]);
+    let thread = s.new_thread();
+    let frames = s.stream(
+        &format!("/threads/{thread}/runs/stream"),
+        &json!({"assistant_id": "echo", "input": {"messages": [{"role": "user", "content": "hi"}]}, "stream_mode": ["values"]}),
+    );
+    let values: Vec<&Value> =
+        frames.iter().filter(|(e, _)| e == "values").map(|(_, d)| d).collect();
+    assert_eq!(values.len(), 2, "{frames:?}");
+    assert_eq!(
+        values[1]["messages"][1]["content"], "you said: hi",
+        "the graph answered, not the built-in"
+    );
+    let history = s.ok("POST", &format!("/threads/{thread}/history"), Some(&json!({})));
+    let steps: Vec<i64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["metadata"]["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 0, -1], "{history}");
+}

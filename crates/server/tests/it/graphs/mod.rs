@@ -71,6 +71,11 @@ impl GraphServer {
             std::fs::copy(workspace().join("tests/graphs").join(file), project.0.join(file))
                 .unwrap();
         }
+        GraphServer::serving(db, project, args)
+    }
+
+    /// A server of the project in `project` (its `langgraph.json`).
+    pub fn serving(db: &TestDb, project: TempDir, args: &[&str]) -> GraphServer {
         let config = project.0.join("langgraph.json");
         let python = python();
         let mut all =
