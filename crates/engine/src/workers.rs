@@ -411,7 +411,7 @@ async fn saver(
         let asked = args["thread_id"].as_str().unwrap_or_default();
         if asked != thread.to_string() {
             return Err(invalid(format!(
-                "thread_id: {asked:?} is not the thread of this run ({thread})"
+                "the run's thread is {thread}, not {asked:?} (the thread_id asked)"
             )));
         }
     }
