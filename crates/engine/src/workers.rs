@@ -189,11 +189,6 @@ impl Workers {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
-    /// How many workers are connected (for tests and readiness).
-    pub fn connected(&self) -> usize {
-        self.state().conns.len()
-    }
-
     /// Accepts a worker's `hello`: the graphs it serves must be this server's (others are
     /// ignored, named in the log); a worker serving none of them is refused with the reason.
     pub fn connect(&self, hello: &Value) -> Result<Connected, String> {

@@ -250,12 +250,6 @@ fn a_graph_named_like_a_built_in_agent_is_the_graphs() {
         values[1]["messages"][1]["content"], "you said: hi",
         "the graph answered, not the built-in"
     );
-    let history = s.ok("POST", &format!("/threads/{thread}/history"), Some(&json!({})));
-    let steps: Vec<i64> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["metadata"]["step"].as_i64().unwrap())
-        .collect();
+    let (steps, history) = s.history_steps(&thread);
     assert_eq!(steps, [1, 0, -1], "{history}");
 }

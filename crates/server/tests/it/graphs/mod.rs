@@ -128,6 +128,19 @@ impl GraphServer {
         value
     }
 
+    /// The `step` of each state in the thread's history, newest first, and the history.
+    pub fn history_steps(&self, thread: &str) -> (Vec<i64>, Value) {
+        let history =
+            self.ok("POST", &format!("/threads/{thread}/history"), Some(&serde_json::json!({})));
+        let steps = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["metadata"]["step"].as_i64().unwrap())
+            .collect();
+        (steps, history)
+    }
+
     pub fn new_thread(&self) -> String {
         let thread = self.ok("POST", "/threads", Some(&serde_json::json!({})));
         thread["thread_id"].as_str().unwrap().to_owned()

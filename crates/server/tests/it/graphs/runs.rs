@@ -196,13 +196,7 @@ fn interrupt_and_resume(s: &GraphServer) {
     assert_eq!(state["next"], json!([]));
     assert_eq!(state["interrupts"], json!([]));
     // One state per checkpoint of the graph: the resumed one is not written again.
-    let history = s.ok("POST", &format!("/threads/{thread}/history"), Some(&json!({})));
-    let steps: Vec<i64> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["metadata"]["step"].as_i64().unwrap())
-        .collect();
+    let (steps, history) = s.history_steps(&thread);
     assert_eq!(steps, [2, 1, 0, -1], "{history}");
 }
 
